@@ -1,0 +1,151 @@
+"""`run(cfg)`: load and partition the data, check everything that depends on it, then
+run the compiled program of the configuration's static group and return its history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coco_jax import data as data_lib
+from coco_jax.compressors import make_compressor
+from coco_jax.config import ConfigError, ExperimentConfig, Static, float_dtype, hparams_of, resolve_k, static_config
+from coco_jax.step import RunData, compiled_run
+from coco_jax.tasks import make_task
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What a run returns.
+
+    Attributes:
+        config: the configuration that ran.
+        history: dict of numpy arrays over evaluation steps (0, e, 2e, ..., steps):
+            step, loss (F(θ) on the whole training set), grad_norm_sq (‖∇F(θ)‖²),
+            accuracy (classification), test_loss/test_accuracy (when a test set exists),
+            bits (cumulative upload bits), time (cumulative simulated seconds),
+            stragglers (stragglers in the step that produced θ), grad_error_sq
+            (‖ĝ − ∇F‖² of that step), ef_error_norm (mean feedback memory norm),
+            contraction (mean ‖C(v) − v‖²/‖v‖² over delivered messages), delivered
+            (cumulative messages), diverged (θ non-finite by then).
+            Entries of the step-0 row that describe an update are 0 or NaN.
+        params: final parameters (the task's pytree; a [d] array for linreg/logreg).
+        diverged_step: first step at which θ became non-finite, or None.
+        bits_per_message: upload bits of one delivered message.
+    """
+
+    config: ExperimentConfig
+    history: dict[str, np.ndarray]
+    params: Any
+    diverged_step: int | None
+    bits_per_message: int
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step is not None
+
+    def final(self) -> dict[str, float]:
+        """The last evaluated value of every history entry."""
+        return {k: v[-1].item() for k, v in self.history.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A configuration with its data loaded, checked and laid out for the engine."""
+
+    static: Static
+    data: RunData
+    bits_per_message: int
+
+
+def _check_trace(cfg: ExperimentConfig, trace) -> jax.Array | None:
+    if cfg.straggler != "trace":
+        if trace is not None:
+            raise ConfigError(
+                f"straggler_trace was given but straggler={cfg.straggler!r}: set straggler='trace' to use it"
+            )
+        return None
+    if trace is None:
+        raise ConfigError("straggler='trace' needs straggler_trace: a (steps, num_devices) bool array")
+    t = np.asarray(trace)
+    if t.dtype != np.bool_:
+        raise ConfigError(f"straggler_trace has dtype {t.dtype}: must be bool (True = straggles)")
+    if t.shape != (cfg.steps, cfg.num_devices):
+        raise ConfigError(
+            f"straggler_trace has shape {t.shape}: must be (steps, num_devices) = ({cfg.steps}, {cfg.num_devices})"
+        )
+    return jnp.asarray(t)
+
+
+def prepare(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) -> Prepared:
+    """Load/partition data and run every data-dependent check; nothing is compiled."""
+    if not isinstance(cfg, ExperimentConfig):
+        raise ConfigError(f"cfg={type(cfg).__name__} is invalid: must be an ExperimentConfig")
+    trace = _check_trace(cfg, straggler_trace)
+    k_parts = cfg.num_partitions_resolved
+    if data is None:
+        if test_data is not None:
+            raise ConfigError("test_data is only used together with data=(X, y)")
+        ds = data_lib.truncate_to_multiple(data_lib.load_dataset(cfg), k_parts)
+    else:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise ConfigError(f"data={type(data).__name__} is invalid: must be a pair (X, y)")
+        ds = data_lib.from_arrays(data[0], data[1], cfg.task, test=test_data)
+    xp, yp = data_lib.partition(ds.x_train, ds.y_train, k_parts, cfg.partitioning, cfg.data_seed, cfg.dirichlet_alpha)
+    n_k = xp.shape[1]
+    if cfg.batch_size is not None and cfg.batch_size > n_k:
+        raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be <= rows per partition ({n_k})")
+    dtype = float_dtype(cfg)
+    num_classes = ds.num_classes
+    if cfg.task == "logreg" and num_classes not in (0, 2):
+        raise ConfigError(f"data has {num_classes} classes: task='logreg' needs labels in {{0, 1}}")
+    task = make_task(cfg, xp.shape[1:], num_classes, dtype)
+    k = resolve_k(task.dim, cfg.compress_k, cfg.compress_ratio)
+    bits = make_compressor(
+        cfg.compressor, task.dim, k=k, qsgd_levels=cfg.qsgd_levels, group_size=cfg.group_size, segments=task.segments
+    ).bits
+    y_dtype = dtype if cfg.task == "linreg" else jnp.int32
+    run_data = RunData(
+        xp=jnp.asarray(xp, dtype),
+        yp=jnp.asarray(yp, y_dtype),
+        x_test=jnp.asarray(ds.x_test, dtype),
+        y_test=jnp.asarray(ds.y_test, y_dtype),
+        trace=trace,
+    )
+    static = Static(static_config(cfg), tuple(int(s) for s in xp.shape[2:]), int(num_classes), task.dim, k)
+    return Prepared(static, run_data, int(bits))
+
+
+def history_to_numpy(history: dict, bits_per_message: int) -> tuple[dict[str, np.ndarray], int | None]:
+    """Host-side history: numpy arrays, cumulative bits (exact, float64) and the
+    divergence step (None if the run stayed finite)."""
+    hist = {k: np.asarray(v) for k, v in history.items()}
+    div = int(hist.pop("diverged_step"))
+    hist["bits"] = hist["delivered"].astype(np.float64) * float(bits_per_message)
+    return hist, (div if div >= 0 else None)
+
+
+def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) -> RunResult:
+    """Simulate one training run of `cfg`.
+
+    Args:
+        cfg: the configuration.
+        data: optional user arrays (X [n, d], y [n]); K contiguous equal row shards.
+        straggler_trace: (steps, M) bool array, True = straggles (straggler='trace').
+        test_data: optional (X_test, y_test) evaluated beside user data.
+
+    Example:
+        >>> res = run(ExperimentConfig(task="linreg", steps=20))
+        >>> res.history["loss"].shape
+        (21,)
+    """
+    prep = prepare(cfg, data, straggler_trace, test_data)
+    fn = compiled_run(prep.static)
+    params, history = fn(hparams_of(cfg), prep.data)
+    hist, div = history_to_numpy(history, prep.bits_per_message)
+    task = make_task(prep.static.cfg, (1, *prep.static.feature_shape), prep.static.num_classes, float_dtype(cfg))
+    return RunResult(cfg, hist, jax.tree_util.tree_map(np.asarray, task.unravel(params)), div, prep.bits_per_message)

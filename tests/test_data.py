@@ -1,0 +1,470 @@
+"""Tests of coco_jax.data: synthetic and bundled datasets, IDX / CIFAR file loaders
+(round trips through files written here), user arrays and partitioning. No network."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from coco_jax import data
+from coco_jax.config import ConfigError, ExperimentConfig
+
+# ------------------------------------------------------------------------ synthetic
+
+
+@pytest.mark.parametrize(
+    "task, classes, y_dtype",
+    [("linreg", 0, np.float32), ("logreg", 2, np.int32), ("softmax", 4, np.int32), ("mlp", 4, np.int32)],
+)
+def test_synthetic_shapes_dtypes_labels(task, classes, y_dtype):
+    cfg = ExperimentConfig(task=task, num_samples=120, num_test=30, num_features=7, num_classes=4)
+    ds = data.load_dataset(cfg)
+    assert ds.name == "synthetic"
+    assert ds.x_train.shape == (120, 7) and ds.x_test.shape == (30, 7)
+    assert ds.y_train.shape == (120,) and ds.y_test.shape == (30,)
+    assert ds.x_train.dtype == np.float32 and ds.x_test.dtype == np.float32
+    assert ds.y_train.dtype == y_dtype and ds.y_test.dtype == y_dtype
+    assert ds.num_classes == classes
+    if classes:
+        labels = np.concatenate([ds.y_train, ds.y_test])
+        assert labels.min() >= 0 and labels.max() < classes
+        assert len(np.unique(labels)) == classes  # every class occurs
+
+
+@pytest.mark.parametrize("task", ["linreg", "logreg", "softmax"])
+def test_synthetic_deterministic_by_data_seed(task):
+    cfg = ExperimentConfig(task=task, num_samples=200, num_test=20, data_seed=3)
+    a, b = data.load_dataset(cfg), data.load_dataset(cfg)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    # the training seed is not the data seed
+    same = data.load_dataset(cfg.replace(seed=9))
+    np.testing.assert_array_equal(a.x_train, same.x_train)
+    c = data.load_dataset(cfg.replace(data_seed=4))
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert not np.array_equal(a.y_train, c.y_train)
+
+
+def test_synthetic_linreg_noise_and_logreg_learnable():
+    clean = data.load_dataset(ExperimentConfig(task="linreg", noise=0.0, num_samples=300, num_features=5))
+    theta, *_ = np.linalg.lstsq(clean.x_train, clean.y_train, rcond=None)
+    assert np.allclose(clean.x_train @ theta, clean.y_train, atol=1e-4)  # exactly linear
+    # logreg: a least-squares fit of +-1 labels already separates most rows
+    ds = data.load_dataset(ExperimentConfig(task="logreg", noise=0.0, num_samples=2000, num_features=10))
+    w, *_ = np.linalg.lstsq(ds.x_train, 2.0 * ds.y_train - 1, rcond=None)
+    assert np.mean((ds.x_train @ w > 0) == ds.y_train) > 0.8
+    assert 0.3 < ds.y_train.mean() < 0.7
+
+
+def test_synthetic_label_noise_flips():
+    cfg = ExperimentConfig(task="softmax", num_samples=4000, num_classes=5, noise=0.0)
+    a = data.load_dataset(cfg)
+    b = data.load_dataset(cfg.replace(noise=0.3))
+    # same teacher and features; a fraction 0.3 of labels changed (flips go to another class)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert 0.25 < np.mean(a.y_train != b.y_train) < 0.35
+
+
+def test_synthetic_flip_rate_above_one_refused():
+    with pytest.raises(ConfigError, match="noise"):
+        data.load_dataset(ExperimentConfig(task="logreg", noise=1.5))
+
+
+# ------------------------------------------------------------------ sklearn datasets
+
+
+@pytest.mark.parametrize(
+    "name, task, n, d, classes",
+    [
+        ("digits", "softmax", 1797, 64, 10),
+        ("digits", "mlp", 1797, 64, 10),
+        ("breast_cancer", "logreg", 569, 30, 2),
+        ("breast_cancer", "mlp", 569, 30, 2),
+    ],
+)
+def test_sklearn_datasets(name, task, n, d, classes):
+    ds = data.load_dataset(ExperimentConfig(task=task, dataset=name, test_fraction=0.25))
+    n_test = round(0.25 * n)
+    assert ds.x_train.shape == (n - n_test, d) and ds.x_test.shape == (n_test, d)
+    assert ds.y_train.shape == (n - n_test,) and ds.y_test.shape == (n_test,)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.num_classes == classes
+    assert set(np.unique(ds.y_train)) == set(range(classes))
+    np.testing.assert_allclose(ds.x_train.mean(0), 0.0, atol=1e-4)
+    std = ds.x_train.std(0)
+    assert np.all((np.abs(std - 1) < 1e-3) | (std == 0))  # constant digit pixels stay 0
+    # train and test together are the original rows, each once (digits has a few duplicate images)
+    from sklearn import datasets as skd
+
+    target = (skd.load_digits if name == "digits" else skd.load_breast_cancer)().target
+    both = np.concatenate([ds.y_train, ds.y_test])
+    np.testing.assert_array_equal(np.bincount(both), np.bincount(target))
+    rows = np.concatenate([ds.x_train, ds.x_test])
+    assert len(np.unique(rows.round(4), axis=0)) >= len(rows) - 5
+
+
+def test_digits_split_depends_on_data_seed_only():
+    cfg = ExperimentConfig(task="softmax", dataset="digits")
+    a, b = data.load_dataset(cfg), data.load_dataset(cfg.replace(seed=5))
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    c = data.load_dataset(cfg.replace(data_seed=1))
+    assert not np.array_equal(a.y_train, c.y_train)
+
+
+def test_digits_cnn_images_global_standardisation():
+    ds = data.load_dataset(ExperimentConfig(task="cnn", dataset="digits", test_fraction=0.0))
+    assert ds.x_train.shape == (1797, 8, 8, 1) and ds.x_test.shape == (0, 8, 8, 1)
+    assert ds.num_classes == 10
+    assert abs(ds.x_train.mean()) < 1e-4 and abs(ds.x_train.std() - 1) < 1e-3
+    # global: the always-blank corner pixel is the same negative value everywhere
+    corner = ds.x_train[:, 0, 0, 0]
+    assert np.all(corner == corner[0]) and corner[0] < 0
+
+
+# ------------------------------------------------------------------------ IDX files
+
+
+def _write_idx(path, array, magic, gz=False):
+    array = np.asarray(array, np.uint8)
+    payload = struct.pack(">i", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _write_mnist(directory, n_train=12, n_test=5, gz=False, seed=0):
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": (rng.integers(0, 256, (n_train, 28, 28)), 2051),
+        "train-labels-idx1-ubyte": (rng.integers(0, 10, n_train), 2049),
+        "t10k-images-idx3-ubyte": (rng.integers(0, 256, (n_test, 28, 28)), 2051),
+        "t10k-labels-idx1-ubyte": (rng.integers(0, 10, n_test), 2049),
+    }
+    for name, (arr, magic) in arrays.items():
+        _write_idx(directory / name, arr, magic, gz=gz)
+    return {name: arr for name, (arr, _) in arrays.items()}
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("name, sub", [("mnist", ""), ("mnist", "mnist"), ("fashion_mnist", "fashion_mnist")])
+def test_idx_round_trip(tmp_path, gz, name, sub):
+    raw = _write_mnist(tmp_path / sub if sub else tmp_path, gz=gz)
+    cfg = ExperimentConfig(task="softmax", dataset=name, data_dir=str(tmp_path))
+    ds = data.load_dataset(cfg)
+    assert ds.name == name and ds.num_classes == 10
+    assert ds.x_train.shape == (12, 784) and ds.x_test.shape == (5, 784)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    np.testing.assert_allclose(ds.x_train, raw["train-images-idx3-ubyte"].reshape(12, -1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_train, raw["train-labels-idx1-ubyte"])
+    np.testing.assert_allclose(ds.x_test, raw["t10k-images-idx3-ubyte"].reshape(5, -1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, raw["t10k-labels-idx1-ubyte"])
+    cnn = data.load_dataset(cfg.replace(task="cnn"))
+    assert cnn.x_train.shape == (12, 28, 28, 1)
+    np.testing.assert_allclose(cnn.x_train[..., 0], raw["train-images-idx3-ubyte"] / 255.0, rtol=1e-6)
+
+
+def test_idx_subfolder_preferred_and_env_var(tmp_path, monkeypatch):
+    _write_mnist(tmp_path, seed=1)  # root: mnist files
+    fashion = _write_mnist(tmp_path / "fashion_mnist", n_train=8, seed=2)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    ds = data.load_dataset(ExperimentConfig(task="mlp", dataset="fashion_mnist"))
+    np.testing.assert_array_equal(ds.y_train, fashion["train-labels-idx1-ubyte"])
+    assert data.load_dataset(ExperimentConfig(task="mlp", dataset="mnist")).x_train.shape == (12, 784)
+
+
+def test_idx_missing_file_names_file_and_dirs(tmp_path):
+    _write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(ConfigError) as err:
+        data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path)))
+    msg = str(err.value)
+    assert "t10k-labels-idx1-ubyte" in msg and str(tmp_path) in msg and str(tmp_path / "mnist") in msg
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_bad_magic_and_size(tmp_path, gz):
+    _write_mnist(tmp_path, gz=gz)
+    suffix = ".gz" if gz else ""
+    target = tmp_path / ("train-images-idx3-ubyte" + suffix)
+    target.unlink()
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((12, 28, 28)), 2049, gz=gz)  # label magic
+    cfg = ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="magic") as err:
+        data.load_dataset(cfg)
+    assert str(target) in str(err.value)
+    # right magic, truncated payload
+    target.unlink()
+    payload = struct.pack(">iIII", 2051, 12, 28, 28) + bytes(100)
+    if gz:
+        target.write_bytes(gzip.compress(payload))
+    else:
+        target.write_bytes(payload)
+    with pytest.raises(ConfigError, match="bytes") as err:
+        data.load_dataset(cfg)
+    assert str(target) in str(err.value)
+
+
+def test_idx_label_count_mismatch(tmp_path):
+    _write_mnist(tmp_path)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(11), 2049)
+    with pytest.raises(ConfigError, match="11 labels"):
+        data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path)))
+
+
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    with pytest.raises(ConfigError, match="data_dir") as err:
+        data.data_dir(None)
+    assert data.DATA_DIR_ENV in str(err.value) and "ExperimentConfig.data_dir" in str(err.value)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    assert data.data_dir(None) == tmp_path
+    other = tmp_path / "x"
+    other.mkdir()
+    assert data.data_dir(str(other)) == other  # the config wins over the environment
+    with pytest.raises(ConfigError, match="not an existing directory"):
+        data.data_dir(str(tmp_path / "nope"))
+
+
+# -------------------------------------------------------------------------- CIFAR-10
+
+
+def _write_cifar(directory, n=4, seed=0, protocol=pickle.HIGHEST_PROTOCOL):
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    batches = {}
+    for name in [*data.CIFAR_TRAIN, data.CIFAR_TEST]:
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        }
+        batches[name] = batch
+    # a known pixel: first training image, row 1, column 2 is (R, G, B) = (10, 20, 30)
+    first = batches["data_batch_1"][b"data"][0]
+    for channel, value in enumerate((10, 20, 30)):
+        first[channel * 1024 + 1 * 32 + 2] = value
+    for name, batch in batches.items():
+        with open(directory / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=protocol)
+    return batches
+
+
+@pytest.mark.parametrize("sub, protocol", [("cifar-10-batches-py", 2), ("", 5)])
+def test_cifar_round_trip_channel_layout(tmp_path, sub, protocol):
+    batches = _write_cifar(tmp_path / sub if sub else tmp_path, protocol=protocol)
+    cfg = ExperimentConfig(task="cnn", dataset="cifar10", data_dir=str(tmp_path))
+    ds = data.load_dataset(cfg)
+    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32 and ds.num_classes == 10
+    np.testing.assert_allclose(ds.x_train[0, 1, 2], np.array([10, 20, 30]) / 255.0, rtol=1e-6)
+    labels = np.concatenate([batches[n][b"labels"] for n in data.CIFAR_TRAIN])
+    np.testing.assert_array_equal(ds.y_train, labels)
+    np.testing.assert_array_equal(ds.y_test, batches["test_batch"][b"labels"])
+    assert ds.x_train.max() <= 1.0 and ds.x_train.min() >= 0.0
+    flat = data.load_dataset(cfg.replace(task="softmax"))
+    assert flat.x_train.shape == (20, 3072)
+    np.testing.assert_array_equal(flat.x_train, ds.x_train.reshape(20, -1))
+
+
+def test_cifar_missing_and_malformed(tmp_path):
+    _write_cifar(tmp_path)
+    (tmp_path / "data_batch_3").unlink()
+    cfg = ExperimentConfig(task="cnn", dataset="cifar10", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        data.load_dataset(cfg)
+    msg = str(err.value)
+    assert "data_batch_3" in msg and str(tmp_path) in msg and "cifar-10-batches-py" in msg
+    (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(ConfigError, match="data_batch_3"):
+        data.load_dataset(cfg)
+    with open(tmp_path / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, fh)
+    with pytest.raises(ConfigError, match="3072"):
+        data.load_dataset(cfg)
+
+
+def test_cifar_unpickler_refuses_arbitrary_globals(tmp_path):
+    _write_cifar(tmp_path)
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": print}, fh)
+    cfg = ExperimentConfig(task="cnn", dataset="cifar10", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="not allowed"):
+        data.load_dataset(cfg)
+
+
+# ----------------------------------------------------------------------- from_arrays
+
+
+def test_from_arrays_tasks():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 3))
+    ds = data.from_arrays(x, rng.standard_normal(10), "linreg")
+    assert ds.num_classes == 0 and ds.x_train.dtype == np.float64  # float64 is kept
+    assert ds.x_test.shape == (0, 3) and ds.y_test.shape == (0,)
+    ds = data.from_arrays(x.astype(np.float32), [0, 1] * 5, "logreg", test=(x[:2], [True, False]))
+    assert ds.num_classes == 2 and ds.y_train.dtype == np.int32 and ds.x_train.dtype == np.float32
+    np.testing.assert_array_equal(ds.y_test, [1, 0])
+    ds = data.from_arrays(x, np.arange(10) % 3, "softmax", test=(x[:2], [0, 6]))
+    assert ds.num_classes == 7 and ds.name == "user"
+    ds = data.from_arrays(np.zeros((4, 5, 5, 2), np.uint8), [0, 1, 2, 3], "cnn")
+    assert ds.x_train.shape == (4, 5, 5, 2) and ds.x_train.dtype == np.float32 and ds.num_classes == 4
+
+
+@pytest.mark.parametrize(
+    "x, y, task, test, match",
+    [
+        (np.zeros((4, 2)), np.zeros(3), "linreg", None, "4 rows but y has 3"),
+        (np.zeros((4, 2)), [0, 1, 2, 1], "logreg", None, r"\{0, 1\}"),
+        (np.zeros((4, 2)), [0.5, 1, 0, 1], "softmax", None, "integer class labels"),
+        (np.zeros((4, 2)), [-1, 1, 0, 1], "mlp", None, "0..C-1"),
+        (np.zeros((4, 2, 2)), np.zeros(4), "linreg", None, "flatten"),
+        (np.zeros((4, 2)), [0, 1, 0, 1], "cnn", None, "H, W, C"),
+        (np.full((4, 2), np.nan), np.zeros(4), "linreg", None, "NaN"),
+        (np.zeros((4, 2)), np.zeros((4, 1)), "linreg", None, "vector"),
+        (np.zeros((0, 2)), np.zeros(0), "linreg", None, "no rows"),
+        (np.zeros((4, 2)), np.zeros(4), "linreg", (np.zeros((2, 3)), np.zeros(2)), "x_test"),
+        (np.zeros((4, 2)), np.zeros(4), "linreg", np.zeros(3), "pair"),
+    ],
+)
+def test_from_arrays_errors(x, y, task, test, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        data.from_arrays(x, y, task, test=test)
+    assert str(err.value).startswith("data")
+
+
+def test_from_arrays_bad_task():
+    with pytest.raises(ConfigError, match="task"):
+        data.from_arrays(np.zeros((2, 2)), np.zeros(2), "svm")
+
+
+# ------------------------------------------------------------------------ partition
+
+
+def _labelled(n=120, c=4, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.arange(n * d, dtype=np.float32).reshape(n, d)  # distinct rows
+    y = rng.integers(0, c, n).astype(np.int32)
+    return x, y
+
+
+def _same_rows(x, y, px, py):
+    flat = px.reshape(-1, *x.shape[1:])
+    a = np.column_stack([x.reshape(len(x), -1), y])
+    b = np.column_stack([flat.reshape(len(flat), -1), py.reshape(-1)])
+    np.testing.assert_array_equal(np.unique(a, axis=0), np.unique(b, axis=0))
+    assert len(b) == len(a) and len(np.unique(b, axis=0)) == len(a)
+
+
+@pytest.mark.parametrize("scheme", data.SCHEMES)
+@pytest.mark.parametrize("k", [1, 4, 6])
+def test_partition_shapes_and_rows_used_once(scheme, k):
+    x, y = _labelled()
+    px, py = data.partition(x, y, k, scheme, seed=1, alpha=0.3)
+    assert px.shape == (k, 120 // k, 3) and py.shape == (k, 120 // k)
+    _same_rows(x, y, px, py)
+    # rows keep their labels
+    for row, label in zip(px.reshape(-1, 3), py.reshape(-1), strict=True):
+        assert y[int(row[0]) // 3] == label
+    qx, qy = data.partition(x, y, k, scheme, seed=1, alpha=0.3)
+    np.testing.assert_array_equal(px, qx)  # deterministic for a seed
+    np.testing.assert_array_equal(py, qy)
+
+
+def test_partition_images():
+    x = np.random.default_rng(0).random((12, 4, 4, 2)).astype(np.float32)
+    y = np.arange(12) % 3
+    for scheme in data.SCHEMES:
+        px, py = data.partition(x, y, 3, scheme, seed=0)
+        assert px.shape == (3, 4, 4, 4, 2) and py.shape == (3, 4)
+        _same_rows(x, y, px, py)
+
+
+def test_partition_contiguous_equals_split_and_iid_shuffles():
+    x, y = _labelled()
+    px, py = data.partition(x, y, 4, "contiguous", seed=0)
+    for part, ref in zip(px, np.split(x, 4), strict=True):
+        np.testing.assert_array_equal(part, ref)
+    np.testing.assert_array_equal(py, np.stack(np.split(y, 4)))
+    ix, _ = data.partition(x, y, 4, "iid", seed=0)
+    jx, _ = data.partition(x, y, 4, "iid", seed=1)
+    assert not np.array_equal(ix, px) and not np.array_equal(ix, jx)
+
+
+def test_partition_sorted_is_label_sorted():
+    x, y = _labelled()
+    _, py = data.partition(x, y, 6, "sorted", seed=0)
+    flat = py.reshape(-1)
+    assert np.all(np.diff(flat) >= 0)
+    np.testing.assert_array_equal(flat, np.sort(y))
+
+
+def _mean_entropy(py, c):
+    ent = []
+    for labels in py:
+        p = np.bincount(labels, minlength=c) / len(labels)
+        p = p[p > 0]
+        ent.append(-(p * np.log(p)).sum())
+    return float(np.mean(ent))
+
+
+def test_partition_dirichlet_alpha_controls_heterogeneity():
+    x, y = _labelled(n=2000, c=10, seed=3)
+    _, low = data.partition(x, y, 10, "dirichlet", seed=0, alpha=0.05)
+    _, high = data.partition(x, y, 10, "dirichlet", seed=0, alpha=100.0)
+    e_low, e_high = _mean_entropy(low, 10), _mean_entropy(high, 10)
+    assert e_high > 2.0  # close to log(10) = 2.30
+    assert e_low < e_high - 0.7
+    _, other = data.partition(x, y, 10, "dirichlet", seed=1, alpha=0.05)
+    assert not np.array_equal(low, other)
+
+
+def test_partition_dirichlet_tiny_alpha_still_valid():
+    x, y = _labelled(n=300, c=3)
+    px, py = data.partition(x, y, 5, "dirichlet", seed=0, alpha=1e-4)
+    _same_rows(x, y, px, py)
+
+
+def test_partition_non_divisible_raises():
+    x, y = _labelled(n=10)
+    with pytest.raises(ConfigError) as err:
+        data.partition(x, y, 4, "contiguous", seed=0)
+    msg = str(err.value)
+    assert msg.startswith("data") and "n=10" in msg and "K=4" in msg
+    assert "truncate_to_multiple" in msg and "user data" in msg
+
+
+def test_partition_errors():
+    x, y = _labelled(n=12)
+    with pytest.raises(ConfigError, match="partitioning"):
+        data.partition(x, y, 3, "random", seed=0)
+    with pytest.raises(ConfigError, match="num_partitions"):
+        data.partition(x, y, 0, "iid", seed=0)
+    for scheme in ("sorted", "dirichlet"):
+        with pytest.raises(ConfigError, match="class labels"):
+            data.partition(x, y.astype(np.float32) + 0.5, 3, scheme, seed=0)
+    with pytest.raises(ConfigError, match="dirichlet_alpha"):
+        data.partition(x, y, 3, "dirichlet", seed=0, alpha=0.0)
+    # regression targets are fine for contiguous / iid
+    px, py = data.partition(x, y.astype(np.float32), 3, "iid", seed=0)
+    assert py.dtype == np.float32 and px.shape == (3, 4, 3)
+
+
+def test_truncate_to_multiple():
+    ds = data.load_dataset(ExperimentConfig(task="softmax", dataset="digits"))
+    n = ds.num_train
+    t = data.truncate_to_multiple(ds, 7)
+    assert t.num_train == n - n % 7 and t.num_test == ds.num_test
+    np.testing.assert_array_equal(t.x_train, ds.x_train[: t.num_train])
+    assert data.truncate_to_multiple(t, 7) is t
+    px, _ = data.partition(t.x_train, t.y_train, 7, "dirichlet", seed=0)
+    assert px.shape == (7, t.num_train // 7, 64)
+    with pytest.raises(ConfigError, match="cannot fill"):
+        data.truncate_to_multiple(ds, n + 1)
