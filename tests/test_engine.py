@@ -1,0 +1,314 @@
+"""The engine end to end: exact semantics on small cases, properties, compilation."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import coco_jax as cj
+from coco_jax import config as config_lib
+from coco_jax import feedback
+from coco_jax.compressors import make_compressor
+from coco_jax.engine import prepare
+from coco_jax.step import make_run
+
+
+def _linreg_data(n=48, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x @ rng.normal(size=d) + 0.1 * rng.normal(size=n)).astype(np.float32)
+    return x, y
+
+
+def _gd_reference(x, y, lr, steps):
+    theta = np.zeros(x.shape[1], np.float64)
+    for _ in range(steps):
+        theta = theta - lr * x.T @ (x @ theta - y) / x.shape[0]
+    return theta
+
+
+def test_hand_computed_example():
+    """M = K = 3, s = 1 cyclic, top-1 with error feedback, fixed decoder, lr 0.5,
+    device 1 straggles at step 1 and device 0 at step 2 (worked by hand)."""
+    x = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    y = np.array([1, 2, 3], np.float32)
+    trace = np.array([[False, True, False], [True, False, False]])
+    cfg = cj.ExperimentConfig(
+        task="linreg",
+        num_devices=3,
+        redundancy=1,
+        allocation="cyclic",
+        decoder="fixed",
+        straggler="trace",
+        straggler_prob=0.25,
+        compressor="topk",
+        compress_k=1,
+        error_feedback="ef",
+        lr=0.5,
+        steps=2,
+    )
+    res = cj.run(cfg, data=(x, y), straggler_trace=trace)
+    # step 1: coded grads d0=[-1,-2], d2=[-4,-3]; top-1 -> [0,-2], [-4,0];
+    # w = 1/(3 * 0.75 * 2) = 1/4.5; ĝ = [-4,-2]/4.5; θ1 = [4/9, 2/9]
+    # step 2: v1 = [-21/9,-37/9] -> [0,-37/9]; v2 = [-26/9,-48/9] -> [0,-48/9];
+    # ĝ = [0, -85/9]/4.5; θ2 = [4/9, 103/81]
+    np.testing.assert_allclose(res.params, [4 / 9, 103 / 81], rtol=1e-6)
+    np.testing.assert_allclose(res.history["loss"][0], (1 + 4 + 9) / 6, rtol=1e-6)
+    np.testing.assert_allclose(res.history["loss"][2], 16322 / 39366, rtol=1e-6)
+    # memories after step 2: e0 kept at [-1, 0], e1 = [-21/9, 0], e2 = [-26/9, 0]
+    np.testing.assert_allclose(res.history["ef_error_norm"][2], 56 / 27, rtol=1e-6)
+    np.testing.assert_array_equal(res.history["stragglers"], [0, 1, 1])
+    # top-1 of d = 2: 1 * (32 + 1) bits per message, 2 messages per step
+    np.testing.assert_array_equal(res.history["bits"], [0, 66, 132])
+    np.testing.assert_array_equal(res.history["step"], [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    "allocation,redundancy,decoder",
+    [
+        ("uncoded", 0, "fixed"),
+        ("uncoded", 0, "received"),
+        ("uncoded", 0, "optimal"),
+        ("cyclic", 2, "fixed"),
+        ("cyclic", 2, "received"),
+        ("cyclic", 2, "optimal"),
+        ("frc", 1, "fixed"),
+        ("frc", 1, "received"),
+        ("frc", 1, "optimal"),
+        ("cyclic_mds", 2, "received"),
+        ("cyclic_mds", 2, "optimal"),
+    ],
+)
+@pytest.mark.parametrize("error_feedback", ["none", "ef", "ef21"])
+def test_identity_without_stragglers_is_gradient_descent(allocation, redundancy, decoder, error_feedback):
+    x, y = _linreg_data()
+    cfg = cj.ExperimentConfig(
+        num_devices=6,
+        redundancy=redundancy,
+        allocation=allocation,
+        decoder=decoder,
+        straggler="none",
+        compressor="identity",
+        error_feedback=error_feedback,
+        lr=0.3,
+        steps=15,
+    )
+    res = cj.run(cfg, data=(x, y))
+    np.testing.assert_allclose(res.params, _gd_reference(x, y, 0.3, 15), rtol=2e-4, atol=2e-5)
+
+
+def test_optimal_decoder_recovers_gradient_with_decodable_stragglers():
+    """gc with ≤ s stragglers (cyclic) or one survivor per frc group is exactly GD."""
+    x, y = _linreg_data(n=60)
+    rng = np.random.default_rng(1)
+    steps, m = 12, 6
+    cyclic_trace = np.zeros((steps, m), bool)
+    for t in range(steps):
+        cyclic_trace[t, rng.choice(m, size=2, replace=False)] = True
+    frc_trace = np.zeros((steps, m), bool)
+    for t in range(steps):  # groups {0,1,2}, {3,4,5}: kill two of each group
+        for g in (0, 3):
+            frc_trace[t, g + rng.choice(3, size=2, replace=False)] = True
+    for allocation, trace in (("cyclic", cyclic_trace), ("frc", frc_trace), ("cyclic_mds", cyclic_trace)):
+        cfg = cj.preset(
+            "gc", num_devices=m, redundancy=2, allocation=allocation, straggler="trace", lr=0.3, steps=steps
+        )
+        res = cj.run(cfg, data=(x, y), straggler_trace=trace)
+        np.testing.assert_allclose(res.params, _gd_reference(x, y, 0.3, steps), rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(res.history["grad_error_sq"][1:], 0, atol=1e-8)
+
+
+def _static_and_data(cfg):
+    prep = prepare(cfg)
+    return prep.static, prep.data
+
+
+def test_jitted_equals_not_jitted():
+    cfg = cj.preset("coco-ef", task="logreg", num_devices=4, steps=4, eval_every=2, num_samples=64)
+    static, data = _static_and_data(cfg)
+    run = make_run(static)
+    hp = config_lib.hparams_of(cfg)
+    p_jit, h_jit = jax.jit(run)(hp, data)
+    with jax.disable_jit():
+        p_eager, h_eager = run(hp, data)
+    chex.assert_trees_all_close(p_jit, p_eager, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(h_jit, h_eager, rtol=1e-4, atol=1e-6)
+
+
+def test_dynamic_values_do_not_recompile():
+    cfg = cj.preset("coco-ef", num_devices=4, steps=5)
+    static, data = _static_and_data(cfg)
+    chex.clear_trace_counter()
+    run = jax.jit(chex.assert_max_traces(make_run(static), n=1))
+    outs = []
+    for changes in ({}, {"lr": 0.05, "straggler_prob": 0.4, "seed": 7}, {"lr": 0.2, "seed": 3}):
+        other = cfg.replace(**changes)
+        assert prepare(other).static == static
+        outs.append(run(config_lib.hparams_of(other), data)[1]["loss"])
+    assert not np.allclose(outs[0], outs[1])
+    # cj.run reuses the cached program for configurations of one static group
+    from coco_jax.step import compiled_run
+
+    cj.run(cfg)
+    size = compiled_run(static)._cache_size()
+    cj.run(cfg.replace(lr=0.01, seed=11, straggler_prob=0.1))
+    assert compiled_run(static)._cache_size() == size
+
+
+def test_vmapped_runs_equal_runs_one_by_one():
+    base = cj.preset("coco-ef", task="logreg", num_devices=4, steps=6, num_samples=64)
+    cfgs = [base.replace(lr=lr, seed=s, straggler_prob=p) for lr, s, p in ((0.1, 0, 0.2), (0.3, 1, 0.0), (0.05, 2, 0.5))]
+    static, data = _static_and_data(base)
+    hps = jax.tree_util.tree_map(lambda *a: np.stack(a), *[config_lib.hparams_of(c) for c in cfgs])
+    params, hist = jax.jit(jax.vmap(make_run(static), (0, None)))(hps, data)
+    for i, c in enumerate(cfgs):
+        one = cj.run(c)
+        np.testing.assert_allclose(params[i], one.params, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(hist["loss"][i], one.history["loss"], rtol=1e-5)
+
+
+def test_history_fields_and_eval_points():
+    res = cj.run(cj.preset("coco-ef", task="logreg", steps=10, eval_every=4))
+    np.testing.assert_array_equal(res.history["step"], [0, 4, 8, 10])
+    for key in (
+        "loss",
+        "bits",
+        "stragglers",
+        "grad_norm_sq",
+        "grad_error_sq",
+        "ef_error_norm",
+        "accuracy",
+        "time",
+        "test_accuracy",
+        "diverged",
+    ):
+        assert res.history[key].shape == (4,), key
+    assert np.all(np.diff(res.history["bits"]) > 0)
+    assert res.history["loss"][-1] < res.history["loss"][0]
+    assert np.isclose(res.history["loss"][0], np.log(2), rtol=1e-6)  # θ = 0 for logreg
+    assert "accuracy" not in cj.run(cj.preset("coco-ef", steps=2)).history
+
+
+def test_divergence_is_recorded_not_raised():
+    res = cj.run(cj.preset("gd", lr=50.0, steps=40))
+    assert res.diverged and res.diverged_step is not None and 1 <= res.diverged_step <= 40
+    assert res.history["diverged"][-1] and not res.history["diverged"][0]
+    assert not np.isfinite(res.history["loss"][-1])
+
+
+def test_error_feedback_conserves_mass():
+    """Per device: Σ sent messages + final error = Σ coded inputs of delivered steps
+    (keep); = Σ of all coded inputs (accumulate); reset zeroes the error."""
+    d, steps = 40, 30
+    comp = make_compressor("topk", d, k=3)
+    hp = config_lib.hparams_of(cj.ExperimentConfig())
+    rng = np.random.default_rng(0)
+    gs = rng.normal(size=(steps, d)).astype(np.float32)
+    straggles = rng.random(steps) < 0.3
+    for mode in ("keep", "accumulate", "reset"):
+        fb = feedback.make_feedback("ef", comp, mode)
+        state = fb.init(d, jnp.float32)
+        sent = np.zeros(d, np.float32)
+        for t in range(steps):
+            before = np.asarray(state["e"])
+            est, _, msg, state = fb.apply(jax.random.key(t), jnp.asarray(gs[t]), state, straggles[t], hp)
+            if straggles[t]:
+                after = np.asarray(state["e"])
+                expected = {"keep": before, "reset": np.zeros(d), "accumulate": before + gs[t]}[mode]
+                np.testing.assert_allclose(after, expected, atol=1e-6)
+            else:
+                sent += np.asarray(msg)
+                assert np.count_nonzero(np.asarray(msg)) == 3
+        total = gs.sum(0) if mode == "accumulate" else gs[~straggles].sum(0)
+        if mode != "reset":
+            np.testing.assert_allclose(sent + np.asarray(state["e"]), total, atol=1e-4)
+
+
+def test_float64_without_x64_falls_back_to_float32():
+    res = cj.run(cj.ExperimentConfig(dtype="float64", steps=2))
+    assert res.history["loss"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"task": "ridge"}, "task"),
+        ({"allocation": "mds"}, "allocation"),
+        ({"decoder": "magic"}, "decoder"),
+        ({"straggler": "sometimes"}, "straggler"),
+        ({"compressor": "zip"}, "compressor"),
+        ({"error_feedback": "ef3"}, "error_feedback"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"redundancy": -1}, "redundancy"),
+        ({"redundancy": 8}, "redundancy"),
+        ({"allocation": "frc", "redundancy": 2}, "redundancy"),
+        ({"allocation": "uncoded", "redundancy": 1}, "redundancy"),
+        ({"straggler_prob": 1.0}, "straggler_prob"),
+        ({"straggler_prob": -0.1}, "straggler_prob"),
+        ({"compress_k": 0}, "compress_k"),
+        ({"compress_ratio": 0.0}, "compress_ratio"),
+        ({"num_devices": 0}, "num_devices"),
+        ({"lr": -1.0}, "lr"),
+        ({"steps": 0}, "steps"),
+        ({"lr": "fast"}, "lr"),
+        ({"straggler": "heterogeneous", "straggler_probs": (0.1, 0.2)}, "straggler_probs"),
+    ],
+)
+def test_invalid_config_names_field(changes, field):
+    with pytest.raises(ValueError, match=field) as info:
+        cj.ExperimentConfig(**changes)
+    assert isinstance(info.value, cj.ConfigError)
+    assert repr(next(iter(changes.values()))) in str(info.value) or field in str(info.value)
+
+
+def test_data_dependent_errors_before_compiling(monkeypatch):
+    from coco_jax import step
+
+    def boom(*a, **k):
+        raise AssertionError("compiled before validating")
+
+    monkeypatch.setattr(step, "compiled_run", boom)
+    monkeypatch.setattr(cj.engine, "compiled_run", boom)
+    x, y = _linreg_data(n=50)
+    with pytest.raises(cj.ConfigError, match="data"):
+        cj.run(cj.ExperimentConfig(num_devices=8), data=(x, y))  # 50 rows, K = 8
+    with pytest.raises(cj.ConfigError, match="compress_k"):
+        cj.run(cj.ExperimentConfig(compress_k=1000))
+    cfg = cj.ExperimentConfig(straggler="trace", steps=3, num_devices=4)
+    with pytest.raises(cj.ConfigError, match="shape"):
+        cj.run(cfg, straggler_trace=np.zeros((3, 5), bool))
+    with pytest.raises(cj.ConfigError, match="dtype"):
+        cj.run(cfg, straggler_trace=np.zeros((3, 4), np.int32))
+    with pytest.raises(cj.ConfigError, match="straggler_trace"):
+        cj.run(cfg)
+    with pytest.raises(cj.ConfigError, match="straggler_trace"):
+        cj.run(cj.ExperimentConfig(steps=3), straggler_trace=np.zeros((3, 8), bool))
+
+
+def test_presets_build_and_learn():
+    for name in cj.PRESETS:
+        res = cj.run(cj.preset(name, task="logreg", steps=30, num_devices=6))
+        assert res.history["loss"][-1] < res.history["loss"][0], name
+    with pytest.raises(cj.ConfigError, match="preset"):
+        cj.preset("coco-xx")
+
+
+def test_cli_run_writes_history_and_config(tmp_path, capsys):
+    from coco_jax.cli import main
+
+    out = tmp_path / "run"
+    code = main(
+        ["run", "--preset", "coco-ef", "--task", "logreg", "--num-devices", "4", "--steps", "5", "--out", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "loss" in printed and "accuracy" in printed
+    table = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
+    np.testing.assert_array_equal(table["step"], np.arange(6))
+    import json
+
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["num_devices"] == 4 and meta["config"]["error_feedback"] == "ef"
+    assert main(["run", "--num-devices", "4", "--redundancy", "7"]) == 2
+    assert "redundancy" in capsys.readouterr().err
