@@ -231,7 +231,7 @@ def make_runner(static: Static) -> Runner:
     def step(carry: Carry, t, hp: HParams, data: RunData, with_metrics: bool):
         state, b = carry.state, carry.b
         load = jnp.sum(b != 0, axis=1).astype(dtype)  # [M]
-        rates = model.marginal_rate(hp)  # [M]
+        rates = model.marginal_rate(hp, load)  # [M]
         opt = make_optimizer(cfg.optimizer, hp)
         k_t = jax.random.fold_in(carry.step_key, t)
         k_strag, k_comp, k_batch = (jax.random.fold_in(k_t, i) for i in range(3))
