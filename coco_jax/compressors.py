@@ -1,0 +1,461 @@
+"""Gradient compressors, each written for ONE device's vector ``v`` of shape ``[d]``.
+
+A compressor is a static, hashable bundle (`Compressor`) of a pure function
+``compress(key, v) -> c`` and its constants: the number of upload bits of one
+delivered message, whether it is biased, and its compression constant:
+
+- biased compressors state a contraction ``||C(v) - v||^2 <= (1 - delta) ||v||^2``
+  (worst case over ``v``; "in expectation" where the compressor is random);
+- unbiased compressors (``E C(v) = v``) state ``E ||C(v) - v||^2 <= omega ||v||^2``.
+
+``compress`` takes a typed PRNG key (``jax.random.key``) and works under ``jax.jit``
+and ``jax.vmap`` (the engine vmaps it over the M devices), keeps the dtype of ``v``
+(float32 or float64) and maps the zero vector to zeros without NaN. Deterministic
+compressors ignore the key.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> comp = make_compressor("topk", dim=4, k=2)
+    >>> comp.compress(jax.random.key(0), jnp.array([0.1, -3.0, 2.0, 0.5]))
+    Array([ 0., -3.,  2.,  0.], dtype=float32)
+    >>> comp.bits, comp.biased, comp.delta
+    (68, True, 0.5)
+
+Bit counts assume 32-bit floats for every transmitted real number (also in float64
+runs) and fixed-length codes: an index costs ``ceil(log2 d)`` bits.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coco_jax.config import COMPRESSORS, ConfigError
+
+COMPRESSOR_NAMES: tuple[str, ...] = COMPRESSORS
+
+FLOAT_BITS = 32  # bits of one transmitted real number (norm, scale or value)
+
+
+class Compressor(NamedTuple):
+    """One compressor with its constants.
+
+    Attributes:
+        name: registry name (one of `COMPRESSOR_NAMES`).
+        compress: ``(key, v[d]) -> c[d]`` for one device, same dtype as ``v``.
+        bits: upload bits of one delivered message (python int).
+        biased: whether ``E C(v) != v`` for some ``v``.
+        delta: contraction constant of a biased compressor, worst case over ``v``
+            (in expectation for random ones); None where there is no guarantee.
+            The identity also carries ``delta = 1``.
+        omega: variance constant of an unbiased compressor; None for biased ones.
+    """
+
+    name: str
+    compress: Callable[[jax.Array, jax.Array], jax.Array]
+    bits: int
+    biased: bool
+    delta: float | None
+    omega: float | None
+
+
+def _index_bits(d: int) -> int:
+    """ceil(log2 d) for d >= 1 (0 for d = 1), exact for powers of two."""
+    return (d - 1).bit_length()
+
+
+def _level_bits(s: int) -> int:
+    """ceil(log2(s + 1)): bits of a QSGD level in {0, ..., s}."""
+    return int(s).bit_length()
+
+
+def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+    """num / den where den > 0, else 0 (no NaN in value or gradient)."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
+
+def empirical_contraction(v: jax.Array, c: jax.Array) -> jax.Array:
+    """``||c - v||^2 / ||v||^2`` over the last axis; 0 where ``v = c = 0``, inf where
+    only ``v = 0``.
+
+    For a biased compressor this is at most ``1 - delta``; for an unbiased one its
+    expectation is at most ``omega``.
+    """
+    err = jnp.sum(jnp.square(c - v), axis=-1)
+    nv = jnp.sum(jnp.square(v), axis=-1)
+    return jnp.where(nv > 0, err / jnp.where(nv > 0, nv, 1), jnp.where(err > 0, jnp.inf, 0.0))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _topk_indices(v: jax.Array, k: int) -> jax.Array:
+    """Indices of the k largest |v_i| ([k], ties in lax.top_k order)."""
+    _, idx = jax.lax.top_k(jnp.abs(v), k)
+    return idx
+
+
+def _random_indices(key: jax.Array, d: int, k: int) -> jax.Array:
+    """k indices drawn uniformly without replacement: top-k of iid uniform noise
+    (32 random bits per coordinate; ties have probability ~ d^2 / 2^33)."""
+    noise = jax.random.bits(key, (d,), jnp.uint32)
+    _, idx = jax.lax.top_k(noise, k)
+    return idx
+
+
+def _scatter(v: jax.Array, idx: jax.Array, vals: jax.Array) -> jax.Array:
+    return jnp.zeros_like(v).at[idx].set(vals, unique_indices=True)
+
+
+def _qsgd_quantise(key: jax.Array, v: jax.Array, s: int) -> jax.Array:
+    """QSGD with s levels: ||v|| sign(v_i) xi_i / s, xi_i the unbiased stochastic
+    rounding of s |v_i| / ||v|| to a neighbouring integer in {0, ..., s}."""
+    norm = jnp.linalg.norm(v)
+    r = jnp.clip(_safe_div(s * jnp.abs(v), norm), 0, s)
+    low = jnp.floor(r)
+    u = jax.random.uniform(key, v.shape, dtype=v.dtype)
+    xi = low + (u < r - low).astype(v.dtype)
+    return (norm / s) * jnp.sign(v) * xi
+
+
+# ----------------------------------------------------------------------------- factories
+
+
+def _identity(dim: int) -> Compressor:
+    """identity: ``c = v``. Unbiased, omega = 0 (also delta = 1). bits = 32 d."""
+
+    def compress(key, v):
+        del key
+        return v
+
+    return Compressor("identity", compress, FLOAT_BITS * dim, False, 1.0, 0.0)
+
+
+def _topk(dim: int, k: int) -> Compressor:
+    """topk: keep the k largest |v_i| (exactly k entries, ties broken in lax.top_k
+    order: lowest index first), zero the rest. Biased, deterministic,
+    delta = k/d (worst case: all |v_i| equal). bits = k (32 + ceil(log2 d))."""
+
+    def compress(key, v):
+        del key
+        idx = _topk_indices(v, k)
+        return _scatter(v, idx, v[idx])
+
+    return Compressor("topk", compress, k * (FLOAT_BITS + _index_bits(dim)), True, k / dim, None)
+
+
+def _randk(dim: int, k: int, *, unbiased: bool) -> Compressor:
+    """randk: keep k coordinates drawn uniformly without replacement.
+
+    Unscaled (``randk``): biased, ``E||C(v) - v||^2 = (1 - k/d) ||v||^2`` so
+    delta = k/d in expectation. Scaled by d/k (``randk_unbiased``): unbiased,
+    omega = d/k - 1. bits = k (32 + ceil(log2 d)) in both cases (values + indices).
+    """
+    scale = dim / k
+
+    def compress(key, v):
+        idx = _random_indices(key, dim, k)
+        vals = v[idx] * jnp.asarray(scale, v.dtype) if unbiased else v[idx]
+        return _scatter(v, idx, vals)
+
+    bits = k * (FLOAT_BITS + _index_bits(dim))
+    if unbiased:
+        return Compressor("randk_unbiased", compress, bits, False, None, dim / k - 1.0)
+    return Compressor("randk", compress, bits, True, k / dim, None)
+
+
+def _sign(dim: int) -> Compressor:
+    """sign: ``c = sign(v)`` with sign(0) = 0. Biased and not scale-equivariant: no
+    contraction guarantee (for ``||v|| << 1``, ``||sign(v) - v|| > ||v||``), so
+    delta = None. bits = d (one bit per coordinate; an exact 0 is assumed rare and
+    not charged)."""
+
+    def compress(key, v):
+        del key
+        return jnp.sign(v)
+
+    return Compressor("sign", compress, dim, True, None, None)
+
+
+def _segment_ids(dim: int, group_size: int | None, segments: tuple[int, ...] | None):
+    """Static group layout: (ids [d] numpy int32, sizes [G] numpy, uniform group size or None)."""
+    if group_size is not None:
+        sizes = [group_size] * (dim // group_size)
+        if dim % group_size:
+            sizes.append(dim % group_size)
+        uniform = group_size
+    elif segments is not None:
+        sizes = list(segments)
+        uniform = None
+    else:
+        sizes = [dim]
+        uniform = dim
+    sizes = np.asarray(sizes, np.int64)
+    ids = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    return ids, sizes, uniform
+
+
+def _grouped_sign(
+    dim: int, group_size: int | None, segments: tuple[int, ...] | None, name: str = "grouped_sign"
+) -> Compressor:
+    """grouped_sign: ``c_i = (mean_{j in g(i)} |v_j|) sign(v_i)``, one scale per group.
+
+    Groups are consecutive chunks of ``group_size`` (the last may be shorter) if given,
+    else the ``segments`` (sizes summing to d, e.g. one per layer), else one group
+    (= scaled_sign). Biased, deterministic; per group of n_g entries, none zero,
+    ``||C(v_g) - v_g||^2 = ||v_g||^2 - ||v_g||_1^2 / n_g <= (1 - 1/n_g) ||v_g||^2``
+    (zero entries only lower the error), so delta = 1 / max group size (worst case,
+    approached by one dominant entry in the largest group).
+    bits = d + 32 * num_groups.
+    """
+    ids, sizes, uniform = _segment_ids(dim, group_size, segments)
+    num_groups = len(sizes)
+    max_size = int(sizes.max())
+
+    if num_groups == 1:
+
+        def compress(key, v):
+            del key
+            return (jnp.sum(jnp.abs(v)) / dim) * jnp.sign(v)
+
+    elif uniform is not None:
+        pad = num_groups * uniform - dim
+
+        def compress(key, v):
+            del key
+            a = jnp.pad(jnp.abs(v), (0, pad)).reshape(num_groups, uniform)  # [G, n]
+            scale = jnp.sum(a, axis=1) / jnp.asarray(sizes, v.dtype)  # [G]
+            return jnp.repeat(scale, uniform)[:dim] * jnp.sign(v)
+
+    else:
+        ids_j = jnp.asarray(ids)
+
+        def compress(key, v):
+            del key
+            sums = jax.ops.segment_sum(jnp.abs(v), ids_j, num_segments=num_groups, indices_are_sorted=True)
+            scale = sums / jnp.asarray(sizes, v.dtype)  # [G]
+            return scale[ids_j] * jnp.sign(v)
+
+    return Compressor(name, compress, dim + FLOAT_BITS * num_groups, True, 1.0 / max_size, None)
+
+
+def _scaled_sign(dim: int) -> Compressor:
+    """scaled_sign (Karimireddy et al. 2019): ``c = (||v||_1 / d) sign(v)``, sign(0) = 0.
+    Biased, deterministic; for v without zero entries
+    ``||C(v) - v||^2 = (1 - ||v||_1^2 / (d ||v||_2^2)) ||v||^2``, i.e. the
+    input-dependent delta(v) = ||v||_1^2 / (d ||v||_2^2) >= 1/d (with nnz nonzero
+    entries delta(v) = ||v||_1^2 (2 - nnz/d) / (d ||v||_2^2), larger still).
+    Reported delta = 1/d, the worst case (approached by one dominant entry).
+    bits = d + 32."""
+    return _grouped_sign(dim, None, None, name="scaled_sign")
+
+
+def _qsgd(dim: int, s: int) -> Compressor:
+    """qsgd (Alistarh et al. 2017) with s levels:
+    ``c_i = ||v||_2 sign(v_i) xi_i / s``, xi_i the stochastic rounding of
+    ``s |v_i| / ||v||_2`` to a neighbouring integer. Unbiased,
+    omega = min(d / s^2, sqrt(d) / s). bits = 32 + d (1 + ceil(log2(s + 1))):
+    the norm, then a sign bit and a fixed-length level code per coordinate (no Elias
+    coding)."""
+
+    def compress(key, v):
+        return _qsgd_quantise(key, v, s)
+
+    omega = min(dim / s**2, math.sqrt(dim) / s)
+    return Compressor("qsgd", compress, FLOAT_BITS + dim * (1 + _level_bits(s)), False, None, omega)
+
+
+def _topk_qsgd(dim: int, k: int, s: int) -> Compressor:
+    """topk_qsgd: topk, then QSGD (s levels, norm of the kept k-vector) of the k kept
+    values. Biased; with T = topk(v) and omega_k = min(k/s^2, sqrt(k)/s),
+    ``E||C(v) - v||^2 = ||v||^2 - ||T||^2 + E||Q(T) - T||^2
+    <= (1 - (1 - omega_k) k/d) ||v||^2``, so delta = (1 - omega_k) k/d in expectation
+    when omega_k < 1, else None. bits = 32 + k (ceil(log2 d) + 1 + ceil(log2(s + 1)))
+    (norm, then index, sign and level per kept entry)."""
+
+    def compress(key, v):
+        idx = _topk_indices(v, k)
+        return _scatter(v, idx, _qsgd_quantise(key, v[idx], s))
+
+    omega_k = min(k / s**2, math.sqrt(k) / s)
+    delta = (1.0 - omega_k) * k / dim if omega_k < 1 else None
+    bits = FLOAT_BITS + k * (_index_bits(dim) + 1 + _level_bits(s))
+    return Compressor("topk_qsgd", compress, bits, True, delta, None)
+
+
+def _onebit(dim: int) -> Compressor:
+    """onebit: the 1-bit stochastic quantiser of 1-bit gradient coding (Li & Skoglund
+    2024, arXiv 2403.14716). With B = ||v||_inf, ``c_i = +B`` with probability
+    ``(1 + v_i/B)/2`` and ``-B`` otherwise. Unbiased;
+    ``E||C(v) - v||^2 = d B^2 - ||v||^2 <= (d - 1) ||v||^2``, so omega = d - 1.
+    bits = d + 32 (one bit per coordinate and B)."""
+
+    def compress(key, v):
+        b = jnp.max(jnp.abs(v))
+        p_plus = 0.5 * (1 + _safe_div(v, b))
+        u = jax.random.uniform(key, v.shape, dtype=v.dtype)
+        return jnp.where(u < p_plus, b, -b)
+
+    return Compressor("onebit", compress, dim + FLOAT_BITS, False, None, dim - 1.0)
+
+
+def _natural(dim: int) -> Compressor:
+    """natural (Horvath et al. 2019): each ``v_i != 0`` is rounded stochastically to
+    one of its neighbouring powers of two ``2^e <= |v_i| < 2^(e+1)`` (up with
+    probability ``|v_i|/2^e - 1``), sign kept, zero stays zero. Unbiased,
+    omega = 1/8 (worst at ``|v_i| = (4/3) 2^e``). bits = 9 d (sign and an 8-bit
+    exponent per coordinate, as for float32, also in float64 runs).
+
+    Subnormal inputs are mapped to 0, as XLA flushes them; values within a factor
+    two of the largest finite float may round up to inf.
+    """
+
+    def compress(key, v):
+        a = jnp.abs(v)
+        mant, expo = jnp.frexp(a)  # a = mant 2^expo, mant in [0.5, 1)
+        low = jnp.ldexp(jnp.ones_like(a), expo - 1)  # 2^e <= a
+        p_up = 2 * mant - 1  # = a / 2^e - 1, in [0, 1)
+        u = jax.random.uniform(key, v.shape, dtype=v.dtype)
+        mag = jnp.where(u < p_up, 2 * low, low)
+        normal = a >= jnp.finfo(v.dtype).smallest_normal
+        return jnp.where(normal, jnp.sign(v) * mag, jnp.zeros_like(v))
+
+    return Compressor("natural", compress, 9 * dim, False, None, 1.0 / 8.0)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _fail(field: str, value, allowed: str):
+    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def _with_shape_check(comp: Compressor, dim: int) -> Compressor:
+    """Wrap ``compress`` so a wrong input shape fails at trace time with a clear message."""
+    inner = comp.compress
+
+    def compress(key: jax.Array, v: jax.Array) -> jax.Array:
+        if jnp.shape(v) != (dim,):
+            raise ValueError(
+                f"{comp.name}.compress expects one device's vector of shape ({dim},), got "
+                f"{jnp.shape(v)}; vmap it over devices"
+            )
+        return inner(key, v)
+
+    compress.__doc__ = inspect.cleandoc(_FACTORIES[comp.name].__doc__ or "")
+    compress.__name__ = compress.__qualname__ = f"compress_{comp.name}"
+    return comp._replace(compress=compress)
+
+
+def make_compressor(
+    name: str,
+    dim: int,
+    *,
+    k: int = 1,
+    qsgd_levels: int = 4,
+    group_size: int | None = None,
+    segments: tuple[int, ...] | None = None,
+) -> Compressor:
+    """Build the compressor ``name`` for vectors of dimension ``dim``.
+
+    Args:
+        name: one of `COMPRESSOR_NAMES`.
+        dim: d, the flat parameter count (>= 1).
+        k: kept entries for topk, randk, randk_unbiased and topk_qsgd
+            (1 <= k <= d; checked for every name).
+        qsgd_levels: s >= 1 for qsgd and topk_qsgd.
+        group_size: grouped_sign: consecutive chunks of this size (takes precedence
+            over ``segments``).
+        segments: grouped_sign: group sizes (positive, summing to d), e.g. one per
+            layer of a network.
+
+    Returns:
+        The `Compressor`; equal arguments return the same (cached) object, so it is
+        hashable and stable as a static argument of ``jax.jit``.
+
+    Raises:
+        ConfigError: naming the field, its value and what is allowed.
+    """
+    if name not in COMPRESSOR_NAMES:
+        _fail("compressor", name, f"must be one of {', '.join(COMPRESSOR_NAMES)}")
+    if not _is_int(dim) or dim < 1:
+        _fail("dim", dim, "must be a positive integer (the flat parameter count d)")
+    dim = int(dim)
+    if not _is_int(k) or not 1 <= k <= dim:
+        _fail("compress_k", k, f"must be an integer with 1 <= k <= d={dim}")
+    k = int(k)
+    if not _is_int(qsgd_levels) or qsgd_levels < 1:
+        _fail("qsgd_levels", qsgd_levels, "must be an integer >= 1")
+    qsgd_levels = int(qsgd_levels)
+    if group_size is not None and (not _is_int(group_size) or group_size < 1):
+        _fail("group_size", group_size, "must be None or an integer >= 1")
+    if segments is not None:
+        segments = tuple(segments)
+        if not segments or not all(_is_int(n) and n >= 1 for n in segments) or sum(segments) != dim:
+            _fail("segments", segments, f"must be a non-empty tuple of positive integers summing to d={dim}")
+        segments = tuple(int(n) for n in segments)
+
+    group_size = None if group_size is None else int(group_size)
+    return _build(name, dim, k, qsgd_levels, group_size, segments)
+
+
+@functools.cache
+def _build(name, dim, k, qsgd_levels, group_size, segments) -> Compressor:
+    """Memoised on the validated arguments: equal arguments give the very same
+    `Compressor`, so it can serve as a static jit argument without recompiling."""
+    return _with_shape_check(_factory(name, dim, k, qsgd_levels, group_size, segments), dim)
+
+
+def _factory(name, dim, k, qsgd_levels, group_size, segments) -> Compressor:
+    if name == "identity":
+        return _identity(dim)
+    if name == "topk":
+        return _topk(dim, k)
+    if name == "randk":
+        return _randk(dim, k, unbiased=False)
+    if name == "randk_unbiased":
+        return _randk(dim, k, unbiased=True)
+    if name == "sign":
+        return _sign(dim)
+    if name == "scaled_sign":
+        return _scaled_sign(dim)
+    if name == "grouped_sign":
+        return _grouped_sign(dim, group_size, segments)
+    if name == "qsgd":
+        return _qsgd(dim, qsgd_levels)
+    if name == "topk_qsgd":
+        return _topk_qsgd(dim, k, qsgd_levels)
+    if name == "onebit":
+        return _onebit(dim)
+    return _natural(dim)
+
+
+# The factory of each name; its docstring (semantics, constants, bits) becomes the
+# docstring of the compressor's ``compress``.
+_FACTORIES = {
+    "identity": _identity,
+    "topk": _topk,
+    "randk": _randk,
+    "randk_unbiased": _randk,
+    "sign": _sign,
+    "scaled_sign": _scaled_sign,
+    "grouped_sign": _grouped_sign,
+    "qsgd": _qsgd,
+    "topk_qsgd": _topk_qsgd,
+    "onebit": _onebit,
+    "natural": _natural,
+}
+
+__all__ = ["COMPRESSOR_NAMES", "Compressor", "empirical_contraction", "make_compressor"]
