@@ -235,6 +235,8 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     if cfg.allocation == "bernoulli" and s + 1 > k_parts:
         _fail("redundancy", s, f"allocation='bernoulli' needs redundancy+1 <= num_partitions={k_parts}")
+    if cfg.allocation == "cyclic_mds" and k_parts != m:
+        _fail("num_partitions", k_parts, f"allocation='cyclic_mds' needs num_partitions = num_devices = {m}")
     if cfg.decoder == "fixed" and cfg.allocation == "cyclic_mds":
         _fail("decoder", cfg.decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
 

@@ -204,6 +204,7 @@ def test_tasks_and_datasets_learn(changes):
         (dict(task="cnn", dataset="synthetic"), "dataset"),
         (dict(partitioning="sorted"), "partitioning"),
         (dict(allocation="cyclic_mds", decoder="fixed"), "decoder"),
+        (dict(allocation="cyclic_mds", decoder="optimal", num_partitions=16), "num_partitions"),
     ],
 )
 def test_invalid_breadth_fields(changes, field):
