@@ -10,6 +10,19 @@ compressed gradients with error feedback (COCO-EF) as one jit-compiled JAX progr
 from coco_jax.config import ConfigError, ExperimentConfig, HParams
 from coco_jax.engine import RunResult, run
 from coco_jax.presets import PRESETS, preset
+from coco_jax.results import load_results
+from coco_jax.sweep import Grid, sweep
 
-__all__ = ["ConfigError", "ExperimentConfig", "HParams", "PRESETS", "RunResult", "preset", "run"]
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "ExperimentConfig",
+    "Grid",
+    "HParams",
+    "RunResult",
+    "load_results",
+    "preset",
+    "run",
+    "sweep",
+]
 __version__ = "0.1.0"

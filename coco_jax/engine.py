@@ -81,8 +81,11 @@ def _check_trace(cfg: ExperimentConfig, trace) -> jax.Array | None:
     return jnp.asarray(t)
 
 
-def prepare(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) -> Prepared:
-    """Load/partition data and run every data-dependent check; nothing is compiled."""
+def prepare(
+    cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None, *, dataset=None
+) -> Prepared:
+    """Load/partition data and run every data-dependent check; nothing is compiled.
+    `dataset`: the already loaded `data.load_dataset(cfg)` (a sweep loads it once)."""
     if not isinstance(cfg, ExperimentConfig):
         raise ConfigError(f"cfg={type(cfg).__name__} is invalid: must be an ExperimentConfig")
     trace = _check_trace(cfg, straggler_trace)
@@ -90,7 +93,8 @@ def prepare(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=No
     if data is None:
         if test_data is not None:
             raise ConfigError("test_data is only used together with data=(X, y)")
-        ds = data_lib.truncate_to_multiple(data_lib.load_dataset(cfg), k_parts)
+        loaded = dataset if dataset is not None else data_lib.load_dataset(cfg)
+        ds = data_lib.truncate_to_multiple(loaded, k_parts)
     else:
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ConfigError(f"data={type(data).__name__} is invalid: must be a pair (X, y)")

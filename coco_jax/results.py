@@ -1,0 +1,299 @@
+"""Tidy result tables on disk: one row per (configuration, evaluated step).
+
+A sweep directory holds:
+
+    results.parquet   the final table (written once, by process 0, atomically)
+    results.json      the sidecar: grid, grid hash, versions, devices, seed policy,
+                      git commit, compilations, wall time, status ("running"/"complete")
+    parts/*.parquet   rows of finished batches (resume); removed once the table exists
+
+Columns: every `ExperimentConfig` field (tuple-valued fields as JSON strings), `method`
+(preset name or "custom"), `config_id` (a stable hash of the full configuration),
+`bits_per_message`, `diverged_step` (-1 if the run stayed finite) and every history
+key of `engine.RunResult` (step, loss, grad_norm_sq, ..., delivered, bits = delivered ×
+bits_per_message).
+
+Example:
+    >>> import coco_jax as cj
+    >>> df = cj.load_results("results/methods")           # doctest: +SKIP
+    >>> df.groupby(["method", "straggler_prob", "step"]).loss.mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import pathlib
+import subprocess
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from coco_jax.config import ConfigError, ExperimentConfig
+
+TABLE = "results.parquet"
+SIDECAR = "results.json"
+PARTS = "parts"
+
+SEED_POLICY = (
+    "each configuration's randomness derives only from its own fields: jax.random.key(seed) split by "
+    "fold_in with fixed constants per purpose (code, init, stragglers, steps) and fold_in(step) per step; "
+    "data from data_seed. Never from the configuration's position in the grid, its batch, its device "
+    "or its process."
+)
+
+# History keys in column order (those a task lacks are absent or NaN).
+HISTORY_KEYS = (
+    "step",
+    "loss",
+    "grad_norm_sq",
+    "accuracy",
+    "test_loss",
+    "test_accuracy",
+    "bits",
+    "time",
+    "delivered",
+    "stragglers",
+    "grad_error_sq",
+    "ef_error_norm",
+    "contraction",
+    "diverged",
+)
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of `value` (tuples -> lists, numpy scalars -> Python)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def config_id(cfg: ExperimentConfig) -> str:
+    """A stable hash of every field of `cfg` (same in every process and Python run)."""
+    text = json.dumps(jsonable(cfg.to_dict()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_columns(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Every config field as a table cell; tuple-valued fields as JSON strings."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = json.dumps(jsonable(v)) if isinstance(v, tuple) else jsonable(v)
+    return out
+
+
+def rows_of(
+    method: str,
+    cfg: ExperimentConfig,
+    history: dict[str, np.ndarray],
+    bits_per_message: int,
+    diverged_step: int | None,
+) -> pd.DataFrame:
+    """The table rows of one finished run (history as from `engine.history_to_numpy`)."""
+    import pandas as pd
+
+    n = len(history["step"])
+    cols: dict[str, Any] = {"method": [method] * n, "config_id": [config_id(cfg)] * n}
+    for k, v in config_columns(cfg).items():
+        cols[k] = [v] * n
+    cols["bits_per_message"] = np.full(n, bits_per_message, np.int64)
+    cols["diverged_step"] = np.full(n, -1 if diverged_step is None else diverged_step, np.int64)
+    keys = [k for k in HISTORY_KEYS if k in history] + sorted(k for k in history if k not in HISTORY_KEYS)
+    for k in keys:
+        cols[k] = np.asarray(history[k])
+    return pd.DataFrame(cols)
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as it reads back from Parquet (so in-memory and loaded tables compare equal)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False).to_pandas()
+
+
+# ------------------------------------------------------------------------ files
+
+
+def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over `path`."""
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def table_bytes(df: pd.DataFrame) -> bytes:
+    """A table as Parquet bytes."""
+    import io
+
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False, engine="pyarrow")
+    return buf.getvalue()
+
+
+def table_from_bytes(data: bytes) -> pd.DataFrame:
+    import io
+
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+
+
+def write_table(path: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Write `df` as Parquet at `path`, atomically."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, table_bytes(df))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as JSON at `path`, atomically."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_part(out: str | os.PathLike, name: str, df: pd.DataFrame) -> pathlib.Path:
+    """Rows of one finished batch as `out/parts/<name>.parquet` (atomic)."""
+    path = pathlib.Path(out) / PARTS / f"{name}.parquet"
+    write_table(path, df)
+    return path
+
+
+def part_files(out: str | os.PathLike) -> list[pathlib.Path]:
+    """Finished part files (temporary files of an interrupted write are ignored)."""
+    d = pathlib.Path(out) / PARTS
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".tmp-"))
+
+
+def read_parts(out: str | os.PathLike) -> pd.DataFrame | None:
+    """All finished part rows (duplicates of a configuration dropped), or None."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(p, engine="pyarrow") for p in part_files(out)]
+    if not frames:
+        return None
+    return dedupe(pd.concat(frames, ignore_index=True))
+
+
+def dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep the first copy of each (method, config_id, step) row."""
+    return df.drop_duplicates(subset=["method", "config_id", "step"], keep="first").reset_index(drop=True)
+
+
+def load_results(directory: str | os.PathLike, *, partial: bool = False) -> pd.DataFrame:
+    """The results table of a sweep directory.
+
+    Args:
+        directory: the sweep's `out` directory.
+        partial: if the sweep has not finished, return the rows of its finished
+            batches instead of raising.
+
+    Example:
+        >>> df = load_results("results/methods")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    d = pathlib.Path(directory)
+    table = d / TABLE
+    if table.exists():
+        return pd.read_parquet(table, engine="pyarrow")
+    if partial:
+        parts = read_parts(d)
+        if parts is not None:
+            return parts
+    if not d.exists():
+        raise ConfigError(f"results directory {str(d)!r} does not exist")
+    raise ConfigError(
+        f"{str(d)!r} holds no {TABLE} (the sweep has not finished; load_results(..., partial=True) "
+        "returns the finished batches, and running the sweep again resumes it)"
+    )
+
+
+def load_metadata(directory: str | os.PathLike) -> dict:
+    """The JSON sidecar of a sweep directory."""
+    meta = read_json(pathlib.Path(directory) / SIDECAR)
+    if meta is None:
+        raise ConfigError(f"{str(directory)!r} holds no {SIDECAR}")
+    return meta
+
+
+# ------------------------------------------------------------------ environment
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in ("coco-jax", "jax", "jaxlib", "optax", "flax", "numpy", "pandas", "pyarrow"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict[str, Any] | None:
+    """The project's git commit (and whether the tree has changes), when available."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_description() -> dict[str, Any]:
+    import jax
+
+    local = jax.local_devices()
+    return {
+        "platform": local[0].platform,
+        "device_kind": local[0].device_kind,
+        "local_device_count": len(local),
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }

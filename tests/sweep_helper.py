@@ -1,0 +1,90 @@
+"""Helper for tests/test_sweep.py and tests/test_multihost.py: small grids and a
+command line that runs a sweep in a fresh process (device-count flags, several
+processes, kill and resume). Not a test module.
+
+    python tests/sweep_helper.py run --grid mixed --out DIR [--budget BYTES] [--slow S] [--table FILE]
+    python tests/sweep_helper.py run --grid mixed --out DIR --coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def small_base(**over):
+    import coco_jax as cj
+
+    fields = {
+        "task": "linreg",
+        "num_devices": 4,
+        "num_samples": 64,
+        "num_test": 16,
+        "num_features": 8,
+        "steps": 6,
+        "eval_every": 2,
+    }
+    fields.update(over)
+    return cj.ExperimentConfig(**fields)
+
+
+def grid(name: str):
+    """The grids the tests share (tiny: a few ms per run on a CPU)."""
+    import coco_jax as cj
+
+    if name == "mixed":  # two presets x 2 lr x 2 seeds, and a different num_devices
+        return cj.Grid(
+            base=small_base(),
+            axes={"preset": ["coco-ef", "gc"], "lr": [0.05, 0.1], "seed": [0, 1], "num_devices": [4, 2]},
+        )
+    if name == "six":  # one group of 6 configurations (padding on 4 devices)
+        return cj.Grid(base=small_base(), axes={"lr": [0.05, 0.1, 0.2], "seed": [0, 1]})
+    if name == "resume":  # two groups, many configurations
+        return cj.Grid(
+            base=small_base(steps=8),
+            axes={"preset": ["coco-ef", "gc"], "seed": list(range(4)), "lr": [0.05, 0.1]},
+        )
+    raise SystemExit(f"unknown grid {name}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("cmd", choices=["run"])
+    p.add_argument("--grid", required=True)
+    p.add_argument("--out")
+    p.add_argument("--budget")
+    p.add_argument("--slow", type=float, default=0.0, help="sleep this long after each part file")
+    p.add_argument("--table", help="write the returned table here (parquet)")
+    p.add_argument("--coordinator")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+    args = p.parse_args(argv)
+
+    import importlib
+
+    sw = importlib.import_module("coco_jax.sweep")
+    if args.coordinator:
+        sw.init_distributed(args.coordinator, args.num_processes, args.process_id, timeout_s=60)
+    if args.slow:
+        res_lib = importlib.import_module("coco_jax.results")
+        write_part = res_lib.write_part
+
+        def slow_write_part(*a, **k):
+            path = write_part(*a, **k)
+            print(f"wrote {path}", flush=True)
+            time.sleep(args.slow)
+            return path
+
+        res_lib.write_part = slow_write_part
+    df = sw.sweep(grid(args.grid), out=args.out, memory_budget=args.budget, progress=False)
+    if args.table:
+        df.to_parquet(args.table, index=False)
+    import jax
+
+    print(f"done process {jax.process_index()} rows {len(df)} info {sw.sweep.last_info}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
