@@ -1369,14 +1369,14 @@ def load_grid(target: str | os.PathLike, quick: bool = False) -> tuple[Grid, str
 
 
 def use_cpu_devices(n: int | None = None) -> int | None:
-    """Split the host CPU into `n` JAX devices (default: one per core, at most 8) so the
-    configuration axis of a sweep runs in parallel on CPU cores; only before JAX has
-    started a backend, and not where XLA_FLAGS already forces a device count. A GPU or
-    TPU run is unaffected (this only shapes the CPU backend). Returns the count set."""
-    if n is None:
-        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-            return None
-        n = min(os.cpu_count() or 1, 8)
+    """Split the host CPU into `n` JAX devices so the configuration axis of a sweep runs
+    in parallel on CPU cores; only before JAX has started a backend, and not where
+    XLA_FLAGS already forces a device count. `None` leaves JAX's default (one CPU
+    device): several CPU devices on an oversubscribed 2-core machine were seen to stall
+    a sweep, so splitting is opt-in. A GPU or TPU run is unaffected. Returns the count
+    set, or None."""
+    if n is None or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
     if n < 1:
         raise ConfigError(f"cpu_devices={n} is invalid: must be >= 1")
     try:

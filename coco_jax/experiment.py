@@ -1,0 +1,572 @@
+"""Experiment modules: load one, run its sweep, draw its figures, write its report.
+
+An experiment is a Python module (``experiments/<name>.py``) with
+
+- a docstring stating the question, the expected result and the command;
+- ``NAME`` (str) and ``DESCRIPTION`` (one line);
+- ``grid(quick: bool = False)``: a `coco_jax.Grid`, or several (a list of named
+  Grids, ``Grid(..., name="time")``, or a dict name -> Grid) when the study needs
+  configurations no single grid expresses (say, Bernoulli and latency stragglers);
+- ``figures(df) -> dict[str, Figure]``: figures from the results table. ``df`` is the
+  tidy table of `coco_jax.sweep` plus a column ``part``: the grid's name (for a
+  single grid, the experiment's name);
+- optionally ``REPORT_METRICS``: history keys added to the report's final-metrics table
+  (mean over the last half of the evaluated steps);
+- optionally ``PARTS``: names of other experiments; such a module (``paper``) runs all
+  of them and writes one report with a section per experiment.
+
+``run_experiment`` (``coco-jax run experiments/<name>.py [--quick] [--out DIR]``) runs the
+sweep (resuming if DIR holds part of it), draws the figures, writes the report.
+``coco-jax plot DIR`` redraws figures and report from the saved tables only.
+
+Output layout (DIR defaults to ``results/<name>``, ``results/<name>-quick`` with
+``--quick``, the same directory ``coco-jax sweep`` uses):
+
+    DIR/report.md               the report (figures inline, final metrics, grid, versions)
+    DIR/figures/<fig>.png|.pdf   the figures (paper: <experiment>_<fig>)
+    DIR/experiment.json         what ran: module, quick, parts, wall times
+    DIR/results.parquet, results.json          a single grid's sweep (coco_jax.results)
+    DIR/<part>/results.parquet, results.json   or one directory per named grid
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from coco_jax.config import ConfigError, ExperimentConfig
+
+__all__ = [
+    "Experiment",
+    "cli_list",
+    "cli_plot",
+    "compose_figures",
+    "compose_grids",
+    "default_out",
+    "draw_figures",
+    "find_experiments",
+    "load_experiment",
+    "load_tables",
+    "run_experiment",
+    "standard_config",
+]
+
+ENV_DIR = "COCO_JAX_EXPERIMENTS"
+META = "experiment.json"
+FIGURES = "figures"
+REPORT = "report.md"
+
+# =========================================================== the shared problem
+
+
+def standard_config(quick: bool = False, **overrides) -> ExperimentConfig:
+    """The problem the shipped experiments share, so their figures compare.
+
+    Logistic regression (convex, so the optimality gap F(θ) − F* is exact) on synthetic
+    data with label-sorted partitions: half of the partitions hold only one class, the
+    rest only the other, the heterogeneity under which ignoring stragglers biases the
+    gradient and gradient coding matters. Stragglers are Bernoulli(p = 0.2), the code is
+    cyclic with s = 1, the compressor keeps k/d = 10% of the coordinates.
+
+    quick: M = 16 devices, d = 100, 1024 training rows, 200 steps (a 2-core CPU).
+    full: M = 100 devices (the COCO-EF paper's scale), d = 500, 10 000 rows, 1000 steps.
+    """
+    base: dict[str, Any] = {
+        "task": "logreg",
+        "dataset": "synthetic",
+        "partitioning": "sorted",
+        "noise": 0.05,
+        "redundancy": 1,
+        "allocation": "cyclic",
+        "straggler": "bernoulli",
+        "straggler_prob": 0.2,
+        "compressor": "topk",
+        "compress_ratio": 0.1,
+        "error_feedback": "ef",
+        "decoder": "fixed",
+        "optimizer": "sgd",
+        "lr": 1.0,
+    }
+    if quick:
+        base.update(num_devices=16, num_features=100, num_samples=1024, num_test=512, steps=200, eval_every=5)
+    else:
+        base.update(
+            num_devices=100, num_features=500, num_samples=10000, num_test=2000, steps=1000, eval_every=10
+        )
+    base.update(overrides)
+    return ExperimentConfig(**base)
+
+
+def seeds(quick: bool) -> range:
+    """Seeds per configuration: 3 quick, 5 full."""
+    return range(3) if quick else range(5)
+
+
+# ============================================================ loading modules
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A loaded experiment module."""
+
+    name: str
+    description: str
+    path: pathlib.Path
+    module: Any
+
+    @property
+    def doc(self) -> str:
+        return (self.module.__doc__ or "").strip()
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Names of the experiments a composite module (paper) runs; () otherwise."""
+        return tuple(getattr(self.module, "PARTS", ()))
+
+    def grids(self, quick: bool = False) -> list[tuple[str, Any]]:
+        """[(part name, Grid)]: a single grid is the part named like the experiment."""
+        return parts_of(self, quick)
+
+    def figures(self, df) -> dict:
+        return self.module.figures(df)
+
+
+def _search_dirs() -> list[pathlib.Path]:
+    dirs = []
+    env = os.environ.get(ENV_DIR)
+    if env:
+        dirs.extend(pathlib.Path(p) for p in env.split(os.pathsep) if p)
+    dirs.append(pathlib.Path.cwd() / "experiments")
+    dirs.append(pathlib.Path(__file__).resolve().parent.parent / "experiments")
+    out = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def find_experiments() -> list[pathlib.Path]:
+    """Experiment modules (experiments/*.py, not starting with "_") in the search path:
+    $COCO_JAX_EXPERIMENTS, ./experiments, then the project's experiments/."""
+    seen: dict[str, pathlib.Path] = {}
+    for d in _search_dirs():
+        for p in sorted(d.glob("*.py")):
+            if not p.name.startswith("_") and p.stem not in seen:
+                seen[p.stem] = p
+    return list(seen.values())
+
+
+_LOADED: dict[pathlib.Path, Experiment] = {}
+
+
+def load_experiment(target: str | os.PathLike) -> Experiment:
+    """Load an experiment module from a path (``experiments/methods.py``) or a name
+    (``methods``, looked up in `find_experiments`' directories)."""
+    path = pathlib.Path(target)
+    if not path.is_file():
+        name = path.stem if path.suffix == ".py" else str(target)
+        hits = [d / f"{name}.py" for d in _search_dirs() if (d / f"{name}.py").is_file()]
+        if not hits:
+            known = ", ".join(p.stem for p in find_experiments()) or "none found"
+            raise ConfigError(
+                f"experiment {str(target)!r} not found: give a path to a module or one of: {known} "
+                f"(searched {', '.join(str(d) for d in _search_dirs()) or './experiments'})"
+            )
+        path = hits[0]
+    path = path.resolve()
+    if path in _LOADED:
+        return _LOADED[path]
+    mod_name = f"coco_jax_experiments.{path.stem}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{str(path)!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    missing = [a for a in ("NAME", "DESCRIPTION", "grid", "figures") if not hasattr(module, a)]
+    if missing:
+        raise ConfigError(f"experiment module {str(path)!r} lacks {', '.join(missing)}")
+    exp = Experiment(str(module.NAME), str(module.DESCRIPTION), path, module)
+    _LOADED[path] = exp
+    return exp
+
+
+def parts_of(exp: Experiment, quick: bool) -> list[tuple[str, Any]]:
+    """Normalise `exp.module.grid(quick)` to [(part name, Grid)]."""
+    from coco_jax.sweep import Grid
+
+    g = exp.module.grid(quick=quick)
+    if isinstance(g, Grid):
+        return [(exp.name, g)]
+    if isinstance(g, dict):
+        items = list(g.items())
+    elif isinstance(g, (list, tuple)):
+        items = [(x.name or f"part{i}", x) if isinstance(x, Grid) else tuple(x) for i, x in enumerate(g)]
+    else:
+        raise ConfigError(
+            f"{exp.name}.grid() returned {type(g).__name__}: expected a Grid, a list or a dict of them"
+        )
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{exp.name}.grid(): part names must be unique, got {names}")
+    for n, x in items:
+        if not isinstance(x, Grid):
+            raise ConfigError(f"{exp.name}.grid(): part {n!r} is a {type(x).__name__}, not a Grid")
+    return items
+
+
+# ================================================================ composites
+
+
+def _sibling(here: str | os.PathLike, name: str) -> Experiment:
+    path = pathlib.Path(here).resolve().with_name(f"{name}.py")
+    return load_experiment(path if path.is_file() else name)
+
+
+def compose_grids(names: Sequence[str], quick: bool, here: str | os.PathLike) -> dict[str, Any]:
+    """The grids of several experiments (modules beside `here`) as one dict:
+    "<experiment>" for a single grid, "<experiment>/<part>" for each named grid."""
+    out = {}
+    for n in names:
+        sub = _sibling(here, n)
+        parts = parts_of(sub, quick)
+        single = len(parts) == 1 and parts[0][0] == sub.name
+        for pname, g in parts:
+            out[sub.name if single else f"{sub.name}/{pname}"] = g
+    return out
+
+
+def split_parts(df, name: str):
+    """Rows of experiment `name` in a composite table, with `part` as that experiment sees it."""
+    mask = (df["part"] == name) | df["part"].str.startswith(name + "/")
+    sub = df[mask].copy()
+    sub["part"] = sub["part"].map(lambda p: name if p == name else p[len(name) + 1 :])
+    return sub
+
+
+def compose_figures(names: Sequence[str], df, here: str | os.PathLike) -> dict:
+    """Every figure of several experiments, named "<experiment>_<figure>"."""
+    figs = {}
+    for n in names:
+        sub_exp = _sibling(here, n)
+        sub = split_parts(df, sub_exp.name)
+        if sub.empty:
+            continue
+        for k, fig in sub_exp.figures(sub).items():
+            figs[f"{sub_exp.name}_{k}"] = fig
+    return figs
+
+
+# ================================================================== running
+
+
+def default_out(name: str, quick: bool) -> pathlib.Path:
+    """results/<name>, or results/<name>-quick for the quick variant (as `coco-jax sweep`)."""
+    return pathlib.Path("results") / (name + ("-quick" if quick else ""))
+
+
+def _part_dir(out: pathlib.Path, exp_name: str, part: str, nparts: int) -> pathlib.Path:
+    """A single grid sweeps into `out` itself (shared with `coco-jax sweep`), named
+    grids into out/<part>."""
+    if nparts == 1 and part == exp_name:
+        return out
+    return out / part
+
+
+def _check_meta(out: pathlib.Path, exp: Experiment, quick: bool, overwrite: bool) -> None:
+    meta = _read_meta(out)
+    if meta is None or overwrite:
+        return
+    if meta.get("experiment") != exp.name or bool(meta.get("quick")) != quick:
+        raise ConfigError(
+            f"out={str(out)!r} holds results of experiment {meta.get('experiment')!r} "
+            f"({'quick' if meta.get('quick') else 'full'}): choose another --out or pass --overwrite"
+        )
+
+
+def _read_meta(out: pathlib.Path) -> dict | None:
+    p = out / META
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _write_meta(out: pathlib.Path, meta: dict) -> None:
+    from coco_jax.results import write_json
+
+    write_json(out / META, meta)
+
+
+def sweep_parts(
+    exp: Experiment,
+    quick: bool,
+    out: pathlib.Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    grids=None,
+):
+    """Run (or resume) every grid of `exp` into `out`; returns (table with `part`, info)."""
+    import pandas as pd
+
+    from coco_jax.sweep import sweep
+
+    parts = grids if grids is not None else parts_of(exp, quick)
+    frames = []
+    info = {}
+    for pname, g in parts:
+        d = _part_dir(out, exp.name, pname, len(parts))
+        t0 = time.time()
+        if progress:
+            print(f"[{exp.name}] sweep {pname}: {len(g)} configurations -> {d}", file=sys.stderr, flush=True)
+        df = sweep(g, out=d, overwrite=overwrite, progress=progress)
+        last = dict(getattr(sweep, "last_info", {}) or {})
+        info[pname] = {
+            "dir": str(d.relative_to(out)) if d != out else ".",
+            "configs": len(g),
+            "wall_time_s": round(time.time() - t0, 2),
+            "compilations": last.get("compilations"),
+            "resumed": last.get("resumed"),
+        }
+        frames.append(df.assign(part=pname))
+    return pd.concat(frames, ignore_index=True), info
+
+
+def load_tables(out: str | os.PathLike):
+    """The table of a finished experiment directory (with `part`), from experiment.json."""
+    import pandas as pd
+
+    from coco_jax.results import load_results
+
+    out = pathlib.Path(out)
+    meta = _read_meta(out)
+    if meta is None:
+        raise ConfigError(
+            f"{str(out)!r} holds no {META}: it is not the output of `coco-jax run experiments/<name>.py`"
+        )
+    frames = []
+    for pname, p in meta["parts"].items():
+        frames.append(load_results(out / p["dir"]).assign(part=pname))
+    return pd.concat(frames, ignore_index=True), meta
+
+
+def draw_figures(exp: Experiment, df, out: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    """Draw `exp`'s figures from `df` into out/figures (PNG + PDF)."""
+    from coco_jax import plots
+
+    figs = exp.figures(df)
+    paths = {}
+    for name, fig in figs.items():
+        paths[name] = plots.save_figure(fig, out / FIGURES, name)
+    return paths
+
+
+def _sections(exp: Experiment, df, figure_paths: dict, meta: dict) -> list:
+    from coco_jax.report import Section
+
+    if not exp.parts:
+        return [
+            Section(
+                exp.name,
+                exp.description,
+                exp.doc,
+                figure_paths,
+                df,
+                grids=meta.get("grids", {}),
+                metrics=tuple(getattr(exp.module, "REPORT_METRICS", ())),
+            )
+        ]
+    out = []
+    for n in exp.parts:
+        sub_exp = _sibling(exp.path, n)
+        sub = split_parts(df, sub_exp.name)
+        figs = {
+            k[len(sub_exp.name) + 1 :]: v for k, v in figure_paths.items() if k.startswith(sub_exp.name + "_")
+        }
+        grids = {
+            (k[len(sub_exp.name) + 1 :] or sub_exp.name): v
+            for k, v in meta.get("grids", {}).items()
+            if k == sub_exp.name or k.startswith(sub_exp.name + "/")
+        }
+        out.append(
+            Section(
+                sub_exp.name,
+                sub_exp.description,
+                sub_exp.doc,
+                figs,
+                sub,
+                grids=grids,
+                metrics=tuple(getattr(sub_exp.module, "REPORT_METRICS", ())),
+            )
+        )
+    return out
+
+
+def _grids_meta(parts) -> dict:
+    return {pname: g.describe() for pname, g in parts}
+
+
+def _finish(exp: Experiment, df, out: pathlib.Path, meta: dict, redraw: bool) -> dict:
+    from coco_jax.report import write_report
+
+    t0 = time.time()
+    paths = draw_figures(exp, df, out)
+    fig_time = time.time() - t0
+    meta = dict(meta)
+    meta["figures"] = {k: [str(p.relative_to(out)) for p in v] for k, v in paths.items()}
+    wall = dict(meta.get("wall_time_s", {}))
+    if redraw:
+        wall["last_redraw_figures"] = round(fig_time, 2)
+    else:
+        wall["figures"] = round(fig_time, 2)
+        wall["total"] = round(wall.get("sweep", 0.0) + fig_time, 2)
+    meta["wall_time_s"] = wall
+    write_report(out, exp, _sections(exp, df, paths, meta), meta)
+    _write_meta(out, meta)
+    return meta
+
+
+def run_experiment(
+    target: str | os.PathLike,
+    quick: bool = False,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> int:
+    """Run an experiment end to end: sweep (resuming), figures, report. Returns 0."""
+    from coco_jax import results as res_lib
+
+    t_start = time.time()
+    exp = load_experiment(target)
+    out = pathlib.Path(out) if out is not None else default_out(exp.name, quick)
+    _check_meta(out, exp, quick, overwrite)
+    parts = parts_of(exp, quick)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "experiment": exp.name,
+        "description": exp.description,
+        "module": str(exp.path),
+        "quick": quick,
+        "command": "coco-jax run " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["run"] else None,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+        "grids": _grids_meta(parts),
+        "parts": {
+            pname: {"dir": str(_part_dir(out, exp.name, pname, len(parts)).relative_to(out)) or "."}
+            for pname, _ in parts
+        },
+        "status": "running",
+    }
+    _write_meta(out, meta)
+    df, info = sweep_parts(exp, quick, out, overwrite=overwrite, progress=progress, grids=parts)
+    sweep_time = time.time() - t_start
+    meta["parts"] = info
+    meta["wall_time_s"] = {"sweep": round(sweep_time, 2)}
+    meta["versions"] = res_lib.package_versions()
+    meta["python"] = sys.version.split()[0]
+    meta["devices"] = res_lib.device_description()
+    meta["git"] = res_lib.git_commit()
+    meta["status"] = "complete"
+    meta = _finish(exp, df, out, meta, redraw=False)
+    total = meta["wall_time_s"]["total"]
+    print(
+        f"{exp.name}{' (quick)' if quick else ''}: {len(df)} rows, {len(meta['figures'])} figures, "
+        f"{total:.1f} s -> {out / REPORT}"
+    )
+    return 0
+
+
+def _adopt_sweep_directory(out: pathlib.Path) -> None:
+    """Write experiment.json for a directory that `coco-jax sweep experiments/<name>.py`
+    filled (the tables, no figures yet), so that `plot` can draw it. The experiment is
+    found by the grid's name in the sidecar or by the directory's name (<name>[-quick])."""
+    from coco_jax.results import SIDECAR, read_json
+
+    root = read_json(out / SIDECAR) or {}
+    quick = out.name.endswith("-quick")
+    candidates = [c for c in ((root.get("grid") or {}).get("name"), out.name.removesuffix("-quick")) if c]
+    exp = None
+    for name in candidates:
+        try:
+            exp = load_experiment(name)
+            break
+        except ConfigError:
+            continue
+    if exp is None:
+        raise ConfigError(
+            f"{str(out)!r} holds no {META}, and no experiment module named "
+            f"{' or '.join(repr(c) for c in candidates) or '?'} was found: run it with `coco-jax run`"
+        )
+    parts = parts_of(exp, quick)
+    meta_parts, grids, sidecars = {}, {}, []
+    for pname, g in parts:
+        d = _part_dir(out, exp.name, pname, len(parts))
+        side = read_json(d / SIDECAR)
+        if side is None:
+            raise ConfigError(f"{str(d)!r} holds no {SIDECAR}: the sweep of part {pname!r} is missing")
+        sidecars.append(side)
+        rel = str(d.relative_to(out)) if d != out else "."
+        meta_parts[pname] = {"dir": rel, "configs": side.get("num_configs"), "compilations": 0}
+        grids[pname] = side.get("grid", g.describe())
+    first = sidecars[0]
+    started = [inv.get("started") for s in sidecars for inv in s.get("invocations", []) if inv.get("started")]
+    meta = {
+        "experiment": exp.name,
+        "description": exp.description,
+        "module": str(exp.path),
+        "quick": quick,
+        "command": f"coco-jax sweep experiments/{exp.name}.py{' --quick' if quick else ''}",
+        "started": min(started) if started else "?",
+        "grids": grids,
+        "parts": meta_parts,
+        "wall_time_s": {"sweep": round(sum(s.get("total_wall_time_s") or 0.0 for s in sidecars), 2)},
+        "versions": first.get("versions"),
+        "python": first.get("python"),
+        "devices": first.get("devices"),
+        "git": first.get("git"),
+        "status": "complete",
+    }
+    _write_meta(out, meta)
+
+
+def plot_directory(directory: str | os.PathLike) -> dict:
+    """Redraw figures and report of a finished experiment directory from its tables
+    (also a directory that `coco-jax sweep experiments/<name>.py` wrote)."""
+    out = pathlib.Path(directory)
+    if not (out / META).is_file() and out.is_dir():
+        _adopt_sweep_directory(out)
+    df, meta = load_tables(out)
+    try:
+        exp = load_experiment(meta["module"])
+    except ConfigError:
+        exp = load_experiment(meta["experiment"])
+    return _finish(exp, df, out, meta, redraw=True)
+
+
+def cli_plot(args) -> int:
+    """`coco-jax plot DIR`: redraw the figures (and report) from saved results."""
+    meta = plot_directory(args.results_dir)
+    out = pathlib.Path(args.results_dir)
+    print(f"redrew {len(meta['figures'])} figures in {out / FIGURES} and {out / REPORT}")
+    return 0
+
+
+def cli_list(args) -> int:
+    """`coco-jax list`: one line per experiment module."""
+    rows = []
+    for path in find_experiments():
+        try:
+            exp = load_experiment(path)
+            rows.append((exp.name, exp.description))
+        except Exception as err:  # noqa: BLE001 - list the others
+            rows.append((path.stem, f"(cannot load: {err})"))
+    if not rows:
+        print("no experiment modules found (looked in ./experiments and the project's experiments/)")
+        return 1
+    width = max(len(n) for n, _ in rows)
+    for n, d in rows:
+        print(f"{n:<{width}}  {d}")
+    return 0

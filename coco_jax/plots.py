@@ -1,0 +1,1066 @@
+"""Figures from results tables: tidy table in, matplotlib `Figure` out.
+
+Every figure follows the same rules, so that figures of different experiments can be
+put side by side in a paper:
+
+- one curve per method (or per compressor / code, whatever the figure compares), drawn
+  with that label's fixed colour and marker (`style`), the same in every figure;
+- each curve is the mean over seeds with a shaded band, ± one standard deviation by
+  default (`band="std"`) or a 95 % Student-t interval (`band="ci95"`); the legend title
+  says which, and how many seeds;
+- runs that diverged (θ became non-finite, or the plotted metric is NaN/inf) are dropped
+  from the mean and the legend title says how many; a label whose runs all diverged
+  keeps its legend entry, marked "(diverged)", so the figure still names it;
+- axes carry units; the y axis is logarithmic when the plotted values span more than
+  a decade;
+- one legend per figure, outside the axes (below them), so it never hides a curve;
+- `save_figure` writes PNG (200 dpi) and PDF; the backend is Agg (no display needed).
+
+Losses of convex tasks (linreg, logreg, softmax) are plotted as the optimality gap
+F(θ) − F* where F* is computed here from the dataset (`optimum`, float64), so linear
+convergence and error floors show on a log axis. Other tasks plot F(θ) itself.
+
+Example:
+    >>> from coco_jax import plots
+    >>> df = plots.synthetic_results()          # a results-shaped table, no JAX needed
+    >>> fig = plots.curves_figure(df, [("step", "loss"), ("bits", "loss")])
+    >>> paths = plots.save_figure(fig, "/tmp/figs", "methods")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from coco_jax.config import ExperimentConfig
+
+__all__ = [
+    "AXIS_LABELS",
+    "STYLES",
+    "band_label",
+    "config_from_row",
+    "curves_figure",
+    "final_values",
+    "finals_figure",
+    "heatmap_figure",
+    "label_column",
+    "optimum",
+    "save_figure",
+    "style",
+    "synthetic_results",
+    "with_gap",
+]
+
+# ------------------------------------------------------------------------- styles
+
+# Methods (presets): COCO-EF is red, solid and on top; the ideal reference is black dashed.
+STYLES: dict[str, dict[str, Any]] = {
+    "coco-ef": {"color": "#d62728", "marker": "o", "linestyle": "-", "zorder": 10, "linewidth": 2.2},
+    "coco-ef21": {"color": "#ff7f0e", "marker": "s", "linestyle": "-"},
+    "gc": {"color": "#1f77b4", "marker": "^", "linestyle": "-"},
+    "gc-compressed": {"color": "#9467bd", "marker": "v", "linestyle": "-"},
+    "gc-unbiased": {"color": "#8c564b", "marker": "D", "linestyle": "-"},
+    "gc-diana": {"color": "#e377c2", "marker": "P", "linestyle": "-"},
+    "onebit-gc": {"color": "#7f7f7f", "marker": "X", "linestyle": "-"},
+    "ef-uncoded": {"color": "#bcbd22", "marker": "<", "linestyle": "-"},
+    "ignore-stragglers": {"color": "#17becf", "marker": ">", "linestyle": "-"},
+    "gd": {"color": "#000000", "marker": "*", "linestyle": "--"},
+    # compressors
+    "topk": {"color": "#d62728", "marker": "o", "linestyle": "-"},
+    "randk": {"color": "#1f77b4", "marker": "^", "linestyle": "-"},
+    "randk_unbiased": {"color": "#8c564b", "marker": "D", "linestyle": "-"},
+    "sign": {"color": "#2ca02c", "marker": "s", "linestyle": "-"},
+    "scaled_sign": {"color": "#ff7f0e", "marker": "v", "linestyle": "-"},
+    "grouped_sign": {"color": "#9467bd", "marker": "P", "linestyle": "-"},
+    "qsgd": {"color": "#e377c2", "marker": "X", "linestyle": "-"},
+    "topk_qsgd": {"color": "#17becf", "marker": "h", "linestyle": "-"},
+    "onebit": {"color": "#7f7f7f", "marker": "<", "linestyle": "-"},
+    "natural": {"color": "#bcbd22", "marker": ">", "linestyle": "-"},
+    "identity": {"color": "#000000", "marker": "*", "linestyle": "--"},
+    # codes
+    "cyclic": {"color": "#d62728", "marker": "o", "linestyle": "-"},
+    "frc": {"color": "#1f77b4", "marker": "s", "linestyle": "-"},
+    "bernoulli": {"color": "#2ca02c", "marker": "^", "linestyle": "-"},
+    "cyclic_mds": {"color": "#9467bd", "marker": "D", "linestyle": "-"},
+    "uncoded": {"color": "#7f7f7f", "marker": "x", "linestyle": "--"},
+}
+
+_FALLBACK_COLORS = [matplotlib.colormaps["tab20"](i) for i in range(20)]
+_FALLBACK_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "*"]
+# Ordinal labels ("s = 2", "p = 0.1", ...) get colours of one sequential map.
+_ORDINAL_CMAP = "viridis"
+
+
+def style(label: str) -> dict[str, Any]:
+    """Colour, marker and line style of a curve label: fixed for every method, compressor
+    and code name (`STYLES`); any other label gets a colour and marker picked by a stable
+    hash of its text, so it too is the same in every figure.
+
+    Composite labels such as ``"topk + EF"`` use the colour of their first word
+    (``topk``); "no EF" makes the line dashed, "DIANA" dash-dotted (with another marker).
+    """
+    if label in STYLES:
+        out = dict(STYLES[label])
+    else:
+        head = label.split(" ")[0]
+        if head in STYLES and label != head:
+            out = dict(STYLES[head])
+            out["linestyle"] = "--" if "no EF" in label else "-." if "DIANA" in label else "-"
+            if "no EF" in label or "DIANA" in label:
+                swap = {"o": "s", "^": "v", "D": "d", "X": "x"} if "no EF" in label else {}
+                out["marker"] = swap.get(out["marker"], "*" if "DIANA" in label else "x")
+        else:
+            h = zlib.crc32(label.encode())
+            out = {
+                "color": _FALLBACK_COLORS[h % len(_FALLBACK_COLORS)],
+                "marker": _FALLBACK_MARKERS[(h // 20) % len(_FALLBACK_MARKERS)],
+                "linestyle": "-",
+            }
+    out.setdefault("linewidth", 1.6)
+    out.setdefault("zorder", 5)
+    return out
+
+
+AXIS_LABELS: dict[str, str] = {
+    "step": "Iteration",
+    "bits": "Cumulative uploaded bits (all devices)",
+    "time": "Simulated wall-clock time (time units)",
+    "loss": "Training loss F(θ)",
+    "gap": "Optimality gap F(θ) − F*",
+    "test_loss": "Test loss",
+    "accuracy": "Training accuracy (%)",
+    "test_accuracy": "Test accuracy (%)",
+    "grad_norm_sq": "‖∇F(θ)‖²",
+    "grad_error_sq": "Decoding error ‖ĝ − ∇F(θ)‖²",
+    "ef_error_norm": "Mean error-feedback memory ‖eₘ‖",
+    "contraction": "Empirical contraction ‖C(v) − v‖² / ‖v‖²",
+    "stragglers": "Stragglers per iteration",
+    "delivered": "Delivered messages (cumulative)",
+    "straggler_prob": "Straggling probability p",
+    "compress_ratio": "Compression level k/d",
+    "qsgd_levels": "QSGD levels (per coordinate)",
+    "redundancy": "Redundancy s (extra copies of each partition)",
+    "num_devices": "Number of devices M",
+    "lr": "Learning rate",
+    "bits_per_message": "Bits per message",
+}
+PERCENT_METRICS = ("accuracy", "test_accuracy")
+
+
+def axis_label(name: str) -> str:
+    return AXIS_LABELS.get(name, name.replace("_", " "))
+
+
+# ----------------------------------------------------------------- table helpers
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+_TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if "tuple" in str(f.type))
+
+
+def config_from_row(row: pd.Series | dict) -> ExperimentConfig:
+    """The `ExperimentConfig` of one table row (tuple fields are stored as JSON text)."""
+    values = {}
+    for name in CONFIG_FIELDS:
+        if name not in row:
+            continue
+        v = row[name]
+        if name in _TUPLE_FIELDS and isinstance(v, str):
+            v = json.loads(v)
+            v = None if v is None else tuple(v)
+        elif isinstance(v, float) and math.isnan(v):
+            v = None
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and v.is_integer() and name in _INT_FIELDS:
+            v = int(v)
+        values[name] = v
+    return ExperimentConfig(**values)
+
+
+_INT_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if str(f.type).startswith("int"))
+
+
+def label_column(df: pd.DataFrame, hue: str | Callable[[pd.Series], str]) -> pd.Series:
+    """The curve label of every row: a column name or a function of the row."""
+    if callable(hue):
+        return df.apply(hue, axis=1).astype(str)
+    values = df[hue]
+    if hue in ("method", "compressor", "allocation"):
+        return values.astype(str)
+    return values.map(lambda v: f"{hue.replace('_', ' ')} = {v:g}" if isinstance(v, (int, float)) else str(v))
+
+
+def run_key(df: pd.DataFrame) -> pd.Series:
+    """The identity of one run (configuration incl. seed)."""
+    if "config_id" in df:
+        return df["config_id"].astype(str) + "|" + df.get("method", "").astype(str)
+    return df["seed"].astype(str)
+
+
+BLOWUP = 10.0  # a run whose final loss exceeds BLOWUP x its initial loss counts as diverged
+
+
+def diverged_runs(df: pd.DataFrame, y: str | None = None) -> set:
+    """Runs (`run_key`) that diverged: θ became non-finite, the loss is non-finite, the
+    metric `y` is ever ±inf (NaN entries that describe no update, such as step 0 of
+    `contraction`, are not divergence), or the final loss exceeds BLOWUP times the
+    initial loss (finite but blown up)."""
+    key = run_key(df)
+    bad = np.zeros(len(df), bool)
+    if "loss" in df and "step" in df and len(df):
+        order = df.assign(_key=key.to_numpy()).sort_values("step")
+        grouped = order.groupby("_key", sort=False)["loss"]
+        first, last = grouped.first(), grouped.last()
+        blown = set(first.index[(last > BLOWUP * first.abs()) & np.isfinite(first)])
+        bad |= key.isin(blown).to_numpy()
+    if "diverged" in df:
+        bad |= df["diverged"].fillna(False).astype(bool).to_numpy()
+    if "diverged_step" in df:
+        bad |= df["diverged_step"].fillna(-1).to_numpy() >= 0
+    if "loss" in df:
+        bad |= ~np.isfinite(df["loss"].to_numpy(np.float64))
+    if y is not None and y in df:
+        bad |= np.isinf(df[y].to_numpy(np.float64))
+    return set(key[bad])
+
+
+# --------------------------------------------------------------- optimum (F*)
+
+_CONVEX = ("linreg", "logreg", "softmax")
+_DATA_FIELDS = (
+    "task",
+    "dataset",
+    "num_samples",
+    "num_test",
+    "num_features",
+    "num_classes",
+    "noise",
+    "data_seed",
+    "test_fraction",
+    "data_dir",
+    "num_devices",
+    "num_partitions",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimum_cached(key: tuple) -> float | None:
+    from scipy import optimize, special
+
+    from coco_jax import data as data_lib
+
+    cfg = ExperimentConfig(**dict(key))
+    ds = data_lib.truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved)
+    x = ds.x_train.astype(np.float64).reshape(ds.x_train.shape[0], -1)
+    y = ds.y_train
+    n, d = x.shape
+    if cfg.task == "linreg":
+        theta, *_ = np.linalg.lstsq(x, y.astype(np.float64), rcond=None)
+        r = x @ theta - y
+        return float(0.5 * np.mean(r * r))
+    if cfg.task == "logreg":
+        yf = y.astype(np.float64)
+
+        def fg(t):
+            z = x @ t
+            f = np.mean(np.logaddexp(0.0, z) - yf * z)
+            g = x.T @ (special.expit(z) - yf) / n
+            return f, g
+
+        t0 = np.zeros(d)
+    else:
+        c = ds.num_classes
+        onehot = np.eye(c)[y]
+
+        def fg(t):
+            w = t.reshape(d, c)
+            z = x @ w
+            z = z - z.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+            logp = z - lse
+            f = -np.mean(np.sum(onehot * logp, axis=1))
+            g = x.T @ (np.exp(logp) - onehot) / n
+            return f, g.ravel()
+
+        t0 = np.zeros(d * c)
+    res = optimize.minimize(
+        fg, t0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-12, "ftol": 0}
+    )
+    return float(res.fun)
+
+
+def optimum(cfg: ExperimentConfig | pd.Series | dict) -> float | None:
+    """F* = min_θ F(θ) over the run's whole training set (float64), for the convex tasks
+    (linreg: least squares; logreg, softmax: L-BFGS); None for mlp/cnn or when the data
+    cannot be loaded. Cached per dataset."""
+    if not isinstance(cfg, ExperimentConfig):
+        cfg = config_from_row(cfg)
+    if cfg.task not in _CONVEX:
+        return None
+    key = tuple((f, getattr(cfg, f)) for f in _DATA_FIELDS)
+    try:
+        return _optimum_cached(key)
+    except Exception:  # noqa: BLE001 - a missing file or odd data: plot F(θ) instead
+        return None
+
+
+GAP_FLOOR = 1e-6  # relative to max(F*, 1e-3): below this the float32 loss is rounding noise
+
+
+def with_gap(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """`df` with a `gap` column F(θ) − F* when every dataset in it has a computable F*
+    (returns (df, "gap")), else (df, "loss"). The gap is clipped below at
+    GAP_FLOOR · max(F*, 1e-3): float32 losses cannot resolve smaller differences."""
+    if df.empty or "loss" not in df:
+        return df, "loss"
+    cols = [c for c in _DATA_FIELDS if c in df]
+    groups = df.groupby(cols, dropna=False, sort=False).groups
+    gap = pd.Series(np.nan, index=df.index)
+    for idx in groups.values():
+        f_star = optimum(df.loc[idx[0]])
+        if f_star is None:
+            return df, "loss"
+        floor = GAP_FLOOR * max(abs(f_star), 1e-3)
+        gap[idx] = np.maximum(df.loc[idx, "loss"].to_numpy(np.float64) - f_star, floor)
+    out = df.copy()
+    out["gap"] = gap
+    return out, "gap"
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def band_label(band: str) -> str:
+    return {"std": "±1 std", "ci95": "95% CI (Student t)"}[band]
+
+
+def _spread(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mean, low, high over axis 0 (runs), ignoring NaN."""
+    with np.errstate(all="ignore"), _quiet():
+        mean = np.nanmean(values, axis=0)
+        n = np.sum(np.isfinite(values), axis=0)
+        std = np.where(n > 1, np.nanstd(values, axis=0, ddof=1), 0.0)
+        if band == "ci95":
+            from scipy import stats
+
+            half = np.where(
+                n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), 0.0
+            )
+        else:
+            half = std
+    return mean, mean - half, mean + half
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+@dataclasses.dataclass
+class _Notes:
+    """What a figure's legend title reports: band, seeds, dropped runs."""
+
+    band: str = "std"
+    seeds: set = dataclasses.field(default_factory=set)
+    dropped: dict = dataclasses.field(default_factory=dict)  # label -> (bad runs, all runs)
+    extra: list = dataclasses.field(default_factory=list)
+
+    def add_dropped(self, label, bad_runs, all_runs):
+        """Record a label's runs and which of them diverged (sets of run keys, so a run
+        drawn in several panels counts once)."""
+        bad, every = self.dropped.get(label, (set(), set()))
+        self.dropped[label] = (bad | set(bad_runs), every | set(all_runs))
+
+    def title(self) -> str:
+        n = sorted(self.seeds)
+        seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}" if n else "?"
+        lines = [f"Mean over {seeds} seed{'s' if n != [1] else ''}; band: {band_label(self.band)}"]
+        shown = {k: (len(a), len(b)) for k, (a, b) in sorted(self.dropped.items()) if a}
+        if shown:
+            parts = ", ".join(f"{k} {a}/{b}" for k, (a, b) in shown.items())
+            lines.append(f"diverged runs dropped: {parts}")
+        lines.extend(self.extra)
+        return "\n".join(lines)
+
+
+def _check_single(df: pd.DataFrame, label: str, over: Sequence[str], x: str | None = None):
+    """Raise if rows of one curve differ in a config field other than those averaged over."""
+    ignore = set(over) | {"config_id", x or ""}
+    varying = [c for c in CONFIG_FIELDS if c in df and c not in ignore and df[c].nunique(dropna=False) > 1]
+    if varying:
+        raise ValueError(
+            f"curve {label!r} mixes runs that differ in {', '.join(varying)}; filter the table or "
+            f"put those fields in the label (hue) or in `over`"
+        )
+
+
+def _prepare(df: pd.DataFrame, hue, y: str, notes: _Notes, over, x: str | None = None):
+    """(label -> sub-table of finite runs) in a stable order, recording drops and seeds."""
+    df = df.copy()
+    df["_label"] = label_column(df, hue)
+    df["_run"] = run_key(df)
+    bad = diverged_runs(df, y)
+    out: dict[str, pd.DataFrame] = {}
+    for label, sub in df.groupby("_label", sort=False):
+        _check_single(sub, label, over, x)
+        runs = set(sub["_run"].unique())
+        notes.add_dropped(label, runs & bad, runs)
+        notes.seeds.add(len(runs))
+        out[label] = sub[~sub["_run"].isin(bad)]
+    return out
+
+
+def _order(labels: Sequence[str]) -> list[str]:
+    """Known names in the order of `STYLES` (COCO-EF first), then the rest as given."""
+    known = [k for k in STYLES if k in labels]
+    rest = [k for k in labels if k not in STYLES]
+    return known + rest
+
+
+def _scale(metric: str, values: np.ndarray) -> np.ndarray:
+    return values * 100.0 if metric in PERCENT_METRICS else values
+
+
+def _span_decades(values: np.ndarray) -> float:
+    v = values[np.isfinite(values)]
+    v = v[v > 0]
+    if v.size == 0 or v.size < values[np.isfinite(values)].size:
+        return 0.0  # non-positive values: no log axis
+    return float(np.log10(v.max() / v.min())) if v.min() > 0 else 0.0
+
+
+def _apply_log(ax, which: str, values: np.ndarray, mode) -> bool:
+    use = (_span_decades(values) > 1.0) if mode == "auto" else bool(mode)
+    if use:
+        (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    return use
+
+
+def _markevery(n: int) -> int:
+    return max(1, n // 8)
+
+
+def _draw(ax, label, xs, mean, lo, hi, *, log_y: bool):
+    st = style(label)
+    if log_y:
+        positive = mean[np.isfinite(mean) & (mean > 0)]
+        floor = positive.min() * 1e-2 if positive.size else 1e-12
+        lo = np.maximum(lo, floor)
+    ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, linewidth=0, zorder=st["zorder"] - 1)
+    (line,) = ax.plot(
+        xs,
+        mean,
+        label=label,
+        color=st["color"],
+        marker=st["marker"],
+        linestyle=st["linestyle"],
+        linewidth=st["linewidth"],
+        markersize=5,
+        markevery=_markevery(len(xs)),
+        zorder=st["zorder"],
+    )
+    return line
+
+
+def _empty_line(ax, label):
+    st = style(label)
+    (line,) = ax.plot(
+        [], [], label=f"{label} (diverged)", color=st["color"], marker=st["marker"], linestyle=st["linestyle"]
+    )
+    return line
+
+
+# ------------------------------------------------------------------ curves figure
+
+
+def _by_step(sub: pd.DataFrame, col: str) -> np.ndarray:
+    """[runs, steps] matrix of column `col` (NaN where a run lacks a step)."""
+    frame = pd.DataFrame(
+        {"_run": sub["_run"].to_numpy(), "_step": sub["step"].to_numpy(), "_v": sub[col].to_numpy()}
+    )
+    wide = frame.drop_duplicates(["_run", "_step"]).set_index(["_run", "_step"])["_v"].unstack("_step")
+    return wide.sort_index(axis=1).to_numpy(np.float64)
+
+
+def curve_panel(
+    ax,
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    hue="method",
+    band: str = "std",
+    logy="auto",
+    logx="auto",
+    over: Sequence[str] = ("seed",),
+    notes: _Notes | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> dict[str, Line2D]:
+    """Draw metric `y` against `x` (step, bits or time) for each label on `ax`.
+
+    Runs of one label are aligned by step: the curve is the mean over runs of y (and of
+    x, for bits and time, which differ slightly between seeds) at each evaluated step.
+    `logx="auto"` puts bits on a log axis when the curves' bits span over a decade
+    (compressed and uncompressed methods side by side). Returns label -> line.
+    """
+    notes = notes if notes is not None else _Notes(band=band)
+    groups = _prepare(df, hue, y, notes, over)
+    lines: dict[str, Line2D] = {}
+    drawn = []
+    data = {}
+    for label in _order(list(groups)):
+        sub = groups[label]
+        if sub.empty or y not in sub or sub[y].notna().sum() == 0:
+            continue
+        yv = _scale(y, _by_step(sub, y))
+        xv = _by_step(sub, x)
+        mean, lo, hi = _spread(yv, band)
+        xs = np.nanmean(xv, axis=0) if xv.size else xv
+        keep = np.isfinite(mean) & np.isfinite(xs)
+        data[label] = (xs[keep], mean[keep], lo[keep], hi[keep])
+    if logx == "auto":
+        ends = [d[0][-1] for d in data.values() if d[0].size and d[0][-1] > 0]
+        logx = x == "bits" and len(ends) > 1 and max(ends) / min(ends) > 5
+    if logx:
+        ax.set_xscale("log")
+        data = {k: tuple(a[d[0] > 0] for a in d) for k, d in data.items()}
+    drawn = [d[1] for d in data.values()]
+    log_y = _apply_log(ax, "y", np.concatenate(drawn) if drawn else np.array([]), logy)
+    for label in _order(list(groups)):
+        if label in data:
+            lines[label] = _draw(ax, label, *data[label], log_y=log_y)
+        else:
+            lines[label] = _empty_line(ax, label)
+    if y in PERCENT_METRICS and not log_y:
+        _focus(ax, [d[1] for d in data.values()])
+    ax.set_xlabel(xlabel or axis_label(x))
+    ax.set_ylabel(ylabel or axis_label(y))
+    ax.grid(True, which="major", alpha=0.3)
+    _sci(ax)
+    return lines
+
+
+def _sci(ax):
+    """Scientific notation on linear axes with large numbers (bits, time); plain
+    decimals down to 1e-4 (an offset label would collide with a panel title)."""
+    for axis, scale, limits in (("x", ax.get_xscale(), (-3, 5)), ("y", ax.get_yscale(), (-4, 5))):
+        if scale == "linear":
+            try:
+                ax.ticklabel_format(axis=axis, style="sci", scilimits=limits, useMathText=True)
+            except AttributeError:  # fixed tick labels
+                pass
+
+
+def _focus(ax, curves: list[np.ndarray]) -> None:
+    """Accuracy panels: start the y axis where the curves are after their first tenth
+    (the initial climb from chance level would squeeze the comparison into a sliver)."""
+    tails = [c[max(1, len(c) // 10) :] for c in curves if len(c) > 2]
+    tails = [t[np.isfinite(t)] for t in tails]
+    tails = [t for t in tails if t.size]
+    if not tails:
+        return
+    low = min(float(t.min()) for t in tails)
+    high = max(float(np.nanmax(c)) for c in curves if len(c))
+    span = max(high - low, 1e-9)
+    lo_all = min(float(np.nanmin(c)) for c in curves if len(c))
+    if lo_all < low - 0.05 * span:
+        ax.set_ylim(low - 0.05 * span, high + 0.05 * span)
+        ax.text(
+            0.99,
+            0.01,
+            "early iterations below the axis",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.4",
+        )
+
+
+def _row_major(items: list, ncols: int) -> list:
+    """Reorder legend entries so that matplotlib's column-wise fill reads row by row."""
+    nrows = math.ceil(len(items) / ncols)
+    grid = [items[r * ncols : (r + 1) * ncols] for r in range(nrows)]
+    return [grid[r][c] for c in range(ncols) for r in range(nrows) if c < len(grid[r])]
+
+
+def _finish(fig: Figure, lines: dict[str, Line2D], notes: _Notes, title: str | None) -> Figure:
+    """One legend for the whole figure, below the axes (never over a curve); as many
+    columns as the figure's width holds."""
+    handles = list(lines.values())
+    labels = [h.get_label() for h in handles]
+    width_in = fig.get_size_inches()[0]
+    longest = max((len(lb) for lb in labels), default=1)
+    per_entry = 0.62 + 0.075 * longest  # inches: handle + text at fontsize 9
+    ncols = max(1, min(len(handles), int(width_in // per_entry)))
+    fig.legend(
+        _row_major(handles, ncols),
+        _row_major(labels, ncols),
+        loc="outside lower center",
+        ncols=ncols,
+        title=notes.title(),
+        title_fontsize=8.5,
+        fontsize=9,
+        frameon=False,
+    )
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig._coco_notes = notes.title()
+    return fig
+
+
+def _figure(npanels: int, *, width_per=4.3, height=3.5, nrows=1) -> tuple[Figure, np.ndarray]:
+    ncols = math.ceil(npanels / nrows)
+    width = max(width_per * ncols, 6.4)  # room for a legend of a few columns
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width, height * nrows + 1.3), layout="constrained", squeeze=False
+    )
+    axes = axes.ravel()
+    for ax in axes[npanels:]:
+        ax.remove()
+    return fig, axes[:npanels]
+
+
+def _merge(all_lines: dict, new: dict):
+    for k, v in new.items():
+        if k not in all_lines or (not all_lines[k].get_xdata().size and v.get_xdata().size):
+            all_lines[k] = v
+
+
+def curves_figure(
+    df: pd.DataFrame,
+    panels: Sequence[tuple[str, str]],
+    *,
+    hue="method",
+    band: str = "std",
+    title: str | None = None,
+    panel_titles: Sequence[str] | None = None,
+    tables: Sequence[pd.DataFrame] | None = None,
+    logx: Sequence[bool | str] | bool | str = "auto",
+    logy="auto",
+    over: Sequence[str] = ("seed",),
+    nrows: int = 1,
+) -> Figure:
+    """A row of panels, each metric y against x (("step", "loss"), ("bits", "loss"), ...),
+    one curve per label in each, one shared legend below. `tables` optionally gives
+    each panel its own table (e.g. a latency-model run for the time panel)."""
+    notes = _Notes(band=band)
+    fig, axes = _figure(len(panels), nrows=nrows)
+    lines: dict[str, Line2D] = {}
+    logxs = [logx] * len(panels) if isinstance(logx, (bool, str)) else list(logx)
+    for i, (ax, (x, y)) in enumerate(zip(axes, panels)):
+        table = df if tables is None else tables[i]
+        if y == "loss":
+            table, y = with_gap(table)
+        _merge(
+            lines,
+            curve_panel(
+                ax, table, x, y, hue=hue, band=band, logy=logy, logx=logxs[i], over=over, notes=notes
+            ),
+        )
+        if panel_titles:
+            ax.set_title(panel_titles[i], fontsize=10)
+    return _finish(fig, lines, notes, title)
+
+
+# ------------------------------------------------------------ final values figure
+
+
+def final_values(df: pd.DataFrame, y: str, *, tail: float = 0.0, runs_by: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per run: its config columns and the final value of `y` (the last
+    evaluated step; with `tail` > 0 the mean over the last `tail` fraction of the
+    evaluated steps, for noisy per-step quantities), plus `final_diverged`."""
+    df = df.copy()
+    df["_run"] = run_key(df)
+    bad = diverged_runs(df, y)
+    df = df.sort_values(["_run", "step"])
+    rows = []
+    for run, sub in df.groupby("_run", sort=False):
+        vals = sub[y].to_numpy(np.float64)
+        if tail > 0:
+            n = max(1, round(len(vals) * tail))
+            tail_vals = vals[-n:]
+            with np.errstate(all="ignore"), _quiet():
+                value = float(np.nanmean(tail_vals)) if np.isfinite(tail_vals).any() else float("nan")
+        else:
+            value = float(vals[-1])
+        row = sub.iloc[-1].to_dict()
+        row["final"] = value
+        row["final_diverged"] = run in bad
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def steps_to_target(df: pd.DataFrame, y: str, target: float, *, x: str = "step") -> pd.DataFrame:
+    """One row per run: the first `x` (step, bits or time) at which `y` <= target
+    (`final` = NaN when never reached; `final_diverged` as in `final_values`)."""
+    df = df.copy()
+    df["_run"] = run_key(df)
+    bad = diverged_runs(df, y)
+    rows = []
+    for run, sub in df.sort_values("step").groupby("_run", sort=False):
+        hit = sub[sub[y] <= target]
+        row = sub.iloc[-1].to_dict()
+        row["final"] = float(hit[x].iloc[0]) if len(hit) else float("nan")
+        row["final_diverged"] = run in bad
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def final_panel(
+    ax,
+    finals: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    hue="method",
+    band: str = "std",
+    logy="auto",
+    logx=False,
+    over: Sequence[str] = ("seed",),
+    notes: _Notes | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    missing_note: str | None = None,
+) -> dict[str, Line2D]:
+    """Draw the per-run values `finals["final"]` (from `final_values`/`steps_to_target`)
+    against the config field `x`, one curve per label, mean ± band over seeds.
+    A point whose runs all diverged or have no value is left out; `missing_note`, if
+    given, is added to the legend title when that happens."""
+    notes = notes if notes is not None else _Notes(band=band)
+    finals = finals.copy()
+    finals["_label"] = label_column(finals, hue)
+    lines: dict[str, Line2D] = {}
+    data = {}
+    drawn = []
+    missing = False
+    for label in _order(list(dict.fromkeys(finals["_label"]))):
+        sub = finals[finals["_label"] == label]
+        _check_single(sub.drop(columns=["step"], errors="ignore"), label, over, x)
+        notes.add_dropped(label, set(sub.loc[sub["final_diverged"], "_run"]), set(sub["_run"]))
+        ok = sub[~sub["final_diverged"]]
+        xs, means, los, his = [], [], [], []
+        for xv, pts in sub.groupby(x, sort=True):
+            notes.seeds.add(len(pts))
+            vals = _scale(y, ok.loc[ok[x] == xv, "final"].to_numpy(np.float64))
+            vals = vals[np.isfinite(vals)]
+            if vals.size == 0:
+                missing = True
+                continue
+            m, lo, hi = _spread(vals[:, None], band)
+            xs.append(float(xv))
+            means.append(m[0])
+            los.append(lo[0])
+            his.append(hi[0])
+        data[label] = tuple(np.asarray(a) for a in (xs, means, los, his))
+        drawn.append(np.asarray(means))
+    log_y = _apply_log(ax, "y", np.concatenate(drawn) if drawn else np.array([]), logy)
+    if logx:
+        ax.set_xscale("log")
+    for label, (xs, m, lo, hi) in data.items():
+        if xs.size:
+            st = style(label)
+            if log_y:
+                pos = m[m > 0]
+                lo = np.maximum(lo, (pos.min() if pos.size else 1e-12) * 1e-2)
+            ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, linewidth=0, zorder=st["zorder"] - 1)
+            (lines[label],) = ax.plot(
+                xs,
+                m,
+                label=label,
+                color=st["color"],
+                marker=st["marker"],
+                linestyle=st["linestyle"],
+                linewidth=st["linewidth"],
+                markersize=6,
+                zorder=st["zorder"],
+            )
+        else:
+            lines[label] = _empty_line(ax, label)
+    values = sorted({float(v) for v in finals[x].unique() if not logx or float(v) > 0})
+    if logx or len(values) <= 12:
+        _value_ticks(ax, values)
+    if missing and missing_note and missing_note not in notes.extra:
+        notes.extra.append(missing_note)
+    ax.set_xlabel(xlabel or axis_label(x))
+    ax.set_ylabel(ylabel or axis_label(y))
+    ax.grid(True, which="major", alpha=0.3)
+    _sci(ax)
+    return lines
+
+
+def _value_ticks(ax, values: Sequence[float]) -> None:
+    """Major ticks at the grid's values, plain labels, no minor labels (log axes)."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+
+
+def finals_figure(
+    panels: Sequence[dict],
+    *,
+    band: str = "std",
+    title: str | None = None,
+    nrows: int = 1,
+) -> Figure:
+    """A row of `final_panel`s; each dict holds `final_panel`'s arguments
+    (finals, x, y, and optionally hue, logx, logy, over, xlabel, ylabel, title,
+    missing_note, reference=(xs, ys, label) for a dashed theory line)."""
+    notes = _Notes(band=band)
+    fig, axes = _figure(len(panels), nrows=nrows)
+    lines: dict[str, Line2D] = {}
+    for ax, spec in zip(axes, panels):
+        spec = dict(spec)
+        panel_title = spec.pop("title", None)
+        reference = spec.pop("reference", None)
+        finals = spec.pop("finals")
+        x = spec.pop("x")
+        y = spec.pop("y")
+        _merge(lines, final_panel(ax, finals, x, y, band=band, notes=notes, **spec))
+        if reference is not None:
+            rx, ry, rlabel = reference
+            (lines[rlabel],) = ax.plot(
+                rx, ry, color="0.35", linestyle=":", linewidth=1.5, label=rlabel, zorder=3
+            )
+        if panel_title:
+            ax.set_title(panel_title, fontsize=10)
+    return _finish(fig, lines, notes, title)
+
+
+# ------------------------------------------------------------ categories figure
+
+
+def category_figure(
+    finals: pd.DataFrame,
+    y: str,
+    *,
+    hue="method",
+    band: str = "std",
+    order: Sequence[str] | None = None,
+    tick_text: Callable[[str, pd.DataFrame], str] | None = None,
+    logy="auto",
+    over: Sequence[str] = ("seed",),
+    title: str | None = None,
+    xlabel: str = "",
+    ylabel: str | None = None,
+) -> Figure:
+    """One point per label (mean ± band over its runs' `final`), labels side by side
+    on a categorical x axis: a dot plot, for comparisons with no numeric x."""
+    notes = _Notes(band=band)
+    finals = finals.copy()
+    finals["_label"] = label_column(finals, hue)
+    labels = list(order) if order is not None else _order(list(dict.fromkeys(finals["_label"])))
+    labels = [lb for lb in labels if lb in set(finals["_label"])]
+    fig, (ax,) = _figure(1, width_per=max(6.4, 0.9 * len(labels) + 1.5))
+    stats = {}
+    for label in labels:
+        sub = finals[finals["_label"] == label]
+        _check_single(sub.drop(columns=["step"], errors="ignore"), label, over)
+        notes.add_dropped(label, set(sub.loc[sub["final_diverged"], "_run"]), set(sub["_run"]))
+        notes.seeds.add(len(sub))
+        vals = _scale(y, sub.loc[~sub["final_diverged"], "final"].to_numpy(np.float64))
+        vals = vals[np.isfinite(vals)]
+        stats[label] = _spread(vals[:, None], band) if vals.size else None
+    means = np.array([s[0][0] for s in stats.values() if s is not None])
+    log_y = _apply_log(ax, "y", means, logy)
+    lines: dict[str, Line2D] = {}
+    for i, label in enumerate(labels):
+        st = style(label)
+        if stats[label] is None:
+            lines[label] = _empty_line(ax, label)
+            continue
+        m, lo, hi = (float(a[0]) for a in stats[label])
+        if log_y and lo <= 0:
+            lo = m * 1e-2
+        ax.vlines(i, lo, hi, color=st["color"], linewidth=6, alpha=0.25, zorder=st["zorder"] - 1)
+        (lines[label],) = ax.plot(
+            [i],
+            [m],
+            label=label,
+            color=st["color"],
+            marker=st["marker"],
+            markersize=9,
+            linestyle="none",
+            zorder=st["zorder"],
+        )
+    texts = [tick_text(lb, finals[finals["_label"] == lb]) if tick_text else lb for lb in labels]
+    ax.set_xticks(range(len(labels)), texts, fontsize=8.5)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or axis_label(y))
+    ax.grid(True, axis="y", alpha=0.3)
+    return _finish(fig, lines, notes, title)
+
+
+# ------------------------------------------------------------------------ heatmap
+
+
+def heatmap_figure(
+    values: pd.DataFrame,
+    *,
+    xlabel: str,
+    ylabel: str,
+    colorbar_label: str,
+    title: str | None = None,
+    note: str | None = None,
+    center: float | None = 0.0,
+    fmt: str = "{:.2f}",
+    annotations: pd.DataFrame | None = None,
+) -> Figure:
+    """A heatmap of a 2-D table (index: y values, columns: x values), each cell
+    annotated with its value (and the text of `annotations`, if given); a diverging
+    colour map centred on `center` (blue below, red above). Non-finite cells are grey."""
+    import textwrap
+
+    width = max(6.4, 1.5 + 1.25 * values.shape[1])
+    height = 2.2 + 0.85 * max(3, values.shape[0])
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    arr = values.to_numpy(np.float64)
+    finite = arr[np.isfinite(arr)]
+    if center is not None and finite.size:
+        lim = max(abs(finite.max() - center), abs(finite.min() - center), 1e-12)
+        vmin, vmax, cmap = center - lim, center + lim, "RdBu_r"
+    else:
+        vmin, vmax, cmap = (finite.min(), finite.max(), "viridis") if finite.size else (0, 1, "viridis")
+    masked = np.ma.masked_invalid(arr)
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="0.85")
+    im = ax.imshow(masked, cmap=cm, vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), [f"{c:g}" for c in values.columns])
+    ax.set_yticks(range(values.shape[0]), [f"{r:g}" for r in values.index])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ref = center or 0.0
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            v = arr[i, j]
+            text = "n/a" if not np.isfinite(v) else fmt.format(v)
+            if annotations is not None and isinstance(annotations.iat[i, j], str):
+                text += "\n" + annotations.iat[i, j]
+            shade = 0.0 if not np.isfinite(v) else abs(v - ref) / max(abs(vmax - ref), 1e-12)
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=8.5, color="white" if shade > 0.6 else "black"
+            )
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label(colorbar_label)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if note:
+        fig.supxlabel("\n".join(textwrap.wrap(note, int(width * 13))), fontsize=8)
+    fig._coco_notes = note or ""
+    return fig
+
+
+# ------------------------------------------------------------------------ saving
+
+
+def save_figure(fig: Figure, out_dir: str | pathlib.Path, name: str) -> list[pathlib.Path]:
+    """Write `name`.png (200 dpi) and `name`.pdf into `out_dir`; close the figure."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"{name}.{ext}"
+        kwargs = {"dpi": 200} if ext == "png" else {}
+        # fixed metadata so that redrawing the same table gives the same PDF bytes
+        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        fig.savefig(path, metadata=meta, **kwargs)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+# ------------------------------------------------------------- synthetic results
+
+
+def synthetic_results(
+    methods: Sequence[str] = ("coco-ef", "gc", "gc-compressed", "ef-uncoded", "gd"),
+    *,
+    seeds: int = 3,
+    steps: int = 50,
+    eval_every: int = 5,
+    straggler_probs: Sequence[float] = (0.2,),
+    compress_ratios: Sequence[float] = (0.1,),
+    diverge: Sequence[str] = (),
+    task: str = "linreg",
+) -> pd.DataFrame:
+    """A results table with the sweep's columns and made-up, plausible curves (no JAX):
+    for tests and examples of the figure functions. Methods in `diverge` blow up
+    halfway (loss inf, `diverged` True) in every seed."""
+    from coco_jax.presets import preset
+    from coco_jax.results import rows_of
+
+    frames = []
+    rng = np.random.default_rng(0)
+    for mi, method in enumerate(methods):
+        for p in straggler_probs:
+            for ratio in compress_ratios:
+                for seed in range(seeds):
+                    cfg = preset(
+                        method,
+                        task=task,
+                        straggler_prob=p,
+                        compress_ratio=ratio,
+                        seed=seed,
+                        steps=steps,
+                        eval_every=eval_every,
+                    )
+                    step = np.arange(0, steps + 1, eval_every)
+                    rate = 0.02 + 0.01 * mi + 0.05 * p + 0.02 * (1 - ratio)
+                    floor = 1e-3 * (1 + mi) * (1 + p)
+                    loss = 0.5 * np.exp(-rate * step) + floor + 1e-4 * rng.random(step.size)
+                    div_step = None
+                    diverged = np.zeros(step.size, bool)
+                    if method in diverge:
+                        div_step = int(step[step.size // 2])
+                        loss = np.where(step >= div_step, np.inf, loss)
+                        diverged = step >= div_step
+                    delivered = np.round(step * 8 * (1 - p)).astype(np.int64)
+                    bpm = 32 * 32 if method in ("gc", "gd", "ignore-stragglers") else int(ratio * 32) * 37 + 1
+                    hist = {
+                        "step": step,
+                        "loss": loss.astype(np.float32),
+                        "grad_norm_sq": (loss**2).astype(np.float32),
+                        "test_loss": (loss * 1.1).astype(np.float32),
+                        "bits": (delivered * bpm).astype(np.float64),
+                        "time": step.astype(np.float32) * (1 + p),
+                        "delivered": delivered,
+                        "stragglers": np.full(step.size, int(8 * p)),
+                        "grad_error_sq": np.where(step > 0, 0.1 * loss, np.nan).astype(np.float32),
+                        "ef_error_norm": np.where(step > 0, 0.5 * np.sqrt(loss), 0.0).astype(np.float32),
+                        "contraction": np.where(
+                            step > 0, 1 - ratio + 0.01 * rng.random(step.size), np.nan
+                        ).astype(np.float32),
+                        "diverged": diverged,
+                    }
+                    if task != "linreg":
+                        acc = np.clip(0.95 - loss, 0, 1).astype(np.float32)
+                        hist["accuracy"] = acc
+                        hist["test_accuracy"] = acc - 0.02
+                    frames.append(rows_of(method, cfg, hist, bpm, div_step))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,304 @@
+"""Experiment modules: their grids build, a tiny variant of each runs and draws its
+figures (one curve per compared label, labelled axes), and the `run` / `plot` / `list`
+commands work end to end."""
+
+import json
+import pathlib
+import textwrap
+
+import numpy as np
+import pytest
+from matplotlib.image import AxesImage
+
+import coco_jax as cj
+from coco_jax import experiment as ex
+from coco_jax.cli import main
+from coco_jax.config import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS = (
+    "methods",
+    "straggler_prob",
+    "compression",
+    "redundancy",
+    "compressors",
+    "heatmap",
+    "theory",
+    "neural",
+)
+
+
+def load(name):
+    return ex.load_experiment(ROOT / "experiments" / f"{name}.py")
+
+
+def tiny(grid, steps=4):
+    """A test-only shrink of a grid: few steps, a small synthetic dataset or network, one seed, the
+    first two values of every categorical axis (presets, compressors, codes), one value
+    of every numeric axis (the base's own value when the axis holds it) and the first
+    two positions of every zip block. Structure (parts, exclusions, zips) is kept."""
+    base = grid.base.replace(steps=steps, eval_every=2, hidden_sizes=(8,), cnn_channels=(2,))
+    if base.batch_size is not None:
+        base = base.replace(batch_size=2)
+    if base.dataset == "synthetic":
+        base = base.replace(num_samples=16 * base.num_devices, num_test=64)
+    axes = {}
+    for name, values in grid.axes.items():
+        values = list(values)
+        if name == "seed":
+            axes[name] = values[:1]
+        elif all(isinstance(v, str) or v is None for v in values):
+            axes[name] = values[: 1 if base.task == "cnn" else 2]  # a CNN compiles slowly
+        else:
+            own = getattr(base, name, None)
+            axes[name] = [own] if own in values else values[:1]
+    zips = []
+    for block in grid.zip_blocks:
+        zips.append({k: ([steps] * 2 if k == "steps" else list(v)[:2]) for k, v in block.items()})
+    return cj.Grid(base=base, axes=axes, zip_axes=zips or None, exclude=grid.exclude, name=grid.name)
+
+
+def labelled_lines(ax):
+    return [ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+
+
+def check_figure(fig, expected: set | None):
+    """Labelled axes; in every panel with curves, one curve per label, no duplicates;
+    the figure's legend names exactly the expected labels (when given)."""
+    images = [a for ax in fig.axes for a in ax.get_children() if isinstance(a, AxesImage)]
+    curves = [ax for ax in fig.axes if labelled_lines(ax)]
+    assert images or curves, "a figure with neither curves nor an image"
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        assert ax.get_xlabel(), "unlabelled x axis"
+        assert ax.get_ylabel(), "unlabelled y axis"
+    for ax in curves:
+        labels = labelled_lines(ax)
+        assert len(labels) == len(set(labels)), f"duplicate curves: {labels}"
+    if expected is not None and curves:
+        legend = {t.get_text().removesuffix(" (diverged)") for lg in fig.legends for t in lg.get_texts()}
+        legend = {lb for lb in legend if not lb.startswith("top-k bound")}
+        assert legend == expected
+
+
+def expected_labels(name, df):
+    """The labels each experiment's figures compare (tiny grids)."""
+    if name == "compressors":
+        return set(df.compressor)
+    if name == "redundancy":
+        return set(df.allocation)
+    if name == "compression":
+        mod = load("compression").module
+        return None if df.empty else {mod.label(r) for _, r in df.iterrows()}
+    if name == "heatmap":
+        return None
+    if name == "methods":
+        mod = load("methods").module
+        return None if df.empty else {mod.time_label(r) for _, r in df.iterrows()}
+    return set(df.method)
+
+
+# ----------------------------------------------------------------- grids build
+
+
+@pytest.mark.parametrize("name", [*EXPERIMENTS, "paper"])
+def test_module_has_the_contract(name):
+    exp = load(name)
+    assert exp.name == name
+    assert exp.description and "\n" not in exp.description
+    doc = exp.doc
+    for word in ("Question", "Expected", "Command"):
+        assert word in doc, f"{name}: docstring lacks {word}"
+    assert f"experiments/{name}.py --quick" in doc
+
+
+@pytest.mark.parametrize("name", [*EXPERIMENTS, "paper"])
+def test_quick_and_full_grids_build(name):
+    exp = load(name)
+    quick = exp.grids(quick=True)
+    full = exp.grids(quick=False)
+    assert quick and [n for n, _ in quick] == [n for n, _ in full]
+    for (_, gq), (_, gf) in zip(quick, full):
+        assert len(gq) >= 1
+        assert gq.base.num_devices <= 16
+        assert gf.base.num_devices == 100  # the COCO-EF paper's scale
+        assert gq.base.steps <= gf.base.steps
+
+
+def test_paper_composes_every_experiment():
+    parts = dict(load("paper").grids(quick=True))
+    for name in EXPERIMENTS:
+        assert any(p == name or p.startswith(name + "/") for p in parts), name
+    assert "methods/iterations" in parts and "straggler_prob" in parts
+
+
+# ------------------------------------------------------------ tiny variants run
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_tiny_variant_runs_and_draws(name, tmp_path):
+    exp = load(name)
+    frames = []
+    for part, grid in exp.grids(quick=True):
+        df = cj.sweep(tiny(grid), progress=False)
+        assert df.groupby("config_id").step.max().eq(df.steps.max()).all()
+        frames.append(df.assign(part=part))
+    import pandas as pd
+
+    df = pd.concat(frames, ignore_index=True)
+    figs = exp.figures(df)
+    assert figs
+    expected = expected_labels(name, df)
+    for fig_name, fig in figs.items():
+        check_figure(fig, expected)
+        paths = __import__("coco_jax.plots", fromlist=["x"]).save_figure(fig, tmp_path, fig_name)
+        assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+# ------------------------------------------------------------- run, plot, list
+
+TINY_MODULE = '''
+"""A tiny experiment for the tests.
+
+Question: does the pipeline run? Expected: yes.
+Command: coco-jax run {name}.py --quick
+"""
+import coco_jax as cj
+from coco_jax import plots
+
+NAME = "{name}"
+DESCRIPTION = "tiny test experiment {name}"
+
+
+def grid(quick=False):
+    base = cj.ExperimentConfig(task="linreg", num_devices=4, num_samples=64, num_test=16, num_features=8,
+                               steps=6 if quick else 8, eval_every=2)
+    {grids}
+
+
+def figures(df):
+    out = {{}}
+    for part in sorted(set(df.part)):
+        out["loss_" + part.replace("/", "_")] = plots.curves_figure(
+            df[df.part == part], [("step", "loss"), ("bits", "loss")], title=part)
+    return out
+'''
+
+SINGLE = 'return cj.Grid(base=base, axes={"preset": ["coco-ef", "gc"], "seed": range(2)})'
+NAMED = (
+    'return [cj.Grid(base=base, axes={"preset": ["coco-ef"], "seed": range(2)}, name="one"),\n'
+    '            cj.Grid(base=base, axes={"preset": ["gc-compressed"], "seed": range(2)}, name="two")]'
+)
+
+
+def write_module(directory, name, grids):
+    path = directory / f"{name}.py"
+    path.write_text(TINY_MODULE.format(name=name, grids=grids))
+    return path
+
+
+def figure_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted((out / "figures").iterdir())}
+
+
+def test_run_then_plot_reproduces_the_same_files(tmp_path, capsys):
+    mod = write_module(tmp_path, "tinyexp", SINGLE)
+    out = tmp_path / "res"
+    assert main(["run", str(mod), "--quick", "--out", str(out)]) == 0
+    names = {p.name for p in (out / "figures").iterdir()}
+    assert names == {"loss_tinyexp.png", "loss_tinyexp.pdf"}
+    assert (out / "results.parquet").exists()  # a single grid sweeps into DIR itself
+    report = (out / "report.md").read_text()
+    assert "![loss_tinyexp](figures/loss_tinyexp.png)" in report
+    assert "Final metrics" in report and "±" in report and "coco-ef" in report
+    assert "| jax |" in report and "wall time" in report
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["quick"] and meta["experiment"] == "tinyexp" and meta["wall_time_s"]["total"] > 0
+    before = figure_bytes(out)
+    for p in (out / "figures").iterdir():
+        p.unlink()
+    assert main(["plot", str(out)]) == 0
+    assert figure_bytes(out) == before  # same files, same bytes, no recomputation
+    assert "redrew 1 figures" in capsys.readouterr().out
+
+
+def test_run_resumes_and_refuses_other_experiments(tmp_path):
+    mod = write_module(tmp_path, "tinyexp", SINGLE)
+    out = tmp_path / "res"
+    assert ex.run_experiment(mod, quick=True, out=out, progress=False) == 0
+    assert ex.run_experiment(mod, quick=True, out=out, progress=False) == 0
+    meta = json.loads((out / "experiment.json").read_text())
+    assert meta["parts"]["tinyexp"]["compilations"] == 0  # finished: loaded, not recomputed
+    other = write_module(tmp_path, "otherexp", SINGLE)
+    with pytest.raises(ConfigError, match="another --out or pass --overwrite"):
+        ex.run_experiment(other, quick=True, out=out, progress=False)
+    # the full variant is another grid: refused without --overwrite as well
+    with pytest.raises(ConfigError):
+        ex.run_experiment(mod, quick=False, out=out, progress=False)
+    assert ex.run_experiment(mod, quick=False, out=out, overwrite=True, progress=False) == 0
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+
+
+def test_named_grids_and_composite_report(tmp_path):
+    write_module(tmp_path, "alpha", SINGLE)
+    write_module(tmp_path, "beta", NAMED)
+    (tmp_path / "combo.py").write_text(
+        textwrap.dedent(
+            '''
+            """Both tiny experiments. Question: composes? Expected: yes. Command: coco-jax run combo.py"""
+            from coco_jax.experiment import compose_figures, compose_grids
+
+            NAME = "combo"
+            DESCRIPTION = "alpha and beta"
+            PARTS = ("alpha", "beta")
+
+
+            def grid(quick=False):
+                return compose_grids(PARTS, quick, here=__file__)
+
+
+            def figures(df):
+                return compose_figures(PARTS, df, here=__file__)
+            '''
+        )
+    )
+    out = tmp_path / "res"
+    assert ex.run_experiment(tmp_path / "combo.py", quick=True, out=out, progress=False) == 0
+    assert (out / "alpha" / "results.parquet").exists()
+    assert (out / "beta" / "one" / "results.parquet").exists()
+    assert (out / "beta" / "two" / "results.parquet").exists()
+    figs = {p.name for p in (out / "figures").glob("*.png")}
+    assert figs == {"alpha_loss_alpha.png", "beta_loss_one.png", "beta_loss_two.png"}
+    report = (out / "report.md").read_text()
+    assert "## alpha" in report and "## beta" in report
+    assert report.count("### Final metrics") == 2
+    df, _ = ex.load_tables(out)
+    assert set(df.part) == {"alpha", "beta/one", "beta/two"}
+    assert np.isfinite(df.loss).all()
+
+
+def test_list_prints_one_line_per_experiment(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    names = [ln.split()[0] for ln in lines]
+    assert set(names) >= {*EXPERIMENTS, "paper"}
+    assert all(len(ln.split(None, 1)) == 2 for ln in lines)
+
+
+def test_unknown_experiment_is_a_clear_error():
+    with pytest.raises(ConfigError, match="not found"):
+        ex.load_experiment("no_such_experiment")
+
+
+def test_plot_draws_a_directory_written_by_coco_jax_sweep(tmp_path, monkeypatch):
+    mod = write_module(tmp_path, "sweptexp", NAMED)
+    monkeypatch.setenv(ex.ENV_DIR, str(tmp_path))
+    exp = ex.load_experiment("sweptexp")
+    assert exp.path == mod.resolve()
+    out = tmp_path / "results" / "sweptexp-quick"
+    for part, grid in exp.grids(quick=True):  # what `coco-jax sweep --quick` writes
+        cj.sweep(grid, out=out / part, progress=False)
+    assert main(["plot", str(out)]) == 0
+    assert {p.name for p in (out / "figures").glob("*.png")} == {"loss_one.png", "loss_two.png"}
+    assert "coco-jax sweep experiments/sweptexp.py --quick" in (out / "report.md").read_text()
