@@ -137,8 +137,43 @@ def build_parser() -> argparse.ArgumentParser:
     p_pre.set_defaults(func=cmd_presets)
 
     # --- sweep (coco_jax/sweep.py) ---
-    p_sweep = sub.add_parser("sweep", help="run a grid (experiment module or YAML/JSON file) as vmapped programs")
+    p_sweep = sub.add_parser(
+        "sweep", help="run a grid (experiment module or YAML/JSON file) as vmapped programs"
+    )
     p_sweep.add_argument("target", help="experiments/<module>.py or a .yaml/.json grid file")
+    p_sweep.add_argument(
+        "--quick", action="store_true", help="the experiment's small variant (grid(quick=True))"
+    )
+    p_sweep.add_argument(
+        "--out", help="results directory (default results/<name>; results/<name>-quick with --quick)"
+    )
+    p_sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print groups, configurations, compilations, memory; compile nothing",
+    )
+    p_sweep.add_argument(
+        "--memory-budget", help="bytes per device, e.g. 2GB or 512MiB (default: from the device)"
+    )
+    p_sweep.add_argument(
+        "--chunk-steps", type=int, help="steps per progress update (a multiple of eval_every)"
+    )
+    p_sweep.add_argument("--overwrite", action="store_true", help="replace results of another grid in --out")
+    p_sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_sweep.add_argument(
+        "--cpu-devices",
+        type=int,
+        help="on CPU: split the cores into this many JAX devices (default: one device)",
+    )
+    p_dist = p_sweep.add_argument_group("several hosts (jax.distributed)")
+    p_dist.add_argument(
+        "--coordinator-address", help="host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)"
+    )
+    p_dist.add_argument("--num-processes", type=int, help="number of processes (else $JAX_NUM_PROCESSES)")
+    p_dist.add_argument("--process-id", type=int, help="this process's index (else $JAX_PROCESS_ID)")
+    p_dist.add_argument(
+        "--distributed", action="store_true", help="jax.distributed with cluster auto-detection"
+    )
     p_sweep.set_defaults(func=lambda a: __import__("coco_jax.sweep", fromlist=["cli_sweep"]).cli_sweep(a))
 
     # --- experiments: plot, list (coco_jax/experiment.py) ---
@@ -149,7 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
 
     # --- bench (coco_jax/bench.py) ---
-    p_bench = sub.add_parser("bench", help="benchmark the engine against NumPy references")
+    p_bench = sub.add_parser("bench", help="benchmark the engine against NumPy references and machine limits")
+    p_bench.add_argument("--quick", action="store_true", help="small sizes (about a minute on a 2-core CPU)")
+    p_bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size
+    p_bench.add_argument("--json", metavar="FILE", help="write every figure and the machine description here")
+    p_bench.add_argument("--tasks", help="comma list of linreg,logreg (default both)")
+    p_bench.add_argument("--devices", help="comma list of M for the throughput grid (e.g. 16,64,256)")
+    p_bench.add_argument("--dims", help="comma list of d for the throughput grid (e.g. 1000,10000,100000)")
+    p_bench.add_argument("--rows", type=int, help="rows per partition before the X-size cap (default 32)")
+    p_bench.add_argument("--reps", type=int, help="timing repetitions")
+    p_bench.add_argument("--sections", help="comma list of throughput,redundancy,sweep,roofline (all)")
+    p_bench.add_argument(
+        "--numpy-env",
+        choices=("clean", "inherit"),
+        help="clean (default): NumPy runs without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE; inherit: as set",
+    )
+    p_bench.add_argument("--numpy-budget", type=float, help="seconds a NumPy variant may run (else skipped)")
     p_bench.set_defaults(func=lambda a: __import__("coco_jax.bench", fromlist=["x"]).cli_bench(a))
     return parser
 

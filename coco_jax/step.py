@@ -163,11 +163,24 @@ def make_runner(static: Static) -> Runner:
                 out["test_accuracy"] = task.accuracy(theta, data.x_test, data.y_test)
         return out
 
+    def encode(b, grads):
+        """B @ grads [M, d]. For a deterministic code (B known before tracing) a
+        gather-and-sum over the <= s+1 partitions each device holds: O((s+1) M d)
+        instead of the dense O(M K d); same sum, only the order of float additions
+        differs. Random codes keep the dense product."""
+        if comps.fixed_b is None:
+            return b @ grads
+        idx, coef = _held_partitions(comps, b)  # [M, L] static indices, traced coefficients
+        out = coef[:, 0, None] * grads[idx[:, 0]]
+        for j in range(1, idx.shape[1]):
+            out = out + coef[:, j, None] * grads[idx[:, j]]
+        return out
+
     def coded_gradients(theta, key, b, data: RunData):
         """Coded gradients [M, d] and, in full-batch mode, ∇F(θ) (else None)."""
         if cfg.batch_size is None:
             grads = jax.vmap(grad_fn, (None, 0, 0))(theta, data.xp, data.yp)  # [K, d]
-            return b @ grads, jnp.mean(grads, axis=0)
+            return encode(b, grads), jnp.mean(grads, axis=0)
         n_k = data.xp.shape[1]
 
         def batch(key, k):
@@ -181,7 +194,7 @@ def make_runner(static: Static) -> Runner:
                 return grad_fn(theta, x, y)
 
             grads = jax.vmap(partition_grad)(jnp.arange(data.xp.shape[0]))  # [K, d]
-            return b @ grads, None
+            return encode(b, grads), None
         # faithful: each device samples its own minibatch of every partition it holds
         idx, coef = _held_partitions(comps, b)  # [M, L]
         width = idx.shape[1]

@@ -1,0 +1,182 @@
+"""The benchmark's NumPy references do what the engine does (that is what makes the
+ratios honest), and `coco-jax bench` runs end to end at a tiny size. No timing is
+asserted anywhere."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import coco_jax as cj
+from coco_jax import bench, cli, reference
+from coco_jax.coding import make_allocation
+from coco_jax.compressors import make_compressor
+
+M, N_K, D, S, K, STEPS, P, LR = 6, 5, 20, 2, 3, 12, 0.2, 0.1
+
+
+def _case(task: str):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((M * N_K, D)).astype(np.float32) / np.float32(np.sqrt(D))
+    z = x @ rng.standard_normal(D).astype(np.float32)
+    y = z if task == "linreg" else (z > 0).astype(np.float32)
+    trace = rng.random((STEPS, M)) < P
+    return x, y.astype(np.float32), trace
+
+
+def _engine(task: str, x, y, trace):
+    cfg = cj.ExperimentConfig(
+        task=task,
+        num_devices=M,
+        redundancy=S,
+        allocation="cyclic",
+        decoder="fixed",
+        straggler="trace",
+        straggler_prob=P,
+        compressor="topk",
+        compress_k=K,
+        error_feedback="ef",
+        optimizer="sgd",
+        lr=LR,
+        steps=STEPS,
+        eval_every=1,
+    )
+    y_engine = y if task == "linreg" else y.astype(np.int32)
+    return cj.run(cfg, data=(x, y_engine), straggler_trace=trace)
+
+
+def test_code_matrix_is_the_engines_cyclic_code():
+    b = np.asarray(make_allocation("cyclic", M, M, S).sample(jax.random.key(0)))
+    np.testing.assert_array_equal(b, bench.code_matrix(M, S))
+    np.testing.assert_array_equal(
+        np.asarray(make_allocation("uncoded", M, M, 0).sample(jax.random.key(0))), np.eye(M)
+    )
+
+
+@pytest.mark.parametrize("task", ["linreg", "logreg"])
+@pytest.mark.parametrize(
+    "step_fn", [reference.loop_step, reference.vectorized_step], ids=["loop", "vectorized"]
+)
+def test_references_match_engine(task, step_fn):
+    x, y, trace = _case(task)
+    assert trace.any() and not trace.all()
+    res = _engine(task, x, y, trace)
+    b = bench.code_matrix(M, S)
+    w = np.tile(bench.decode_weights(M, S, P), (STEPS, 1))  # 1/(K(1-p)(s+1)); stragglers zeroed by the step
+    np.testing.assert_allclose(w[0], 1.0 / (M * (1 - P) * (S + 1)), rtol=1e-6)
+    theta, losses = reference.reference_run(step_fn, task, x, y, b, trace, w, K, LR, True)
+    assert theta.dtype == np.float32
+    np.testing.assert_allclose(res.history["loss"], losses, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(res.params, theta, rtol=1e-4, atol=2e-6)
+    assert losses[-1] < losses[0]
+
+
+def _stable_argsort_topk(v, k):
+    out = np.zeros_like(v)
+    idx = np.argsort(-np.abs(v), kind="stable")[:k]
+    out[idx] = v[idx]
+    return out
+
+
+def test_reference_topk_ties_match_engine_compressor():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        d = int(rng.integers(1, 30))
+        k = int(rng.integers(1, d + 1))
+        v = (rng.integers(-3, 4, size=(4, d)) * 0.5).astype(np.float32)  # many ties, zeros, both signs
+        comp = make_compressor("topk", d, k=k)
+        engine = np.stack([np.asarray(comp.compress(jax.random.key(0), jax.numpy.asarray(r))) for r in v])
+        np.testing.assert_array_equal(reference.topk(v, k), engine)
+        np.testing.assert_array_equal(reference._topk_rows(v, k), engine)
+        np.testing.assert_array_equal(np.stack([_stable_argsort_topk(r, k) for r in v]), engine)
+
+
+def test_loop_and_vectorized_agree_with_ties():
+    rng = np.random.default_rng(1)
+    xp = rng.integers(-2, 3, size=(M, N_K, D)).astype(np.float32)
+    yp = rng.integers(-2, 3, size=(M, N_K)).astype(np.float32)
+    b = bench.code_matrix(M, S)
+    w = bench.decode_weights(M, S, P)
+    for fn_args in [("linreg",), ("logreg",)]:
+        task = fn_args[0]
+        y = yp if task == "linreg" else (yp > 0).astype(np.float32)
+        th_l = th_v = np.zeros(D, np.float32)
+        e_l = e_v = np.zeros((M, D), np.float32)
+        for t in range(5):
+            st = rng.random(M) < P
+            th_l, e_l = reference.loop_step(task, th_l, e_l.copy(), xp, y, b, st, w, K, LR, True)
+            th_v, e_v = reference.vectorized_step(task, th_v, e_v, xp, y, b, st, w, K, LR, True)
+            np.testing.assert_allclose(th_l, th_v, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(e_l, e_v, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_per_partition_cap():
+    assert bench.rows_per_partition(64, 1000) == 32
+    assert bench.rows_per_partition(256, 100_000) * 256 * 100_000 * 4 <= bench.MAX_X_BYTES
+    assert bench.rows_per_partition(10**6, 10**6) == 1
+
+
+def test_cli_bench_tiny_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "--tiny", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    for heading in ("[1] step throughput", "[2] cost of redundancy", "[3] sweep throughput", "[5] roofline"):
+        assert heading in printed
+    result = json.loads(path.read_text())  # valid JSON (no NaN: strict parse below)
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert result["schema"] == bench.SCHEMA and result["mode"] == "tiny"
+    mc = result["machine"]
+    for key in ("cpu_model", "device_kind", "device_count", "jax", "jaxlib", "numpy", "matmul_flops_per_s"):
+        assert key in mc
+    assert mc["read_bytes_per_s"] > 0 and mc["copy_bytes_per_s"] > 0
+    rows = result["throughput"]
+    assert {r["task"] for r in rows} == {"linreg", "logreg"}
+    for r in rows:
+        for key in ("step_s", "steps_per_s", "device_steps_per_s", "compile_s"):
+            assert r["engine"][key] > 0
+        assert r["engine"]["step_s_min"] <= r["engine"]["step_s_max"]  # per-repetition spread (may dip < 0)
+        for ref in ("numpy_vectorized", "numpy_loop"):
+            assert r[ref]["step_s"] > 0 and r[ref]["blas_threads"] in ("default", "1")
+        assert r["x_vectorized"] > 0 and r["x_loop"] > 0
+    levels = result["redundancy"]["levels"]
+    assert [lv["s"] for lv in levels] == list(range(len(levels))) and levels[0]["engine_rel"] == 1.0
+    assert all(lv["loop"]["step_s"] > 0 for lv in levels)
+    assert len(result["sweep"]) == 1
+    sizes = result["sweep"][0]["sizes"]
+    assert [r["configs"] for r in sizes] == [1, 4]
+    for r in sizes:
+        assert r["vmapped"]["compilations"] >= 1 and r["one_by_one"]["compilations"] >= 1
+        assert r["speedup"] > 0
+    assert result["roofline"]["cases"] and result["memory"]["x_bytes"] > 0
+    assert {t["name"] for t in result["targets"]} == {name for name, *_ in bench.TARGETS}
+    assert result["numpy_blas"]["env_mode"] == "clean"
+
+
+def test_topk_prefilter_returns_lax_top_k_indices():
+    """compressors._topk_indices (lower-bound prefilter for k >= 32, d >= 16 k) picks
+    exactly lax.top_k's indices, ties, zeros, inf and NaN included."""
+    from coco_jax.compressors import _topk_indices
+
+    rng = np.random.default_rng(2)
+    checked = 0
+    for trial in range(60):
+        k = int(rng.integers(32, 80))
+        d = int(rng.integers(16 * k, 16 * k + 900))
+        v = rng.standard_normal((3, d)).astype(np.float32)
+        if trial % 3 == 0:
+            v = (rng.integers(-3, 4, size=(3, d)) * 0.25).astype(np.float32)  # heavy ties and zeros
+        if trial % 3 == 1:
+            v[:, : d // 2] = 0.0
+        if trial % 5 == 0:
+            v[0, rng.integers(0, d, 4)] = np.nan
+        if trial % 7 == 0:
+            v[1, rng.integers(0, d, 3)] = -np.inf
+        vj = jax.numpy.asarray(v)
+        got = jax.jit(jax.vmap(lambda r, k=k: _topk_indices(r, k)))(vj)
+        want = jax.vmap(lambda r, k=k: jax.lax.top_k(jax.numpy.abs(r), k)[1])(vj)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        checked += 1
+    assert checked == 60
