@@ -51,7 +51,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration fields (see ExperimentConfig)")
     for name, f in _FIELDS.items():
         group.add_argument(
-            "--" + name.replace("_", "-"), dest="field_" + name, metavar=str(f.type).upper().replace(" ", "")[:12]
+            "--" + name.replace("_", "-"),
+            dest="field_" + name,
+            metavar=str(f.type).upper().replace(" ", "")[:12],
         )
 
 
@@ -127,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("experiment", nargs="?", help="an experiment module path or name; omit for one run")
     p_run.add_argument("--preset", help="a method preset (see `coco-jax presets`)")
-    p_run.add_argument("--out", help="one run: write history.csv and config.json here; experiment: results dir")
+    p_run.add_argument(
+        "--out", help="one run: write history.csv and config.json here; experiment: results dir"
+    )
     p_run.add_argument("--quick", action="store_true", help="experiment: the small variant")
     p_run.add_argument("--overwrite", action="store_true", help="experiment: replace results of another grid")
     add_config_flags(p_run)

@@ -65,6 +65,21 @@ DYNAMIC_FIELDS = (
 )
 
 
+# Fields `data.load_dataset` reads: configurations equal on these share a dataset.
+DATASET_FIELDS = (
+    "task",
+    "dataset",
+    "num_samples",
+    "num_test",
+    "num_features",
+    "num_classes",
+    "noise",
+    "data_seed",
+    "test_fraction",
+    "data_dir",
+)
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message names field, value and what is allowed."""
 
@@ -276,7 +291,13 @@ def validate(cfg: ExperimentConfig) -> None:
         _int(cfg, "group_size", 1)
     _real(cfg, "device_momentum", low=0.0, high=1.0, high_open=True)
     _real(cfg, "diana_alpha", low=0.0, high=1.0, low_open=True)
-    if cfg.error_feedback == "diana" and cfg.compressor not in ("randk_unbiased", "qsgd", "identity", "onebit", "natural"):
+    if cfg.error_feedback == "diana" and cfg.compressor not in (
+        "randk_unbiased",
+        "qsgd",
+        "identity",
+        "onebit",
+        "natural",
+    ):
         _fail(
             "compressor",
             cfg.compressor,
@@ -316,7 +337,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.dataset in ("mnist", "fashion_mnist", "cifar10") and cfg.task in ("linreg", "logreg"):
         _fail("task", cfg.task, f"dataset={cfg.dataset!r} has 10 classes: use 'softmax', 'mlp' or 'cnn'")
     if cfg.task == "cnn" and cfg.dataset in ("synthetic", "breast_cancer"):
-        _fail("dataset", cfg.dataset, "task='cnn' needs an image dataset: digits, mnist, fashion_mnist or cifar10")
+        _fail(
+            "dataset",
+            cfg.dataset,
+            "task='cnn' needs an image dataset: digits, mnist, fashion_mnist or cifar10",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

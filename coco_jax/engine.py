@@ -13,7 +13,15 @@ import numpy as np
 
 from coco_jax import data as data_lib
 from coco_jax.compressors import make_compressor
-from coco_jax.config import ConfigError, ExperimentConfig, Static, float_dtype, hparams_of, resolve_k, static_config
+from coco_jax.config import (
+    ConfigError,
+    ExperimentConfig,
+    Static,
+    float_dtype,
+    hparams_of,
+    resolve_k,
+    static_config,
+)
 from coco_jax.step import RunData, compiled_run
 from coco_jax.tasks import make_task
 
@@ -99,7 +107,9 @@ def prepare(
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ConfigError(f"data={type(data).__name__} is invalid: must be a pair (X, y)")
         ds = data_lib.from_arrays(data[0], data[1], cfg.task, test=test_data)
-    xp, yp = data_lib.partition(ds.x_train, ds.y_train, k_parts, cfg.partitioning, cfg.data_seed, cfg.dirichlet_alpha)
+    xp, yp = data_lib.partition(
+        ds.x_train, ds.y_train, k_parts, cfg.partitioning, cfg.data_seed, cfg.dirichlet_alpha
+    )
     n_k = xp.shape[1]
     if cfg.batch_size is not None and cfg.batch_size > n_k:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be <= rows per partition ({n_k})")
@@ -110,7 +120,12 @@ def prepare(
     task = make_task(cfg, xp.shape[1:], num_classes, dtype)
     k = resolve_k(task.dim, cfg.compress_k, cfg.compress_ratio)
     bits = make_compressor(
-        cfg.compressor, task.dim, k=k, qsgd_levels=cfg.qsgd_levels, group_size=cfg.group_size, segments=task.segments
+        cfg.compressor,
+        task.dim,
+        k=k,
+        qsgd_levels=cfg.qsgd_levels,
+        group_size=cfg.group_size,
+        segments=task.segments,
     ).bits
     y_dtype = dtype if cfg.task == "linreg" else jnp.int32
     run_data = RunData(
@@ -151,5 +166,9 @@ def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) 
     fn = compiled_run(prep.static)
     params, history = fn(hparams_of(cfg), prep.data)
     hist, div = history_to_numpy(history, prep.bits_per_message)
-    task = make_task(prep.static.cfg, (1, *prep.static.feature_shape), prep.static.num_classes, float_dtype(cfg))
-    return RunResult(cfg, hist, jax.tree_util.tree_map(np.asarray, task.unravel(params)), div, prep.bits_per_message)
+    task = make_task(
+        prep.static.cfg, (1, *prep.static.feature_shape), prep.static.num_classes, float_dtype(cfg)
+    )
+    return RunResult(
+        cfg, hist, jax.tree_util.tree_map(np.asarray, task.unravel(params)), div, prep.bits_per_message
+    )

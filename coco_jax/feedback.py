@@ -31,7 +31,8 @@ rule, only on steps the device delivers; the rule then sees u instead of g.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

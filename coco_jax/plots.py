@@ -48,7 +48,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from coco_jax.config import ExperimentConfig
+from coco_jax.config import DATASET_FIELDS, ExperimentConfig
 
 __all__ = [
     "AXIS_LABELS",
@@ -243,20 +243,7 @@ def diverged_runs(df: pd.DataFrame, y: str | None = None) -> set:
 # --------------------------------------------------------------- optimum (F*)
 
 _CONVEX = ("linreg", "logreg", "softmax")
-_DATA_FIELDS = (
-    "task",
-    "dataset",
-    "num_samples",
-    "num_test",
-    "num_features",
-    "num_classes",
-    "noise",
-    "data_seed",
-    "test_fraction",
-    "data_dir",
-    "num_devices",
-    "num_partitions",
-)
+_DATA_FIELDS = (*DATASET_FIELDS, "num_devices", "num_partitions")
 
 
 @functools.lru_cache(maxsize=64)

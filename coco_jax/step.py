@@ -84,7 +84,9 @@ def components(static: Static) -> Components:
         segments=task.segments,
     )
     fb = feedback.make_feedback(cfg.error_feedback, comp, cfg.straggler_error, cfg.device_momentum > 0)
-    alloc = coding.make_allocation(cfg.allocation, cfg.num_devices, cfg.num_partitions_resolved, cfg.redundancy)
+    alloc = coding.make_allocation(
+        cfg.allocation, cfg.num_devices, cfg.num_partitions_resolved, cfg.redundancy
+    )
     fixed_b = None if alloc.random else np.asarray(alloc.sample(jax.random.key(0)))
     if fixed_b is not None:
         loads = (fixed_b != 0).sum(axis=1).astype(np.float64)
@@ -140,7 +142,13 @@ def make_runner(static: Static) -> Runner:
     """
     cfg: ExperimentConfig = static.cfg
     comps = components(static)
-    task, comp, fb, alloc, model = comps.task, comps.compressor, comps.feedback, comps.allocation, comps.straggler_model
+    task, _comp, fb, alloc, model = (
+        comps.task,
+        comps.compressor,
+        comps.feedback,
+        comps.allocation,
+        comps.straggler_model,
+    )
     m_dev = cfg.num_devices
     dtype = float_dtype(cfg)
     points = eval_steps(cfg.steps, cfg.eval_every)
@@ -290,7 +298,9 @@ def make_runner(static: Static) -> Runner:
             "stragglers": jnp.sum(straggles).astype(jnp.int32),
             "grad_error_sq": jnp.sum(err * err),
             "ef_error_norm": jnp.mean(mem),
-            "contraction": jnp.where(n_sent > 0, jnp.sum(jnp.where(sent, ratio, 0)) / jnp.maximum(n_sent, 1), jnp.nan),
+            "contraction": jnp.where(
+                n_sent > 0, jnp.sum(jnp.where(sent, ratio, 0)) / jnp.maximum(n_sent, 1), jnp.nan
+            ),
         }
         return carry, metrics
 

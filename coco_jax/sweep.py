@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 from coco_jax import results as res_lib
 from coco_jax.config import (
+    DATASET_FIELDS,
     DYNAMIC_FIELDS,
     FIELD_NAMES,
     ConfigError,
@@ -522,39 +523,13 @@ def parse_bytes(value: float | str) -> int:
 
 def _dataset_key(cfg: ExperimentConfig) -> tuple:
     """The fields `data.load_dataset` reads."""
-    fields = (
-        "task",
-        "dataset",
-        "num_samples",
-        "num_test",
-        "num_features",
-        "num_classes",
-        "noise",
-        "data_seed",
-        "test_fraction",
-        "data_dir",
-    )
-    return tuple(getattr(cfg, f) for f in fields)
+    return tuple(getattr(cfg, f) for f in DATASET_FIELDS)
 
 
 def _data_key(cfg: ExperimentConfig) -> tuple:
     """The fields the loaded and partitioned data depends on."""
-    fields = (
-        "task",
-        "dataset",
-        "num_samples",
-        "num_test",
-        "num_features",
-        "num_classes",
-        "noise",
-        "data_seed",
-        "test_fraction",
-        "data_dir",
-        "partitioning",
-        "dirichlet_alpha",
-        "dtype",
-    )
-    return tuple(getattr(cfg, f) for f in fields) + (cfg.num_partitions_resolved,)
+    extra = (cfg.partitioning, cfg.dirichlet_alpha, cfg.dtype, cfg.num_partitions_resolved)
+    return _dataset_key(cfg) + extra
 
 
 def _prepare_groups(

@@ -7,7 +7,8 @@ contract); mlp and cnn are flax (linen) networks initialised from the run's seed
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax

@@ -115,7 +115,9 @@ def test_device_momentum_without_compression_is_heavy_ball():
         lr=0.05,
         steps=12,
     )
-    np.testing.assert_allclose(cj.run(server, data=(x, y)).params, _gd(x, y, 0.05, 12, momentum=0.8), rtol=1e-4)
+    np.testing.assert_allclose(
+        cj.run(server, data=(x, y)).params, _gd(x, y, 0.05, 12, momentum=0.8), rtol=1e-4
+    )
 
 
 def test_diana_with_identity_is_gradient_descent():
@@ -132,7 +134,9 @@ def test_latency_time_and_wait_for():
     res = cj.run(uncoded)
     assert np.all(res.history["stragglers"] == 0)  # waits for everyone
     assert np.all(np.diff(res.history["time"]) > 0)
-    coded = cj.preset("gc", num_devices=m, redundancy=2, straggler="latency", wait_for=m - 2, steps=30, latency_rate=2.0)
+    coded = cj.preset(
+        "gc", num_devices=m, redundancy=2, straggler="latency", wait_for=m - 2, steps=30, latency_rate=2.0
+    )
     res_c = cj.run(coded)
     assert np.all(res_c.history["stragglers"][1:] == 2)
     # exact recovery from any M - s devices, at the cost of thrice the load per device
@@ -147,10 +151,14 @@ def test_latency_time_and_wait_for():
 def test_heterogeneous_and_markov_rates_in_history():
     m, steps = 10, 400
     probs = tuple(np.linspace(0.0, 0.6, m).round(3))
-    het = cj.run(cj.preset("coco-ef", num_devices=m, straggler="heterogeneous", straggler_probs=probs, steps=steps))
+    het = cj.run(
+        cj.preset("coco-ef", num_devices=m, straggler="heterogeneous", straggler_probs=probs, steps=steps)
+    )
     rate = het.history["stragglers"][1:].mean() / m
     assert abs(rate - np.mean(probs)) < 5 * np.sqrt(np.mean(probs) / (m * steps))
-    mk = cj.run(cj.preset("coco-ef", num_devices=m, straggler="markov", markov_p_gb=0.1, markov_p_bg=0.3, steps=steps))
+    mk = cj.run(
+        cj.preset("coco-ef", num_devices=m, straggler="markov", markov_p_gb=0.1, markov_p_bg=0.3, steps=steps)
+    )
     rate = mk.history["stragglers"][1:].mean() / m
     assert abs(rate - 0.25) < 0.08  # correlated in time: a loose but failing-when-wrong bound
 
@@ -165,13 +173,19 @@ def test_bernoulli_code_differs_by_seed_and_learns():
 @pytest.mark.parametrize(
     "changes",
     [
-        dict(task="mlp", dataset="digits", hidden_sizes=(16,)),
-        dict(task="mlp", dataset="synthetic", hidden_sizes=(8, 8)),
-        dict(task="cnn", dataset="digits", cnn_channels=(4,)),
-        dict(task="softmax", dataset="digits", partitioning="sorted"),
-        dict(task="softmax", dataset="digits", partitioning="dirichlet", dirichlet_alpha=0.3),
-        dict(task="logreg", dataset="breast_cancer", partitioning="iid", batch_size=8),
-        dict(task="mlp", dataset="digits", hidden_sizes=(16,), compressor="grouped_sign", error_feedback="ef"),
+        {"task": "mlp", "dataset": "digits", "hidden_sizes": (16,)},
+        {"task": "mlp", "dataset": "synthetic", "hidden_sizes": (8, 8)},
+        {"task": "cnn", "dataset": "digits", "cnn_channels": (4,)},
+        {"task": "softmax", "dataset": "digits", "partitioning": "sorted"},
+        {"task": "softmax", "dataset": "digits", "partitioning": "dirichlet", "dirichlet_alpha": 0.3},
+        {"task": "logreg", "dataset": "breast_cancer", "partitioning": "iid", "batch_size": 8},
+        {
+            "task": "mlp",
+            "dataset": "digits",
+            "hidden_sizes": (16,),
+            "compressor": "grouped_sign",
+            "error_feedback": "ef",
+        },
     ],
 )
 def test_tasks_and_datasets_learn(changes):
@@ -185,26 +199,26 @@ def test_tasks_and_datasets_learn(changes):
 @pytest.mark.parametrize(
     "changes,field",
     [
-        (dict(straggler="heterogeneous"), "straggler_probs"),
-        (dict(straggler_probs=(0.1, 1.2, 0, 0, 0, 0, 0, 0)), "straggler_probs"),
-        (dict(markov_p_gb=1.5), "markov_p_gb"),
-        (dict(markov_p_bg=0.0), "markov_p_bg"),
-        (dict(deadline=0.0), "deadline"),
-        (dict(latency_rate=-1.0), "latency_rate"),
-        (dict(straggler="latency", wait_for=9), "wait_for"),
-        (dict(wait_for=3), "wait_for"),
-        (dict(dirichlet_alpha=0.0), "dirichlet_alpha"),
-        (dict(hidden_sizes=(8, 0)), "hidden_sizes"),
-        (dict(cnn_channels=(-1,)), "cnn_channels"),
-        (dict(group_size=0), "group_size"),
-        (dict(batch_size=0), "batch_size"),
-        (dict(straggler_error="forget"), "straggler_error"),
-        (dict(device_momentum=1.0), "device_momentum"),
-        (dict(error_feedback="diana", compressor="topk"), "compressor"),
-        (dict(task="cnn", dataset="synthetic"), "dataset"),
-        (dict(partitioning="sorted"), "partitioning"),
-        (dict(allocation="cyclic_mds", decoder="fixed"), "decoder"),
-        (dict(allocation="cyclic_mds", decoder="optimal", num_partitions=16), "num_partitions"),
+        ({"straggler": "heterogeneous"}, "straggler_probs"),
+        ({"straggler_probs": (0.1, 1.2, 0, 0, 0, 0, 0, 0)}, "straggler_probs"),
+        ({"markov_p_gb": 1.5}, "markov_p_gb"),
+        ({"markov_p_bg": 0.0}, "markov_p_bg"),
+        ({"deadline": 0.0}, "deadline"),
+        ({"latency_rate": -1.0}, "latency_rate"),
+        ({"straggler": "latency", "wait_for": 9}, "wait_for"),
+        ({"wait_for": 3}, "wait_for"),
+        ({"dirichlet_alpha": 0.0}, "dirichlet_alpha"),
+        ({"hidden_sizes": (8, 0)}, "hidden_sizes"),
+        ({"cnn_channels": (-1,)}, "cnn_channels"),
+        ({"group_size": 0}, "group_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"straggler_error": "forget"}, "straggler_error"),
+        ({"device_momentum": 1.0}, "device_momentum"),
+        ({"error_feedback": "diana", "compressor": "topk"}, "compressor"),
+        ({"task": "cnn", "dataset": "synthetic"}, "dataset"),
+        ({"partitioning": "sorted"}, "partitioning"),
+        ({"allocation": "cyclic_mds", "decoder": "fixed"}, "decoder"),
+        ({"allocation": "cyclic_mds", "decoder": "optimal", "num_partitions": 16}, "num_partitions"),
     ],
 )
 def test_invalid_breadth_fields(changes, field):

@@ -158,7 +158,10 @@ def test_dynamic_values_do_not_recompile():
 
 def test_vmapped_runs_equal_runs_one_by_one():
     base = cj.preset("coco-ef", task="logreg", num_devices=4, steps=6, num_samples=64)
-    cfgs = [base.replace(lr=lr, seed=s, straggler_prob=p) for lr, s, p in ((0.1, 0, 0.2), (0.3, 1, 0.0), (0.05, 2, 0.5))]
+    cfgs = [
+        base.replace(lr=lr, seed=s, straggler_prob=p)
+        for lr, s, p in ((0.1, 0, 0.2), (0.3, 1, 0.0), (0.05, 2, 0.5))
+    ]
     static, data = _static_and_data(base)
     hps = jax.tree_util.tree_map(lambda *a: np.stack(a), *[config_lib.hparams_of(c) for c in cfgs])
     params, hist = jax.jit(jax.vmap(make_run(static), (0, None)))(hps, data)
@@ -212,7 +215,7 @@ def test_error_feedback_conserves_mass():
         sent = np.zeros(d, np.float32)
         for t in range(steps):
             before = np.asarray(state["e"])
-            est, _, msg, state = fb.apply(jax.random.key(t), jnp.asarray(gs[t]), state, straggles[t], hp)
+            _est, _, msg, state = fb.apply(jax.random.key(t), jnp.asarray(gs[t]), state, straggles[t], hp)
             if straggles[t]:
                 after = np.asarray(state["e"])
                 expected = {"keep": before, "reset": np.zeros(d), "accumulate": before + gs[t]}[mode]
@@ -299,7 +302,19 @@ def test_cli_run_writes_history_and_config(tmp_path, capsys):
 
     out = tmp_path / "run"
     code = main(
-        ["run", "--preset", "coco-ef", "--task", "logreg", "--num-devices", "4", "--steps", "5", "--out", str(out)]
+        [
+            "run",
+            "--preset",
+            "coco-ef",
+            "--task",
+            "logreg",
+            "--num-devices",
+            "4",
+            "--steps",
+            "5",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out
