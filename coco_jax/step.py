@@ -280,7 +280,9 @@ def make_runner(static: Static) -> Runner:
             straggler_state=s_state,
             delivered=state.delivered + jnp.sum(~straggles).astype(jnp.int32),
             time=state.time + dt.astype(dtype),
-            diverged_step=jnp.where((state.diverged_step < 0) & ~finite, t, state.diverged_step),
+            diverged_step=jnp.where(
+                (state.diverged_step < 0) & ~finite, jnp.asarray(t, jnp.int32), state.diverged_step
+            ),
         )
         carry = carry._replace(state=new)
         if not with_metrics:

@@ -327,3 +327,40 @@ def test_cli_run_writes_history_and_config(tmp_path, capsys):
     assert meta["config"]["num_devices"] == 4 and meta["config"]["error_feedback"] == "ef"
     assert main(["run", "--num-devices", "4", "--redundancy", "7"]) == 2
     assert "redundancy" in capsys.readouterr().err
+
+
+def test_float64_is_honoured_under_x64():
+    """In a fresh process with x64 enabled: float64 histories, parameters and a
+    gradient-descent trajectory exact to float64 rounding; float32 still works."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        import coco_jax as cj
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(24, 4)); y = x @ rng.normal(size=4)
+        cfg = cj.ExperimentConfig(num_devices=4, straggler="none", compressor="identity",
+                                  error_feedback="none", lr=0.2, steps=8, dtype="float64")
+        res = cj.run(cfg, data=(x, y))
+        theta = np.zeros(4)
+        for _ in range(8):
+            theta = theta - 0.2 * x.T @ (x @ theta - y) / 24
+        assert res.params.dtype == np.float64 and res.history["loss"].dtype == np.float64
+        np.testing.assert_allclose(res.params, theta, rtol=1e-12)
+        for task in ("logreg", "mlp"):
+            r = cj.run(cj.preset("coco-ef", task=task, dtype="float64", steps=3))
+            assert r.history["loss"].dtype == np.float64, task
+        assert cj.run(cj.preset("coco-ef", steps=3)).history["loss"].dtype == np.float32
+        print("ok")
+        """
+    )
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
