@@ -142,13 +142,7 @@ def make_runner(static: Static) -> Runner:
     """
     cfg: ExperimentConfig = static.cfg
     comps = components(static)
-    task, _comp, fb, alloc, model = (
-        comps.task,
-        comps.compressor,
-        comps.feedback,
-        comps.allocation,
-        comps.straggler_model,
-    )
+    task, fb, alloc, model = comps.task, comps.feedback, comps.allocation, comps.straggler_model
     m_dev = cfg.num_devices
     dtype = float_dtype(cfg)
     points = eval_steps(cfg.steps, cfg.eval_every)
