@@ -639,3 +639,39 @@ def test_empirical_contraction_is_safe():
     assert float(empirical_contraction(v, jnp.asarray([3.0, 0.0]))) == pytest.approx(16 / 25)
     batch = empirical_contraction(jnp.stack([v, 2 * v]), jnp.zeros((2, 2)))
     chex.assert_trees_all_close(batch, jnp.ones(2))
+
+
+def test_topk_bisection_mask_selects_lax_top_k_entries():
+    """The bisection path (k/d >= 5%) keeps exactly lax.top_k's entries: random
+    values, heavy ties, zeros, ±inf, a NaN, and under vmap."""
+    from coco_jax.compressors import _topk_mask
+
+    rng = np.random.default_rng()
+    checked = 0
+    for d, k in ((20, 1), (20, 20), (100, 5), (100, 37), (1000, 100), (4000, 1000)):
+        for kind in ("normal", "ties", "zeros", "inf", "nan"):
+            if kind == "ties":
+                v = rng.integers(-3, 4, size=d).astype(np.float32)
+            elif kind == "zeros":
+                v = np.where(rng.random(d) < 0.7, 0.0, rng.normal(size=d)).astype(np.float32)
+            else:
+                v = rng.normal(size=d).astype(np.float32)
+                if kind == "inf":
+                    v[rng.integers(0, d, 3)] = [np.inf, -np.inf, np.inf]
+                if kind == "nan":
+                    v[rng.integers(0, d)] = np.nan
+            _, idx = jax.lax.top_k(jnp.abs(jnp.asarray(v)), k)
+            want = np.zeros(d, bool)
+            want[np.asarray(idx)] = True
+            got = np.asarray(jax.jit(_topk_mask, static_argnums=1)(jnp.asarray(v), k))
+            np.testing.assert_array_equal(got, want, err_msg=f"d={d} k={k} {kind}")
+            assert got.sum() == k
+            checked += 1
+    assert checked == 30
+    # the compressor takes this path for k/d >= 5% and agrees with the index path
+    comp = make_compressor("topk", 200, k=40)
+    batch = jnp.asarray(rng.normal(size=(8, 200)).astype(np.float32))
+    out = jax.vmap(lambda x: comp.compress(jax.random.key(0), x))(batch)
+    _, idx = jax.lax.top_k(jnp.abs(batch), 40)
+    expected = jnp.zeros_like(batch).at[jnp.arange(8)[:, None], idx].set(jnp.take_along_axis(batch, idx, 1))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
