@@ -105,3 +105,17 @@ def reference_run(step_fn, task, x, y, b, trace, weights, k, lr, use_ef):
         theta, errors = step_fn(task, theta, errors, xp, yp, b, trace[t], weights[t], k, lr, use_ef)
         losses.append(full_loss(task, theta, x, y))
     return theta, np.asarray(losses)
+
+
+def gradient_descent(x, y, lr: float, steps: int, momentum: float | None = None) -> np.ndarray:
+    """Full-batch gradient descent on linreg from θ = 0 (heavy ball with `momentum`:
+    u <- β u + ∇F, θ <- θ - lr u), in float64: the ideal every method is checked against."""
+    theta = np.zeros(x.shape[1])
+    buf = np.zeros_like(theta)
+    for _ in range(steps):
+        g = x.T @ (x @ theta - y) / x.shape[0]
+        if momentum is not None:
+            buf = momentum * buf + g
+            g = buf
+        theta = theta - lr * g
+    return theta

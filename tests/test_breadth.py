@@ -8,19 +8,8 @@ import pytest
 import coco_jax as cj
 from coco_jax import config as config_lib
 from coco_jax.engine import prepare
+from coco_jax.reference import gradient_descent
 from coco_jax.step import make_run
-
-
-def _gd(x, y, lr, steps, momentum=None):
-    theta = np.zeros(x.shape[1])
-    buf = np.zeros_like(theta)
-    for _ in range(steps):
-        g = x.T @ (x @ theta - y) / x.shape[0]
-        if momentum is not None:
-            buf = momentum * buf + g
-            g = buf
-        theta = theta - lr * g
-    return theta
 
 
 def _data(n=48, d=5, seed=0):
@@ -55,7 +44,7 @@ def test_minibatch_gradients_are_unbiased(shared):
     )
     seeds = np.arange(3000)
     params, _ = _vmapped_over_seeds(cfg, seeds, data=(x, y))
-    expected = _gd(x, y, 1.0, 1)
+    expected = gradient_descent(x, y, 1.0, 1)
     stderr = params.std(axis=0) / np.sqrt(len(seeds))
     assert np.all(params.std(axis=0) > 0)  # really stochastic
     np.testing.assert_array_less(np.abs(params.mean(axis=0) - expected), 5 * stderr + 1e-6)
@@ -86,7 +75,9 @@ def test_more_partitions_than_devices():
             lr=0.2,
             steps=10,
         )
-        np.testing.assert_allclose(cj.run(cfg, data=(x, y)).params, _gd(x, y, 0.2, 10), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            cj.run(cfg, data=(x, y)).params, gradient_descent(x, y, 0.2, 10), rtol=1e-4, atol=1e-5
+        )
     with pytest.raises(cj.ConfigError, match="num_partitions"):
         cj.ExperimentConfig(num_devices=4, num_partitions=6, allocation="cyclic")
 
@@ -103,7 +94,7 @@ def test_device_momentum_without_compression_is_heavy_ball():
         steps=12,
     )
     np.testing.assert_allclose(
-        cj.run(cfg, data=(x, y)).params, _gd(x, y, 0.05, 12, momentum=0.8), rtol=1e-4, atol=1e-5
+        cj.run(cfg, data=(x, y)).params, gradient_descent(x, y, 0.05, 12, momentum=0.8), rtol=1e-4, atol=1e-5
     )
     server = cj.ExperimentConfig(
         num_devices=4,
@@ -116,14 +107,16 @@ def test_device_momentum_without_compression_is_heavy_ball():
         steps=12,
     )
     np.testing.assert_allclose(
-        cj.run(server, data=(x, y)).params, _gd(x, y, 0.05, 12, momentum=0.8), rtol=1e-4
+        cj.run(server, data=(x, y)).params, gradient_descent(x, y, 0.05, 12, momentum=0.8), rtol=1e-4
     )
 
 
 def test_diana_with_identity_is_gradient_descent():
     x, y = _data()
     cfg = cj.preset("gc-diana", num_devices=4, straggler="none", compressor="identity", lr=0.2, steps=10)
-    np.testing.assert_allclose(cj.run(cfg, data=(x, y)).params, _gd(x, y, 0.2, 10), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        cj.run(cfg, data=(x, y)).params, gradient_descent(x, y, 0.2, 10), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_latency_time_and_wait_for():

@@ -11,6 +11,7 @@ from coco_jax import config as config_lib
 from coco_jax import feedback
 from coco_jax.compressors import make_compressor
 from coco_jax.engine import prepare
+from coco_jax.reference import gradient_descent
 from coco_jax.step import make_run
 
 
@@ -19,13 +20,6 @@ def _linreg_data(n=48, d=6, seed=0):
     x = rng.normal(size=(n, d)).astype(np.float32)
     y = (x @ rng.normal(size=d) + 0.1 * rng.normal(size=n)).astype(np.float32)
     return x, y
-
-
-def _gd_reference(x, y, lr, steps):
-    theta = np.zeros(x.shape[1], np.float64)
-    for _ in range(steps):
-        theta = theta - lr * x.T @ (x @ theta - y) / x.shape[0]
-    return theta
 
 
 def test_hand_computed_example():
@@ -95,7 +89,7 @@ def test_identity_without_stragglers_is_gradient_descent(allocation, redundancy,
         steps=15,
     )
     res = cj.run(cfg, data=(x, y))
-    np.testing.assert_allclose(res.params, _gd_reference(x, y, 0.3, 15), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(res.params, gradient_descent(x, y, 0.3, 15), rtol=2e-4, atol=2e-5)
 
 
 def test_optimal_decoder_recovers_gradient_with_decodable_stragglers():
@@ -115,7 +109,7 @@ def test_optimal_decoder_recovers_gradient_with_decodable_stragglers():
             "gc", num_devices=m, redundancy=2, allocation=allocation, straggler="trace", lr=0.3, steps=steps
         )
         res = cj.run(cfg, data=(x, y), straggler_trace=trace)
-        np.testing.assert_allclose(res.params, _gd_reference(x, y, 0.3, steps), rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(res.params, gradient_descent(x, y, 0.3, steps), rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(res.history["grad_error_sq"][1:], 0, atol=1e-8)
 
 
