@@ -70,12 +70,16 @@ class Prepared:
     bits_per_message: int
 
 
+def with_trace(cfg: ExperimentConfig, straggler_trace) -> ExperimentConfig:
+    """The configuration that runs: a given straggler trace is the straggler pattern,
+    whatever model `cfg.straggler` names (the fixed decoder still uses straggler_prob)."""
+    if straggler_trace is None or cfg.straggler == "trace":
+        return cfg
+    return cfg.replace(straggler="trace", wait_for=None)
+
+
 def _check_trace(cfg: ExperimentConfig, trace) -> jax.Array | None:
     if cfg.straggler != "trace":
-        if trace is not None:
-            raise ConfigError(
-                f"straggler_trace was given but straggler={cfg.straggler!r}: set straggler='trace' to use it"
-            )
         return None
     if trace is None:
         raise ConfigError("straggler='trace' needs straggler_trace: a (steps, num_devices) bool array")
@@ -96,6 +100,7 @@ def prepare(
     `dataset`: the already loaded `data.load_dataset(cfg)` (a sweep loads it once)."""
     if not isinstance(cfg, ExperimentConfig):
         raise ConfigError(f"cfg={type(cfg).__name__} is invalid: must be an ExperimentConfig")
+    cfg = with_trace(cfg, straggler_trace)
     trace = _check_trace(cfg, straggler_trace)
     k_parts = cfg.num_partitions_resolved
     if data is None:
@@ -154,7 +159,8 @@ def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) 
     Args:
         cfg: the configuration.
         data: optional user arrays (X [n, d], y [n]); K contiguous equal row shards.
-        straggler_trace: (steps, M) bool array, True = straggles (straggler='trace').
+        straggler_trace: (steps, M) bool array, True = straggles; when given it is the
+            straggler pattern (the run's config gets straggler='trace').
         test_data: optional (X_test, y_test) evaluated beside user data.
 
     Example:
@@ -162,6 +168,9 @@ def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) 
         >>> res.history["loss"].shape
         (21,)
     """
+    if not isinstance(cfg, ExperimentConfig):
+        raise ConfigError(f"cfg={type(cfg).__name__} is invalid: must be an ExperimentConfig")
+    cfg = with_trace(cfg, straggler_trace)
     prep = prepare(cfg, data, straggler_trace, test_data)
     fn = compiled_run(prep.static)
     params, history = fn(hparams_of(cfg), prep.data)

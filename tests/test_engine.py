@@ -279,8 +279,6 @@ def test_data_dependent_errors_before_compiling(monkeypatch):
         cj.run(cfg, straggler_trace=np.zeros((3, 4), np.int32))
     with pytest.raises(cj.ConfigError, match="straggler_trace"):
         cj.run(cfg)
-    with pytest.raises(cj.ConfigError, match="straggler_trace"):
-        cj.run(cj.ExperimentConfig(steps=3), straggler_trace=np.zeros((3, 8), bool))
 
 
 def test_presets_build_and_learn():
@@ -358,3 +356,20 @@ def test_float64_is_honoured_under_x64():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_given_trace_is_the_straggler_pattern():
+    """As in the contract, `cj.run(cfg, data=(X, y), straggler_trace=T)` with a config
+    naming another straggler model runs exactly the trace."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 5)).astype(np.float32)
+    y = (x @ rng.normal(size=5)).astype(np.float32)
+    trace = rng.random((6, 8)) < 0.3
+    cfg = cj.preset("coco-ef", straggler="bernoulli", straggler_prob=0.2, steps=6)
+    res = cj.run(cfg, data=(x, y), straggler_trace=trace)
+    np.testing.assert_array_equal(res.history["stragglers"][1:], trace.sum(axis=1))
+    assert res.config.straggler == "trace"
+    explicit = cj.run(cfg.replace(straggler="trace"), data=(x, y), straggler_trace=trace)
+    np.testing.assert_array_equal(res.params, explicit.params)
+    with pytest.raises(cj.ConfigError, match="shape"):
+        cj.run(cfg, data=(x, y), straggler_trace=trace[:5])
