@@ -65,9 +65,11 @@ class RunResult:
 class Prepared:
     """A configuration with its data loaded, checked and laid out for the engine."""
 
+    cfg: ExperimentConfig  # the configuration that runs (see `with_trace`)
     static: Static
     data: RunData
     bits_per_message: int
+    unravel: Any  # θ [d] -> the task's parameter pytree
 
 
 def with_trace(cfg: ExperimentConfig, straggler_trace) -> ExperimentConfig:
@@ -141,7 +143,7 @@ def prepare(
         trace=trace,
     )
     static = Static(static_config(cfg), tuple(int(s) for s in xp.shape[2:]), int(num_classes), task.dim, k)
-    return Prepared(static, run_data, int(bits))
+    return Prepared(cfg, static, run_data, int(bits), task.unravel)
 
 
 def history_to_numpy(history: dict, bits_per_message: int) -> tuple[dict[str, np.ndarray], int | None]:
@@ -168,16 +170,8 @@ def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) 
         >>> res.history["loss"].shape
         (21,)
     """
-    if not isinstance(cfg, ExperimentConfig):
-        raise ConfigError(f"cfg={type(cfg).__name__} is invalid: must be an ExperimentConfig")
-    cfg = with_trace(cfg, straggler_trace)
     prep = prepare(cfg, data, straggler_trace, test_data)
-    fn = compiled_run(prep.static)
-    params, history = fn(hparams_of(cfg), prep.data)
+    params, history = compiled_run(prep.static)(hparams_of(prep.cfg), prep.data)
     hist, div = history_to_numpy(history, prep.bits_per_message)
-    task = make_task(
-        prep.static.cfg, (1, *prep.static.feature_shape), prep.static.num_classes, float_dtype(cfg)
-    )
-    return RunResult(
-        cfg, hist, jax.tree_util.tree_map(np.asarray, task.unravel(params)), div, prep.bits_per_message
-    )
+    params = jax.tree_util.tree_map(np.asarray, prep.unravel(params))
+    return RunResult(prep.cfg, hist, params, div, prep.bits_per_message)
