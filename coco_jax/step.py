@@ -148,13 +148,12 @@ def make_runner(static: Static) -> Runner:
     points = eval_steps(cfg.steps, cfg.eval_every)
     grad_fn = jax.grad(task.loss)
 
-    def full_loss(theta, data: RunData):
-        x = data.xp.reshape((-1, *data.xp.shape[2:]))
-        return task.loss(theta, x, data.yp.reshape(-1))
+    def all_rows(data: RunData):
+        """The whole training set (x [n, ...], y [n]) from its partitions."""
+        return data.xp.reshape((-1, *data.xp.shape[2:])), data.yp.reshape(-1)
 
     def evaluate(theta, data: RunData) -> dict:
-        x = data.xp.reshape((-1, *data.xp.shape[2:]))
-        y = data.yp.reshape(-1)
+        x, y = all_rows(data)
         loss, grad = jax.value_and_grad(task.loss)(theta, x, y)
         out = {"loss": loss, "grad_norm_sq": jnp.sum(grad * grad)}
         if task.accuracy is not None:
@@ -243,10 +242,10 @@ def make_runner(static: Static) -> Runner:
         out["diverged"] = state.diverged_step >= 0
         return out
 
-    def step(carry: Carry, t, hp: HParams, data: RunData, with_metrics: bool):
+    def step(carry: Carry, t, hp: HParams, data: RunData, load, rates, with_metrics: bool):
+        """Iteration t; `load` [M] (partitions held) and `rates` [M] (nominal straggling
+        probabilities) are fixed for the whole run."""
         state, b = carry.state, carry.b
-        load = jnp.sum(b != 0, axis=1).astype(dtype)  # [M]
-        rates = model.marginal_rate(hp, load)  # [M]
         opt = make_optimizer(cfg.optimizer, hp)
         k_t = jax.random.fold_in(carry.step_key, t)
         k_strag, k_comp, k_batch = (jax.random.fold_in(k_t, i) for i in range(3))
@@ -282,7 +281,7 @@ def make_runner(static: Static) -> Runner:
         if not with_metrics:
             return carry, None
         if true_grad is None:
-            true_grad = jax.grad(full_loss)(state.params, data)
+            true_grad = grad_fn(state.params, *all_rows(data))
         err = g_hat - true_grad
         sent = ~straggles
         resid = jnp.sum((message - comp_in) ** 2, axis=1)
@@ -304,10 +303,13 @@ def make_runner(static: Static) -> Runner:
         """Run chunks of `length` steps ending at each of `ends` [n] (metrics on the
         last step of a chunk, then an evaluation). Returns (carry, records [n])."""
 
+        load = jnp.sum(carry.b != 0, axis=1).astype(dtype)  # [M]
+        rates = model.marginal_rate(hp, load)  # [M]
+
         def chunk(carry, t_end):
             ts = t_end - length + 1 + jnp.arange(length - 1)
-            carry, _ = jax.lax.scan(lambda c, t: step(c, t, hp, data, False), carry, ts)
-            carry, metrics = step(carry, t_end, hp, data, True)
+            carry, _ = jax.lax.scan(lambda c, t: step(c, t, hp, data, load, rates, False), carry, ts)
+            carry, metrics = step(carry, t_end, hp, data, load, rates, True)
             return carry, _record(carry.state, metrics, t_end, data)
 
         return jax.lax.scan(chunk, carry, ends)
