@@ -436,11 +436,6 @@ def resolve_k(dim: int, compress_k: int | None, compress_ratio: float) -> int:
     return int(min(dim, max(1, round(compress_ratio * dim))))
 
 
-def num_eval_points(steps: int, eval_every: int) -> int:
-    """Evaluation at steps 0, e, 2e, ... and always at `steps`."""
-    return steps // eval_every + 1 + (1 if steps % eval_every else 0)
-
-
 def eval_steps(steps: int, eval_every: int) -> np.ndarray:
     points = list(range(0, steps + 1, eval_every))
     if points[-1] != steps:

@@ -107,11 +107,3 @@ def preset(name: str, **overrides) -> ExperimentConfig:
     if name not in PRESETS:
         raise ConfigError(f"preset={name!r} is invalid: must be one of {', '.join(PRESETS)}")
     return ExperimentConfig(**{**PRESETS[name].fields, **overrides})
-
-
-def preset_of(cfg: ExperimentConfig) -> str | None:
-    """The name of the preset `cfg` matches on the method fields, if any."""
-    for name, p in PRESETS.items():
-        if all(getattr(cfg, f) == v for f, v in p.fields.items() if f != "diana_alpha"):
-            return name
-    return None
