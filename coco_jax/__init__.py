@@ -5,23 +5,50 @@ compressed gradients with error feedback (COCO-EF) as one jit-compiled JAX progr
     >>> res = cj.run(cj.preset("coco-ef", steps=50))
     >>> res.history["loss"][-1] < res.history["loss"][0]
     True
+
+New methods plug in by name (`register_compressor`, `register_code`,
+`register_feedback`, `register_straggler_model`, `register_model`, `register_preset`);
+see the README, "Add your own compressor / code / feedback rule".
 """
 
-from coco_jax.config import ConfigError, ExperimentConfig, HParams
+from coco_jax.compressors import Compressor
+from coco_jax.config import ExperimentConfig, HParams
 from coco_jax.engine import RunResult, run
+from coco_jax.errors import ConfigError
+from coco_jax.feedback import Feedback, Server
 from coco_jax.presets import PRESETS, preset
+from coco_jax.registry import (
+    register_code,
+    register_compressor,
+    register_feedback,
+    register_model,
+    register_preset,
+    register_straggler_model,
+)
 from coco_jax.results import load_results
-from coco_jax.sweep import Grid, sweep
+from coco_jax.stragglers import StragglerModel
+from coco_jax.sweep import Grid, SweepResult, sweep
 
 __all__ = [
     "PRESETS",
+    "Compressor",
     "ConfigError",
     "ExperimentConfig",
+    "Feedback",
     "Grid",
     "HParams",
     "RunResult",
+    "Server",
+    "StragglerModel",
+    "SweepResult",
     "load_results",
     "preset",
+    "register_code",
+    "register_compressor",
+    "register_feedback",
+    "register_model",
+    "register_preset",
+    "register_straggler_model",
     "run",
     "sweep",
 ]

@@ -68,7 +68,7 @@ DATA_SEED = 0
 NUMPY_TRACE_STEPS = 64  # the NumPy references cycle over a trace of this many steps
 
 # Sweep cases (M, d, rows per partition, steps): a medium linreg grid like
-# sweep.benchmark_sweep's, and ExperimentConfig's default sizes (M=8, d=32, 1024 rows,
+# the sweep benchmark's, and ExperimentConfig's default sizes (M=8, d=32, 1024 rows,
 # 200 steps), where a single run is dominated by per-step overhead.
 SWEEP_CASES = ((16, 1_000, 64, 100), (8, 32, 128, 200))
 
@@ -182,8 +182,10 @@ def rows_per_partition(m: int, d: int, rows: int = ROWS, max_x_bytes: int = MAX_
 
 
 def compress_k(d: int) -> int:
-    """k of top-k 1% (the engine's rule: max(1, round(ratio * d)))."""
-    return int(min(d, max(1, round(COMPRESS_RATIO * d))))
+    """k of top-k 1% (the engine's rule, `config.resolve_k`)."""
+    from coco_jax.config import resolve_k
+
+    return resolve_k(d, None, COMPRESS_RATIO)
 
 
 def make_case_data(task: str, m: int, d: int, n_k: int, seed: int = DATA_SEED):
@@ -207,17 +209,19 @@ def make_trace(steps: int, m: int, p: float = STRAGGLER_PROB, seed: int = DATA_S
 
 
 def code_matrix(m: int, s: int) -> np.ndarray:
-    """B [M, M]: cyclic code, device m holds partitions m, ..., m+s (mod M); s=0 is
-    the uncoded identity. The same matrix as coco_jax.coding for these allocations."""
-    b = np.zeros((m, m), np.float32)
-    for j in range(s + 1):
-        b[np.arange(m), (np.arange(m) + j) % m] = 1.0
-    return b
+    """B [M, M] float32 of the benchmark's code: the engine's cyclic code (uncoded for
+    s = 0), device m holds partitions m, ..., m+s (mod M)."""
+    from coco_jax.coding import make_allocation
+
+    return make_allocation("cyclic" if s > 0 else "uncoded", m, m, s).matrix.astype(np.float32)
 
 
 def decode_weights(m: int, s: int, p: float = STRAGGLER_PROB) -> np.ndarray:
-    """Fixed decoder: w_m = 1/(K (1-p) (s+1)) (zeroed for stragglers by the step)."""
-    return np.full(m, 1.0 / (m * (1.0 - p) * (s + 1)), np.float32)
+    """The engine's fixed decoder with nobody straggling, w_m = 1/(K (1-p) (s+1)) (the
+    step zeroes the stragglers' weights)."""
+    from coco_jax.coding import decode_weights as engine_weights
+
+    return np.asarray(engine_weights("fixed", code_matrix(m, s), np.zeros(m, bool), np.full(m, p), s + 1.0))
 
 
 def model_flops(task: str, m: int, d: int, n_k: int, s: int) -> float:
@@ -410,8 +414,8 @@ class EngineCase:
         import jax
         import jax.numpy as jnp
 
-        from coco_jax.config import hparams_of, static_config
-        from coco_jax.engine import prepare
+        from coco_jax.config import hparams_of, static_fields
+        from coco_jax.engine import component_serials, prepare
 
         self.task, self.m, self.d, self.n_k, self.plan = task, m, d, n_k, plan
         n0 = self.N0
@@ -425,13 +429,18 @@ class EngineCase:
         self.x_bytes = int(prep.data.xp.size * prep.data.xp.dtype.itemsize)
         self.programs = {}
         for s in s_values:
-            static0 = dataclasses.replace(prep.static, cfg=static_config(engine_config(task, m, s, n0)))
+            cfg_s = engine_config(task, m, s, n0)  # same shapes as cfg0: only the code differs
+            static0 = dataclasses.replace(
+                prep.static, fields=static_fields(cfg_s), components=component_serials(cfg_s)
+            )
             run0, compile0 = _compile(static0, self.hp, self.data0)
             _block(run0(self.hp, self.data0))
             t_first = min(_timed(run0, self.hp, self.data0) for _ in range(2))
             est = max(t_first / n0, 1e-7)  # an over-estimate: includes init and two evaluations
             n = n0 + int(np.clip(round(plan.engine_target_s / est), 8, plan.engine_max_steps))
-            static_n = dataclasses.replace(static0, cfg=static0.cfg.replace(steps=n, eval_every=n))
+            static_n = dataclasses.replace(
+                static0, fields=static_fields(cfg_s.replace(steps=n, eval_every=n))
+            )
             data_n = self.data0._replace(trace=jnp.asarray(make_trace(n, m)))
             run_n, compile_n = _compile(static_n, self.hp, data_n)
             _block(run_n(self.hp, data_n))
@@ -836,7 +845,7 @@ def bench_sweep_case(plan: Plan, sweep_case: tuple[int, int, int, int], log) -> 
     from coco_jax.config import hparams_of
     from coco_jax.engine import prepare
     from coco_jax.engine import run as run_one
-    from coco_jax.step import compiled_run, make_runner
+    from coco_jax.step import compiled_run, make_run
 
     m, d, n_k, steps = sweep_case
     x, y = make_case_data("linreg", m, d, n_k)
@@ -864,10 +873,10 @@ def bench_sweep_case(plan: Plan, sweep_case: tuple[int, int, int, int], log) -> 
             raise RuntimeError("the sweep's configurations must share one static group")
         hps = jax.tree.map(lambda *a: np.stack(a), *[hparams_of(c) for c in cfgs])
         hps = jax.device_put(hps)
-        runner = make_runner(prep.static)  # builds code and allocation (eager jax ops, not counted)
+        run = make_run(prep.static)  # builds code and allocation (eager jax ops, not counted)
         with CompileCounter() as cc:
             t0 = _now()
-            vm = jax.jit(jax.vmap(runner.run, in_axes=(0, None))).lower(hps, prep.data).compile()
+            vm = jax.jit(jax.vmap(run, in_axes=(0, None))).lower(hps, prep.data).compile()
             compile_s = _now() - t0
             _block(vm(hps, prep.data))
         vm_compiles = cc.count

@@ -1,9 +1,11 @@
 """The `coco-jax` command.
 
     coco-jax run --preset coco-ef --task logreg --num-devices 20 --straggler-prob 0.2 [--out DIR]
+    coco-jax sweep experiments/methods.py --quick [--dry-run]
     coco-jax presets
 
-Every ExperimentConfig field is a flag (`--num-devices`, `--compress-ratio`, ...);
+`--plugins FILE.py` (repeatable) imports FILE before the configuration is built, so
+the compressors, codes, ... it registers are valid names. Every ExperimentConfig field is a flag (`--num-devices`, `--compress-ratio`, ...);
 tuples are comma lists (`--hidden-sizes 64,32`), `none` clears an optional field.
 """
 
@@ -113,11 +115,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`coco-jax sweep TARGET [--quick] [--out DIR] [--dry-run] ...`."""
+    import jax
+
+    from coco_jax.distributed import init_distributed, use_cpu_devices
+    from coco_jax.grid import load_grids
+    from coco_jax.plan import plan_sweep
+    from coco_jax.store import TABLE
+    from coco_jax.sweep import sweep
+
+    use_cpu_devices(args.cpu_devices)
+    init_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
+    name, parts = load_grids(args.target, quick=args.quick)
+    out = pathlib.Path(args.out or pathlib.Path("results", name + ("-quick" if args.quick else "")))
+    for part, grid in parts:
+        # a single grid sweeps into out itself, named parts into out/<part> (as `coco-jax run`)
+        d = out if len(parts) == 1 and part == name else out / part
+        if args.dry_run:
+            plan = plan_sweep(grid, memory_budget=args.memory_budget, out=d)
+            print(f"grid {part!r} -> {d}")
+            print(plan.describe())
+            continue
+        df = sweep(
+            grid,
+            out=d,
+            memory_budget=args.memory_budget,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            chunk_steps=args.chunk_steps,
+        )
+        if jax.process_index() == 0:
+            st = df.stats
+            print(
+                f"{part}: {st.num_configs} configurations, {len(df)} rows, {st.compilations} compilation(s) "
+                f"({st.compile_s:.1f} s), {st.computed_configs} computed ({st.run_s:.1f} s), "
+                f"{st.wall_time_s:.1f} s -> {d / TABLE}"
+            )
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from coco_jax.presets import PRESETS
 
     print(_format_table([(name, f"{p.summary} [{p.reference}]") for name, p in PRESETS.items()]))
     return 0
+
+
+def _add_plugins_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import this Python file first (it registers compressors, codes, ...); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.add_argument("--quick", action="store_true", help="experiment: the small variant")
     p_run.add_argument("--overwrite", action="store_true", help="experiment: replace results of another grid")
+    _add_plugins_flag(p_run)
     add_config_flags(p_run)
     p_run.set_defaults(func=cmd_run)
 
@@ -145,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run a grid (experiment module or YAML/JSON file) as vmapped programs"
     )
     p_sweep.add_argument("target", help="experiments/<module>.py or a .yaml/.json grid file")
+    _add_plugins_flag(p_sweep)
     p_sweep.add_argument(
         "--quick", action="store_true", help="the experiment's small variant (grid(quick=True))"
     )
@@ -178,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_dist.add_argument(
         "--distributed", action="store_true", help="jax.distributed with cluster auto-detection"
     )
-    p_sweep.set_defaults(func=lambda a: __import__("coco_jax.sweep", fromlist=["cli_sweep"]).cli_sweep(a))
+    p_sweep.set_defaults(func=cmd_sweep)
 
     # --- experiments: plot, list (coco_jax/experiment.py) ---
     p_plot = sub.add_parser("plot", help="redraw an experiment's figures from saved results")
@@ -212,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from coco_jax.registry import load_plugin
+
+        for path in getattr(args, "plugins", []):
+            load_plugin(path)
         return args.func(args)
     except ConfigError as err:
         print(f"coco-jax: error: {err}", file=sys.stderr)

@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import math
 from collections.abc import Callable
@@ -54,44 +55,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coco_jax.config import ALLOCATIONS, DECODERS, ConfigError
+from coco_jax.errors import ConfigError, fail
+from coco_jax.registry import CODES, register_code
 
-ALLOCATION_NAMES: tuple[str, ...] = ALLOCATIONS  # uncoded, cyclic, frc, bernoulli, cyclic_mds
-DECODER_NAMES: tuple[str, ...] = DECODERS  # fixed, received, optimal
+DECODER_NAMES: tuple[str, ...] = ("fixed", "received", "optimal")
 
 _MDS_SEED = 20170601  # fixed seed of the random matrix H of the cyclic MDS construction
 _MDS_TRIES = 6  # seeds tried; the best conditioned is kept
 _MDS_SUBSETS = 256  # survivor sets checked per seed (all of them when there are fewer)
 
-
-def _fail(field: str, value, allowed: str):
-    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+_fail = fail
 
 
 class Allocation(NamedTuple):
     """A gradient code: how partitions are spread over devices.
 
     Attributes:
-        name: one of ``ALLOCATION_NAMES``.
+        name: the registered code name.
         num_devices: M.
         num_partitions: K.
         redundancy: s.
-        sample: typed key -> B [M, K] float32. Deterministic codes ignore the key.
-            Works under jit and vmap (an unbatched output is broadcast by vmap).
-        random: True only for ``bernoulli`` (B depends on the key).
-        replication: expected number of devices holding each partition
-            (uncoded 1; cyclic, frc, cyclic_mds s+1; bernoulli M(s+1)/K).
-        max_load: the most partitions any device can hold (static; bernoulli K).
+        sample: (typed key, dtype=float32) -> B [M, K]. Deterministic codes ignore the
+            key. Works under jit and vmap (an unbatched output is broadcast by vmap).
+        random: True for a code whose factory takes `key` (B depends on the run).
+        replication: r, the number of devices holding each partition (the common
+            column sum of B; for a random code its expectation), used by the fixed and
+            received decoders; None when the columns differ (only `optimal` decodes).
+        max_load: the most partitions any device can hold (static; K for random codes).
+        matrix: float64 B [M, K] of a deterministic code (None for random codes).
     """
 
     name: str
     num_devices: int
     num_partitions: int
     redundancy: int
-    sample: Callable[[jax.Array], jax.Array]
+    sample: Callable[..., jax.Array]
     random: bool
-    replication: float
+    replication: float | None
     max_load: int
+    matrix: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------
@@ -228,7 +230,72 @@ def cyclic_mds_matrix(num_devices: int, redundancy: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------
-# factory
+# the built-in codes (registered like a user's) and building a code
+
+
+@register_code("uncoded")
+def uncoded(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
+    """Device m holds block m (B = I when K = M); needs redundancy 0."""
+    if redundancy != 0:
+        _fail("redundancy", redundancy, "allocation='uncoded' needs redundancy=0")
+    _check_blocks("uncoded", num_devices, num_partitions)
+    return _blocks(np.eye(num_devices), num_partitions)
+
+
+@register_code("cyclic")
+def cyclic(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
+    """Device m holds blocks m, m+1, ..., m+s (mod M)."""
+    _check_blocks("cyclic", num_devices, num_partitions)
+    return _blocks(_cyclic_support(num_devices, redundancy), num_partitions)
+
+
+@register_code("frc")
+def frc(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
+    """Fractional repetition: groups of s+1 consecutive devices hold the same s+1 blocks."""
+    if num_devices % (redundancy + 1) != 0:
+        _fail(
+            "redundancy",
+            redundancy,
+            f"allocation='frc' needs (redundancy+1) to divide num_devices={num_devices}",
+        )
+    _check_blocks("frc", num_devices, num_partitions)
+    return _blocks(_frc_support(num_devices, redundancy), num_partitions)
+
+
+@register_code("cyclic_mds")
+def cyclic_mds(num_devices: int, num_partitions: int, redundancy: int, decoder: str = "optimal") -> np.ndarray:
+    """Tandon et al. 2017's cyclic MDS code (real coefficients, K = M)."""
+    if num_partitions != num_devices:
+        _fail(
+            "num_partitions",
+            num_partitions,
+            f"allocation='cyclic_mds' needs num_partitions = num_devices = {num_devices}",
+        )
+    if decoder == "fixed":
+        _fail("decoder", decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
+    return cyclic_mds_matrix(num_devices, redundancy)
+
+
+def _bernoulli_replication(num_devices: int, num_partitions: int, redundancy: int) -> float:
+    return num_devices * (redundancy + 1) / num_partitions
+
+
+@register_code("bernoulli", replication=_bernoulli_replication)
+def bernoulli(num_devices: int, num_partitions: int, redundancy: int, key: jax.Array) -> jax.Array:
+    """Stochastic gradient coding: B[m, k] ~ Bernoulli((s+1)/K), drawn once per run."""
+    if redundancy + 1 > num_partitions:
+        _fail(
+            "redundancy",
+            redundancy,
+            f"allocation='bernoulli' needs redundancy+1 <= num_partitions={num_partitions}",
+        )
+    prob = (redundancy + 1) / num_partitions
+    return jax.random.bernoulli(key, prob, (num_devices, num_partitions)).astype(jnp.float32)
+
+
+def _check_blocks(name: str, m_dev: int, k_parts: int) -> None:
+    if k_parts % m_dev != 0:
+        _fail("num_partitions", k_parts, f"allocation={name!r} needs a multiple of num_devices={m_dev}")
 
 
 def _check_int(field: str, value, low: int, high: int | None = None, what: str | None = None):
@@ -238,66 +305,126 @@ def _check_int(field: str, value, low: int, high: int | None = None, what: str |
         _fail(field, value, what or f"must be >= {low}")
 
 
-def make_allocation(name: str, num_devices: int, num_partitions: int, redundancy: int) -> Allocation:
-    """Build a gradient code.
+def make_allocation(
+    name: str, num_devices: int, num_partitions: int, redundancy: int, fields: dict | None = None
+) -> Allocation:
+    """Build the registered code `name` for M devices, K partitions, redundancy s.
 
     Args:
-        name: one of ``ALLOCATION_NAMES``.
+        name: a registered code (`coco_jax.registry.CODES`).
         num_devices: M >= 1.
-        num_partitions: K >= 1 (a multiple of M for uncoded/cyclic/frc; K = M for
-            cyclic_mds; any K >= s+1 for bernoulli).
+        num_partitions: K >= 1.
         redundancy: s, 0 <= s < M.
+        fields: static config fields the factory may ask for by name (e.g. decoder).
 
     Raises:
         ConfigError: naming the field (allocation, num_devices, num_partitions,
-            redundancy), its value and what is allowed.
+            redundancy, ...), its value and what is allowed, or the code whose
+            factory returned something that is not an [M, K] matrix.
     """
-    if name not in ALLOCATION_NAMES:
-        _fail("allocation", name, f"must be one of {', '.join(ALLOCATION_NAMES)}")
+    entry = CODES.entry(name)
     _check_int("num_devices", num_devices, 1)
     _check_int("num_partitions", num_partitions, 1)
-    m_dev, k_parts, s = int(num_devices), int(num_partitions), redundancy
-    _check_int("redundancy", s, 0, m_dev - 1, f"must satisfy 0 <= redundancy < num_devices={m_dev}")
-    s = int(s)
+    m_dev, k_parts = int(num_devices), int(num_partitions)
+    _check_int("redundancy", redundancy, 0, m_dev - 1, f"must satisfy 0 <= redundancy < num_devices={m_dev}")
+    s = int(redundancy)
+    random = "key" in inspect.signature(entry.factory).parameters
+    provided = {"num_devices": m_dev, "num_partitions": k_parts, "redundancy": s, "key": None}
+    args = CODES.arguments(name, provided, fields or {})
+    args.pop("key", None)
+    return _allocation(name, entry.serial, m_dev, k_parts, s, random, tuple(sorted(args.items())))
 
-    if name == "uncoded" and s != 0:
-        _fail("redundancy", s, "allocation='uncoded' needs redundancy=0")
-    if name == "frc" and m_dev % (s + 1) != 0:
-        _fail("redundancy", s, f"allocation='frc' needs (redundancy+1) to divide num_devices={m_dev}")
-    if name in ("uncoded", "cyclic", "frc") and k_parts % m_dev != 0:
-        _fail("num_partitions", k_parts, f"allocation={name!r} needs a multiple of num_devices={m_dev}")
-    if name == "cyclic_mds" and k_parts != m_dev:
-        _fail("num_partitions", k_parts, f"allocation='cyclic_mds' needs num_partitions=num_devices={m_dev}")
-    if name == "bernoulli" and s + 1 > k_parts:
-        _fail("redundancy", s, f"allocation='bernoulli' needs redundancy+1 <= num_partitions={k_parts}")
 
-    if name == "bernoulli":
-        prob = (s + 1) / k_parts
+@functools.lru_cache(maxsize=256)
+def _allocation(
+    name: str, serial: int, m_dev: int, k_parts: int, s: int, random: bool, args: tuple
+) -> Allocation:
+    """The code `name` (cached on its registration serial and factory arguments)."""
+    del serial  # part of the cache key only
+    entry = CODES.entry(name)
+    kwargs = dict(args)
+    if random:
+        rep = entry.option("replication")
 
-        def sample_bernoulli(key: jax.Array) -> jax.Array:
-            return jax.random.bernoulli(key, prob, (m_dev, k_parts)).astype(jnp.float32)  # [M, K]
+        def sample_random(key: jax.Array, dtype=jnp.float32) -> jax.Array:
+            return jnp.asarray(entry.factory(**kwargs, key=key)).astype(dtype)  # [M, K]
 
-        return Allocation(name, m_dev, k_parts, s, sample_bernoulli, True, m_dev * (s + 1) / k_parts, k_parts)
+        out = jax.eval_shape(sample_random, jax.random.key(0))
+        if out.shape != (m_dev, k_parts):
+            _fail(
+                "allocation",
+                name,
+                f"its factory returned B of shape {out.shape}, must be (M, K) = ({m_dev}, {k_parts})",
+            )
+        replication = None if rep is None else float(rep(m_dev, k_parts, s))
+        return Allocation(name, m_dev, k_parts, s, sample_random, True, replication, k_parts, None)
+    B = _checked_matrix(name, entry, kwargs, (m_dev, k_parts))
+    sums = B.sum(axis=0)
+    # the common column sum (float round-off of a real-valued code removed)
+    replication = float(np.round(sums.mean(), 9)) if np.allclose(sums, sums[0], rtol=1e-9, atol=0) else None
+    max_load = int((B != 0).sum(axis=1).max())
 
-    c = k_parts // m_dev
-    if name == "uncoded":
-        base = np.eye(m_dev)
-    elif name == "cyclic":
-        base = _cyclic_support(m_dev, s)
-    elif name == "frc":
-        base = _frc_support(m_dev, s)
-    else:  # cyclic_mds
-        base = cyclic_mds_matrix(m_dev, s)
-    B_np = _blocks(base, k_parts).astype(np.float32)  # [M, K]
-    B_np.setflags(write=False)
-
-    def sample_fixed(key: jax.Array) -> jax.Array:
+    def sample_fixed(key: jax.Array, dtype=jnp.float32) -> jax.Array:
         del key
-        return jnp.asarray(B_np)  # [M, K]
+        return jnp.asarray(B, dtype)  # [M, K]
 
-    replication = float(s + 1)
-    max_load = c * (s + 1)
-    return Allocation(name, m_dev, k_parts, s, sample_fixed, False, replication, max_load)
+    return Allocation(name, m_dev, k_parts, s, sample_fixed, False, replication, max_load, B)
+
+
+def _checked_matrix(name: str, entry, kwargs: dict, shape: tuple[int, int]) -> np.ndarray:
+    """The factory's B as a read-only float64 [M, K] array; a clear error otherwise."""
+    try:
+        out = entry.factory(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:
+        if entry.builtin:
+            raise
+        raise ConfigError(f"code {name!r}: the factory raised {type(err).__name__}: {err}") from err
+    if isinstance(out, jax.Array):
+        out = np.asarray(out)
+    if not isinstance(out, np.ndarray):
+        raise ConfigError(
+            f"code {name!r}: the factory returned {type(out).__name__}, must return a numpy array B [M, K]"
+        )
+    if out.shape != shape:
+        raise ConfigError(
+            f"code {name!r}: the factory returned B of shape {out.shape}, must be (M, K) = {shape}"
+        )
+    if not (np.issubdtype(out.dtype, np.number) or out.dtype == bool):
+        raise ConfigError(f"code {name!r}: B has dtype {out.dtype}, must be numeric")
+    B = out.astype(np.float64)
+    if not np.all(np.isfinite(B)):
+        raise ConfigError(f"code {name!r}: B has non-finite entries")
+    empty = np.flatnonzero(~(B != 0).any(axis=0))
+    if empty.size:
+        raise ConfigError(
+            f"code {name!r}: partitions {empty.tolist()[:8]} are held by no device (all-zero columns of B)"
+        )
+    B.setflags(write=False)
+    return B
+
+
+def allocation_of(cfg) -> Allocation:
+    """The code of a configuration (factory arguments from its static fields)."""
+    from coco_jax.config import static_fields
+
+    return make_allocation(
+        cfg.allocation, cfg.num_devices, cfg.num_partitions_resolved, cfg.redundancy, dict(static_fields(cfg))
+    )
+
+
+def check_code(cfg) -> None:
+    """Config-time checks of the code: build it (its factory checks M, K, s) and refuse
+    decoders it cannot serve: fixed and received need a common column sum r."""
+    alloc = allocation_of(cfg)
+    if cfg.decoder in ("fixed", "received") and alloc.replication is None:
+        _fail(
+            "decoder",
+            cfg.decoder,
+            f"allocation={cfg.allocation!r} has columns of B with different sums, so no common "
+            "replication r exists for the fixed/received weights; use decoder='optimal'",
+        )
 
 
 # ---------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ runs) and fixed-length codes: an index costs ``ceil(log2 d)`` bits.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -37,20 +36,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coco_jax.config import COMPRESSORS, ConfigError
-
-COMPRESSOR_NAMES: tuple[str, ...] = COMPRESSORS
+from coco_jax.errors import ConfigError, fail
+from coco_jax.registry import COMPRESSORS, Entry, register_compressor
 
 FLOAT_BITS = 32  # bits of one transmitted real number (norm, scale or value)
 
 
 class Compressor(NamedTuple):
-    """One compressor with its constants.
+    """One compressor with its constants (what a compressor factory returns).
 
     Attributes:
-        name: registry name (one of `COMPRESSOR_NAMES`).
-        compress: ``(key, v[d]) -> c[d]`` for one device, same dtype as ``v``.
+        compress: ``(key, v[d]) -> c[d]`` for ONE device, same dtype as ``v``;
+            jit/vmap safe (the engine vmaps it over the devices).
         bits: upload bits of one delivered message (python int).
+        name: registry name (filled in from the registration when None).
         biased: whether ``E C(v) != v`` for some ``v``.
         delta: contraction constant of a biased compressor, worst case over ``v``
             (in expectation for random ones); None where there is no guarantee.
@@ -58,12 +57,12 @@ class Compressor(NamedTuple):
         omega: variance constant of an unbiased compressor; None for biased ones.
     """
 
-    name: str
     compress: Callable[[jax.Array, jax.Array], jax.Array]
     bits: int
-    biased: bool
-    delta: float | None
-    omega: float | None
+    name: str | None = None
+    biased: bool = True
+    delta: float | None = None
+    omega: float | None = None
 
 
 def _index_bits(d: int) -> int:
@@ -143,14 +142,15 @@ def _qsgd_quantise(key: jax.Array, v: jax.Array, s: int) -> jax.Array:
 # ----------------------------------------------------------------------------- factories
 
 
-def _identity(dim: int) -> Compressor:
+@register_compressor("identity")
+def identity(dim: int) -> Compressor:
     """identity: ``c = v``. Unbiased, omega = 0 (also delta = 1). bits = 32 d."""
 
     def compress(key, v):
         del key
         return v
 
-    return Compressor("identity", compress, FLOAT_BITS * dim, False, 1.0, 0.0)
+    return Compressor(compress, FLOAT_BITS * dim, "identity", biased=False, delta=1.0, omega=0.0)
 
 
 def _topk_mask(v: jax.Array, k: int) -> jax.Array:
@@ -182,7 +182,8 @@ def _topk_mask(v: jax.Array, k: int) -> jax.Array:
 _MASK_TOPK_RATIO = 0.05
 
 
-def _topk(dim: int, k: int) -> Compressor:
+@register_compressor("topk")
+def topk(dim: int, k: int) -> Compressor:
     """topk: keep the k largest |v_i| (exactly k entries, ties broken in lax.top_k
     order: lowest index first), zero the rest. Biased, deterministic,
     delta = k/d (worst case: all |v_i| equal). bits = k (32 + ceil(log2 d))."""
@@ -194,7 +195,7 @@ def _topk(dim: int, k: int) -> Compressor:
         idx = _topk_indices(v, k)
         return _scatter(v, idx, v[idx])
 
-    return Compressor("topk", compress, k * (FLOAT_BITS + _index_bits(dim)), True, k / dim, None)
+    return Compressor(compress, k * (FLOAT_BITS + _index_bits(dim)), "topk", delta=k / dim)
 
 
 def _randk(dim: int, k: int, *, unbiased: bool) -> Compressor:
@@ -213,11 +214,25 @@ def _randk(dim: int, k: int, *, unbiased: bool) -> Compressor:
 
     bits = k * (FLOAT_BITS + _index_bits(dim))
     if unbiased:
-        return Compressor("randk_unbiased", compress, bits, False, None, dim / k - 1.0)
-    return Compressor("randk", compress, bits, True, k / dim, None)
+        return Compressor(compress, bits, "randk_unbiased", biased=False, omega=dim / k - 1.0)
+    return Compressor(compress, bits, "randk", delta=k / dim)
 
 
-def _sign(dim: int) -> Compressor:
+@register_compressor("randk")
+def randk(dim: int, k: int) -> Compressor:
+    return _randk(dim, k, unbiased=False)
+
+
+@register_compressor("randk_unbiased")
+def randk_unbiased(dim: int, k: int) -> Compressor:
+    return _randk(dim, k, unbiased=True)
+
+
+randk.__doc__ = randk_unbiased.__doc__ = _randk.__doc__
+
+
+@register_compressor("sign")
+def sign(dim: int) -> Compressor:
     """sign: ``c = sign(v)`` with sign(0) = 0. Biased and not scale-equivariant: no
     contraction guarantee (for ``||v|| << 1``, ``||sign(v) - v|| > ||v||``), so
     delta = None. bits = d (one bit per coordinate; an exact 0 is assumed rare and
@@ -227,7 +242,7 @@ def _sign(dim: int) -> Compressor:
         del key
         return jnp.sign(v)
 
-    return Compressor("sign", compress, dim, True, None, None)
+    return Compressor(compress, dim, "sign")
 
 
 def _segment_ids(dim: int, group_size: int | None, segments: tuple[int, ...] | None):
@@ -248,8 +263,12 @@ def _segment_ids(dim: int, group_size: int | None, segments: tuple[int, ...] | N
     return ids, sizes, uniform
 
 
-def _grouped_sign(
-    dim: int, group_size: int | None, segments: tuple[int, ...] | None, name: str = "grouped_sign"
+@register_compressor("grouped_sign")
+def grouped_sign(
+    dim: int,
+    group_size: int | None = None,
+    segments: tuple[int, ...] | None = None,
+    name: str = "grouped_sign",
 ) -> Compressor:
     """grouped_sign: ``c_i = (mean_{j in g(i)} |v_j|) sign(v_i)``, one scale per group.
 
@@ -289,10 +308,11 @@ def _grouped_sign(
             scale = sums / jnp.asarray(sizes, v.dtype)  # [G]
             return scale[ids_j] * jnp.sign(v)
 
-    return Compressor(name, compress, dim + FLOAT_BITS * num_groups, True, 1.0 / max_size, None)
+    return Compressor(compress, dim + FLOAT_BITS * num_groups, name, delta=1.0 / max_size)
 
 
-def _scaled_sign(dim: int) -> Compressor:
+@register_compressor("scaled_sign")
+def scaled_sign(dim: int) -> Compressor:
     """scaled_sign (Karimireddy et al. 2019): ``c = (||v||_1 / d) sign(v)``, sign(0) = 0.
     Biased, deterministic; for v without zero entries
     ``||C(v) - v||^2 = (1 - ||v||_1^2 / (d ||v||_2^2)) ||v||^2``, i.e. the
@@ -300,31 +320,35 @@ def _scaled_sign(dim: int) -> Compressor:
     entries delta(v) = ||v||_1^2 (2 - nnz/d) / (d ||v||_2^2), larger still).
     Reported delta = 1/d, the worst case (approached by one dominant entry).
     bits = d + 32."""
-    return _grouped_sign(dim, None, None, name="scaled_sign")
+    return grouped_sign(dim, None, None, name="scaled_sign")
 
 
-def _qsgd(dim: int, s: int) -> Compressor:
+@register_compressor("qsgd")
+def qsgd(dim: int, qsgd_levels: int = 4) -> Compressor:
     """qsgd (Alistarh et al. 2017) with s levels:
     ``c_i = ||v||_2 sign(v_i) xi_i / s``, xi_i the stochastic rounding of
     ``s |v_i| / ||v||_2`` to a neighbouring integer. Unbiased,
     omega = min(d / s^2, sqrt(d) / s). bits = 32 + d (1 + ceil(log2(s + 1))):
     the norm, then a sign bit and a fixed-length level code per coordinate (no Elias
     coding)."""
+    s = qsgd_levels
 
     def compress(key, v):
         return _qsgd_quantise(key, v, s)
 
     omega = min(dim / s**2, math.sqrt(dim) / s)
-    return Compressor("qsgd", compress, FLOAT_BITS + dim * (1 + _level_bits(s)), False, None, omega)
+    return Compressor(compress, FLOAT_BITS + dim * (1 + _level_bits(s)), "qsgd", biased=False, omega=omega)
 
 
-def _topk_qsgd(dim: int, k: int, s: int) -> Compressor:
+@register_compressor("topk_qsgd")
+def topk_qsgd(dim: int, k: int, qsgd_levels: int = 4) -> Compressor:
     """topk_qsgd: topk, then QSGD (s levels, norm of the kept k-vector) of the k kept
     values. Biased; with T = topk(v) and omega_k = min(k/s^2, sqrt(k)/s),
     ``E||C(v) - v||^2 = ||v||^2 - ||T||^2 + E||Q(T) - T||^2
     <= (1 - (1 - omega_k) k/d) ||v||^2``, so delta = (1 - omega_k) k/d in expectation
     when omega_k < 1, else None. bits = 32 + k (ceil(log2 d) + 1 + ceil(log2(s + 1)))
     (norm, then index, sign and level per kept entry)."""
+    s = qsgd_levels
 
     def compress(key, v):
         idx = _topk_indices(v, k)
@@ -333,10 +357,11 @@ def _topk_qsgd(dim: int, k: int, s: int) -> Compressor:
     omega_k = min(k / s**2, math.sqrt(k) / s)
     delta = (1.0 - omega_k) * k / dim if omega_k < 1 else None
     bits = FLOAT_BITS + k * (_index_bits(dim) + 1 + _level_bits(s))
-    return Compressor("topk_qsgd", compress, bits, True, delta, None)
+    return Compressor(compress, bits, "topk_qsgd", delta=delta)
 
 
-def _onebit(dim: int) -> Compressor:
+@register_compressor("onebit")
+def onebit(dim: int) -> Compressor:
     """onebit: the 1-bit stochastic quantiser of 1-bit gradient coding (Li & Skoglund
     2024, arXiv 2403.14716). With B = ||v||_inf, ``c_i = +B`` with probability
     ``(1 + v_i/B)/2`` and ``-B`` otherwise. Unbiased;
@@ -349,10 +374,11 @@ def _onebit(dim: int) -> Compressor:
         u = jax.random.uniform(key, v.shape, dtype=v.dtype)
         return jnp.where(u < p_plus, b, -b)
 
-    return Compressor("onebit", compress, dim + FLOAT_BITS, False, None, dim - 1.0)
+    return Compressor(compress, dim + FLOAT_BITS, "onebit", biased=False, omega=dim - 1.0)
 
 
-def _natural(dim: int) -> Compressor:
+@register_compressor("natural")
+def natural(dim: int) -> Compressor:
     """natural (Horvath et al. 2019): each ``v_i != 0`` is rounded stochastically to
     one of its neighbouring powers of two ``2^e <= |v_i| < 2^(e+1)`` (up with
     probability ``|v_i|/2^e - 1``), sign kept, zero stays zero. Unbiased,
@@ -373,35 +399,65 @@ def _natural(dim: int) -> Compressor:
         normal = a >= jnp.finfo(v.dtype).smallest_normal
         return jnp.where(normal, jnp.sign(v) * mag, jnp.zeros_like(v))
 
-    return Compressor("natural", compress, 9 * dim, False, None, 1.0 / 8.0)
+    return Compressor(compress, 9 * dim, "natural", biased=False, omega=1.0 / 8.0)
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- building
 
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
-def _fail(field: str, value, allowed: str):
-    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
-
-
-def _with_shape_check(comp: Compressor, dim: int) -> Compressor:
-    """Wrap ``compress`` so a wrong input shape fails at trace time with a clear message."""
+def _check_compressor(comp, entry: Entry, args: dict) -> Compressor:
+    """What a compressor factory returned, checked before anything compiles: a
+    `Compressor` with an integer bit count whose ``compress`` maps one device's vector
+    ``[dim]`` to ``[dim]`` (traced with `jax.eval_shape`). Wrapped so a wrong input
+    shape fails at trace time with a clear message; its docstring is the factory's."""
+    name = entry.name
+    if not isinstance(comp, Compressor):
+        raise ConfigError(
+            f"compressor {name!r}: the factory returned {type(comp).__name__}, must return "
+            "cj.Compressor(compress=..., bits=...)"
+        )
+    if not callable(comp.compress):
+        raise ConfigError(f"compressor {name!r}: compress={comp.compress!r} is not callable")
+    if not _is_int(comp.bits) or comp.bits < 0:
+        raise ConfigError(f"compressor {name!r}: bits={comp.bits!r} must be a non-negative integer")
+    dim, dtype = args.get("dim"), args.get("dtype", jnp.float32)
+    comp = comp._replace(name=comp.name or name, bits=int(comp.bits), biased=bool(comp.biased))
+    if dim is None:
+        return comp
+    v = jax.ShapeDtypeStruct((dim,), dtype)
+    try:
+        out = jax.eval_shape(comp.compress, jax.random.key(0), v)
+    except Exception as err:
+        raise ConfigError(
+            f"compressor {name!r}: compress(key, v) fails on one device's vector v of shape ({dim},) "
+            f"{jnp.dtype(dtype).name}: {type(err).__name__}: {err}"
+        ) from err
+    if not hasattr(out, "shape") or out.shape != (dim,):
+        got = getattr(out, "shape", type(out).__name__)
+        raise ConfigError(
+            f"compressor {name!r}: compress(key, v) returned shape {got} for v of shape ({dim},); "
+            f"it must return one device's compressed vector of shape ({dim},)"
+        )
     inner = comp.compress
 
     def compress(key: jax.Array, v: jax.Array) -> jax.Array:
         if jnp.shape(v) != (dim,):
             raise ValueError(
-                f"{comp.name}.compress expects one device's vector of shape ({dim},), got "
+                f"{name}.compress expects one device's vector of shape ({dim},), got "
                 f"{jnp.shape(v)}; vmap it over devices"
             )
-        return inner(key, v)
+        return inner(key, v).astype(v.dtype)
 
-    compress.__doc__ = inspect.cleandoc(_FACTORIES[comp.name].__doc__ or "")
-    compress.__name__ = compress.__qualname__ = f"compress_{comp.name}"
+    compress.__doc__ = inspect.cleandoc(entry.factory.__doc__ or "")
+    compress.__name__ = compress.__qualname__ = f"compress_{name}"
     return comp._replace(compress=compress)
+
+
+COMPRESSORS.check = _check_compressor
 
 
 def make_compressor(
@@ -409,98 +465,52 @@ def make_compressor(
     dim: int,
     *,
     k: int = 1,
-    qsgd_levels: int = 4,
-    group_size: int | None = None,
     segments: tuple[int, ...] | None = None,
+    dtype=jnp.float32,
+    fields: dict | None = None,
+    **more_fields,
 ) -> Compressor:
-    """Build the compressor ``name`` for vectors of dimension ``dim``.
+    """Build the registered compressor ``name`` for vectors of dimension ``dim``.
 
     Args:
-        name: one of `COMPRESSOR_NAMES`.
+        name: a registered compressor (`coco_jax.registry.COMPRESSORS`).
         dim: d, the flat parameter count (>= 1).
         k: kept entries for topk, randk, randk_unbiased and topk_qsgd
             (1 <= k <= d; checked for every name).
-        qsgd_levels: s >= 1 for qsgd and topk_qsgd.
-        group_size: grouped_sign: consecutive chunks of this size (takes precedence
-            over ``segments``).
-        segments: grouped_sign: group sizes (positive, summing to d), e.g. one per
-            layer of a network.
+        segments: parameter count per layer (positive, summing to d), e.g. the
+            groups of grouped_sign.
+        dtype: the dtype ``compress`` is checked with.
+        fields, **more_fields: static config fields the factory may ask for
+            (qsgd_levels, group_size, ...).
 
     Returns:
         The `Compressor`; equal arguments return the same (cached) object, so it is
         hashable and stable as a static argument of ``jax.jit``.
 
     Raises:
-        ConfigError: naming the field, its value and what is allowed.
+        ConfigError: naming the field, its value and what is allowed, or the
+            compressor whose factory returned something invalid.
     """
-    if name not in COMPRESSOR_NAMES:
-        _fail("compressor", name, f"must be one of {', '.join(COMPRESSOR_NAMES)}")
+    COMPRESSORS.entry(name)
+    fields = {**(fields or {}), **more_fields}
     if not _is_int(dim) or dim < 1:
-        _fail("dim", dim, "must be a positive integer (the flat parameter count d)")
+        fail("dim", dim, "must be a positive integer (the flat parameter count d)")
     dim = int(dim)
     if not _is_int(k) or not 1 <= k <= dim:
-        _fail("compress_k", k, f"must be an integer with 1 <= k <= d={dim}")
-    k = int(k)
-    if not _is_int(qsgd_levels) or qsgd_levels < 1:
-        _fail("qsgd_levels", qsgd_levels, "must be an integer >= 1")
-    qsgd_levels = int(qsgd_levels)
+        fail("compress_k", k, f"must be an integer with 1 <= k <= d={dim}")
+    levels = fields.get("qsgd_levels", 4)
+    if not _is_int(levels) or levels < 1:
+        fail("qsgd_levels", levels, "must be an integer >= 1")
+    group_size = fields.get("group_size")
     if group_size is not None and (not _is_int(group_size) or group_size < 1):
-        _fail("group_size", group_size, "must be None or an integer >= 1")
+        fail("group_size", group_size, "must be None or an integer >= 1")
     if segments is not None:
         segments = tuple(segments)
         if not segments or not all(_is_int(n) and n >= 1 for n in segments) or sum(segments) != dim:
-            _fail("segments", segments, f"must be a non-empty tuple of positive integers summing to d={dim}")
+            fail("segments", segments, f"must be a non-empty tuple of positive integers summing to d={dim}")
         segments = tuple(int(n) for n in segments)
-
-    group_size = None if group_size is None else int(group_size)
-    return _build(name, dim, k, qsgd_levels, group_size, segments)
-
-
-@functools.cache
-def _build(name, dim, k, qsgd_levels, group_size, segments) -> Compressor:
-    """Memoised on the validated arguments: equal arguments give the very same
-    `Compressor`, so it can serve as a static jit argument without recompiling."""
-    return _with_shape_check(_factory(name, dim, k, qsgd_levels, group_size, segments), dim)
+    provided = {"dim": dim, "k": int(k), "segments": segments, "dtype": jnp.dtype(dtype).type}
+    return COMPRESSORS.build(name, provided, fields)
 
 
-def _factory(name, dim, k, qsgd_levels, group_size, segments) -> Compressor:
-    if name == "identity":
-        return _identity(dim)
-    if name == "topk":
-        return _topk(dim, k)
-    if name == "randk":
-        return _randk(dim, k, unbiased=False)
-    if name == "randk_unbiased":
-        return _randk(dim, k, unbiased=True)
-    if name == "sign":
-        return _sign(dim)
-    if name == "scaled_sign":
-        return _scaled_sign(dim)
-    if name == "grouped_sign":
-        return _grouped_sign(dim, group_size, segments)
-    if name == "qsgd":
-        return _qsgd(dim, qsgd_levels)
-    if name == "topk_qsgd":
-        return _topk_qsgd(dim, k, qsgd_levels)
-    if name == "onebit":
-        return _onebit(dim)
-    return _natural(dim)
-
-
-# The factory of each name; its docstring (semantics, constants, bits) becomes the
-# docstring of the compressor's ``compress``.
-_FACTORIES = {
-    "identity": _identity,
-    "topk": _topk,
-    "randk": _randk,
-    "randk_unbiased": _randk,
-    "sign": _sign,
-    "scaled_sign": _scaled_sign,
-    "grouped_sign": _grouped_sign,
-    "qsgd": _qsgd,
-    "topk_qsgd": _topk_qsgd,
-    "onebit": _onebit,
-    "natural": _natural,
-}
-
-__all__ = ["COMPRESSOR_NAMES", "Compressor", "empirical_contraction", "make_compressor"]
+__all__ = ["Compressor", "empirical_contraction", "make_compressor", "register_compressor"]

@@ -1,69 +1,196 @@
 """Experiment configuration: one frozen dataclass, its validation, and the split of
-its fields into the static part (picks the compiled program) and the dynamic part
-(`HParams`, a pytree of arrays that can be vmapped without recompiling).
+its fields into the static part (`Static`: picks the compiled program) and the dynamic
+part (`HParams`: a pytree of arrays that can be vmapped without recompiling).
+
+Each field declares itself: its documentation, its group (for `coco-jax run --help`),
+whether it is dynamic, and its allowed values (a fixed tuple, or the registry whose
+registered names it takes, see `coco_jax.registry`). `DYNAMIC_FIELDS`, `HParams` and
+`hparams_of` are generated from those declarations.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-TASKS = ("linreg", "logreg", "softmax", "mlp", "cnn")
+from coco_jax import registry
+from coco_jax.errors import ConfigError, fail
+
+LINEAR_TASKS = ("linreg", "logreg", "softmax")
 DATASETS = ("synthetic", "digits", "breast_cancer", "mnist", "fashion_mnist", "cifar10")
-ALLOCATIONS = ("uncoded", "cyclic", "frc", "bernoulli", "cyclic_mds")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 DECODERS = ("fixed", "received", "optimal")
-STRAGGLERS = (
-    "none",
-    "bernoulli",
-    "fixed_count",
-    "heterogeneous",
-    "markov",
-    "latency",
-    "trace",
-)
-COMPRESSORS = (
-    "identity",
-    "topk",
-    "randk",
-    "randk_unbiased",
-    "sign",
-    "scaled_sign",
-    "grouped_sign",
-    "qsgd",
-    "topk_qsgd",
-    "onebit",
-    "natural",
-)
-ERROR_FEEDBACKS = ("none", "ef", "ef21", "diana")
 STRAGGLER_ERRORS = ("keep", "reset", "accumulate")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 PARTITIONINGS = ("contiguous", "iid", "sorted", "dirichlet")
 DTYPES = ("float32", "float64")
 
-# Fields that never change a shape or a code path: they become `HParams` leaves and
-# may differ between the configurations of one compiled sweep group.
-DYNAMIC_FIELDS = (
-    "lr",
-    "momentum",
-    "straggler_prob",
-    "straggler_probs",
-    "straggler_count",
-    "markov_p_gb",
-    "markov_p_bg",
-    "latency_shift",
-    "latency_rate",
-    "deadline",
-    "wait_for",
-    "device_momentum",
-    "diana_alpha",
-    "seed",
+# Groups of fields, in the order `coco-jax run --help` shows them.
+GROUPS = (
+    "task and data",
+    "devices and code",
+    "stragglers",
+    "compression and feedback",
+    "optimisation and run",
 )
 
+
+def _field(
+    default: Any,
+    doc: str,
+    group: str,
+    *,
+    dynamic: bool = False,
+    choices: tuple[str, ...] | None = None,
+    registry_of: registry.Registry | None = None,
+    to_hp: Callable[[Any, Any], np.ndarray] | None = None,
+):
+    """A config field with its declaration in `metadata` (see the module docstring).
+
+    `to_hp(cfg, float dtype)` converts a dynamic field to its HParams array when the
+    default conversion (floats to the run's float dtype, ints to int32) does not fit.
+    """
+    meta = {"doc": doc, "group": group, "dynamic": dynamic, "choices": choices, "registry": registry_of}
+    if to_hp is not None:
+        meta["to_hp"] = to_hp
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _straggler_probs_hp(cfg, dt) -> np.ndarray:
+    probs = cfg.straggler_probs
+    return np.asarray(probs if probs is not None else (cfg.straggler_prob,) * cfg.num_devices, dt)
+
+
+def _wait_for_hp(cfg, dt) -> np.ndarray:
+    return np.asarray(cfg.num_devices if cfg.wait_for is None else cfg.wait_for, np.int32)
+
+
+def _seed_hp(cfg, dt) -> np.ndarray:
+    return np.asarray(cfg.seed, np.uint32)
+
+
+def _diana_alpha_hp(cfg, dt) -> np.ndarray:
+    # None: the compressor's bound 1/(ω+1), resolved by `engine.prepare` (needs d)
+    return np.asarray(np.nan if cfg.diana_alpha is None else cfg.diana_alpha, dt)
+
+
+_DATA, _CODE, _STRAG, _COMP, _OPT = GROUPS
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One simulated distributed-learning run. See ../shared/DESIGN.md ("Semantics
+    contract") and the README; `coco-jax run --help` lists every field with its
+    documentation, default and allowed values.
+
+    Example:
+        >>> cfg = ExperimentConfig(task="logreg", num_devices=10, redundancy=2)
+        >>> cfg.num_partitions_resolved
+        10
+    """
+
+    # task and data
+    task: str = _field(
+        "linreg", "linear task (linreg, logreg, softmax) or a registered model (mlp, cnn, ...)", _DATA,
+        registry_of=registry.MODELS,
+    )  # fmt: skip
+    dataset: str = _field(
+        "synthetic", "named dataset (no download; files from data_dir)", _DATA, choices=DATASETS
+    )
+    num_samples: int = _field(1024, "synthetic: training rows", _DATA)
+    num_test: int = _field(256, "synthetic: test rows", _DATA)
+    num_features: int = _field(32, "synthetic: dimension of one row", _DATA)
+    num_classes: int = _field(3, "synthetic softmax/mlp: number of classes", _DATA)
+    noise: float = _field(0.1, "synthetic: label noise (linreg: std; classification: flip rate)", _DATA)
+    data_seed: int = _field(0, "seed of the synthetic data and of the train/test split", _DATA)
+    test_fraction: float = _field(0.2, "held-out share of the bundled real datasets", _DATA)
+    data_dir: str | None = _field(None, "directory of mnist / fashion_mnist / cifar10 files", _DATA)
+    partitioning: str = _field(
+        "contiguous", "how rows are split into partitions (sorted/dirichlet: by label)", _DATA,
+        choices=PARTITIONINGS,
+    )  # fmt: skip
+    dirichlet_alpha: float = _field(0.5, "dirichlet partitioning: concentration (small = skewed)", _DATA)
+    hidden_sizes: tuple[int, ...] = _field((32,), "mlp: hidden layer widths (comma list)", _DATA)
+    cnn_channels: tuple[int, ...] = _field((8, 16), "cnn: conv layer widths (comma list)", _DATA)
+    batch_size: int | None = _field(None, "rows per partition gradient; none = full batch", _DATA)
+    shared_minibatch: bool = _field(False, "one minibatch per partition shared by its holders", _DATA)
+
+    # devices and code
+    num_devices: int = _field(8, "M, the simulated devices", _CODE)
+    num_partitions: int | None = _field(None, "K, the data partitions; none = M", _CODE)
+    redundancy: int = _field(1, "s: each partition is held by s+1 devices", _CODE)
+    allocation: str = _field("cyclic", "gradient code: which device holds which partition", _CODE,
+                             registry_of=registry.CODES)  # fmt: skip
+    decoder: str = _field("fixed", "decoding weights of the delivered messages", _CODE, choices=DECODERS)
+
+    # stragglers
+    straggler: str = _field("bernoulli", "straggler model", _STRAG, registry_of=registry.STRAGGLER_MODELS)
+    straggler_prob: float = _field(0.2, "p: straggling probability (bernoulli; nominal rate of trace)", _STRAG,
+                                   dynamic=True)  # fmt: skip
+    straggler_probs: tuple[float, ...] | None = _field(
+        None, "heterogeneous: per-device probabilities (comma list of M)", _STRAG, dynamic=True,
+        to_hp=_straggler_probs_hp,
+    )  # fmt: skip
+    straggler_count: int = _field(1, "fixed_count: devices that straggle each step", _STRAG, dynamic=True)
+    markov_p_gb: float = _field(0.1, "markov: P(good -> bad)", _STRAG, dynamic=True)
+    markov_p_bg: float = _field(0.4, "markov: P(bad -> good)", _STRAG, dynamic=True)
+    latency_shift: float = _field(
+        1.0, "latency: per-partition time = shift + Exp(rate)", _STRAG, dynamic=True
+    )
+    latency_rate: float = _field(1.0, "latency: rate of the exponential part", _STRAG, dynamic=True)
+    deadline: float = _field(4.0, "latency: devices slower than this straggle", _STRAG, dynamic=True)
+    wait_for: int | None = _field(None, "latency: wait for the n fastest devices instead of a deadline",
+                                  _STRAG, dynamic=True, to_hp=_wait_for_hp)  # fmt: skip
+
+    # compression and feedback
+    compressor: str = _field("topk", "gradient compressor", _COMP, registry_of=registry.COMPRESSORS)
+    compress_k: int | None = _field(None, "k, kept entries (topk, randk, ...); none = ratio * d", _COMP)
+    compress_ratio: float = _field(0.1, "k = max(1, round(ratio * d)) when compress_k is none", _COMP)
+    qsgd_levels: int = _field(4, "qsgd / topk_qsgd: quantisation levels", _COMP)
+    group_size: int | None = _field(None, "grouped_sign: group size; none = one group per layer", _COMP)
+    error_feedback: str = _field("ef", "error-feedback rule", _COMP, registry_of=registry.FEEDBACKS)
+    straggler_error: str = _field("keep", "ef: what a straggler does with its error memory", _COMP,
+                                  choices=STRAGGLER_ERRORS)  # fmt: skip
+    device_momentum: float = _field(0.0, "momentum beta before compression; 0 = off", _COMP, dynamic=True)
+    diana_alpha: float | None = _field(
+        None, "DIANA shift step size; none = 1/(omega+1) of the compressor", _COMP, dynamic=True,
+        to_hp=_diana_alpha_hp,
+    )  # fmt: skip
+
+    # server optimiser and run
+    optimizer: str = _field("sgd", "server optimiser", _OPT, choices=OPTIMIZERS)
+    lr: float = _field(0.1, "server learning rate (0 freezes the parameters)", _OPT, dynamic=True)
+    momentum: float = _field(0.9, "momentum of optimizer=momentum", _OPT, dynamic=True)
+    steps: int = _field(200, "iterations", _OPT)
+    eval_every: int = _field(1, "evaluate every this many steps (and at the last)", _OPT)
+    seed: int = _field(0, "seed of everything random in the run (code, stragglers, compression)", _OPT,
+                       dynamic=True, to_hp=_seed_hp)  # fmt: skip
+    dtype: str = _field("float32", "float dtype (float64 needs jax x64 enabled)", _OPT, choices=DTYPES)
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def num_partitions_resolved(self) -> int:
+        return self.num_devices if self.num_partitions is None else self.num_partitions
+
+    def replace(self, **changes) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+FIELD_NAMES = tuple(FIELDS)
+DYNAMIC_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["dynamic"])
+STATIC_FIELDS = tuple(n for n in FIELD_NAMES if n not in DYNAMIC_FIELDS)
 
 # Fields `data.load_dataset` reads: configurations equal on these share a dataset.
 DATASET_FIELDS = (
@@ -80,198 +207,90 @@ DATASET_FIELDS = (
 )
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names field, value and what is allowed."""
+def allowed_values(name: str) -> tuple[str, ...] | None:
+    """The values a choice field accepts (registered names for registry fields)."""
+    meta = FIELDS[name].metadata
+    if meta["registry"] is not None:
+        names = meta["registry"].names()
+        return (*LINEAR_TASKS, *names) if name == "task" else names
+    return meta["choices"]
 
 
-def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+# ------------------------------------------------------------------- validation
 
 
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """One simulated distributed-learning run. See DESIGN.md, "Semantics contract".
-
-    Example:
-        >>> cfg = ExperimentConfig(task="logreg", num_devices=10, redundancy=2)
-        >>> cfg.num_partitions_resolved
-        10
-    """
-
-    # task and data
-    task: str = "linreg"
-    dataset: str = "synthetic"
-    num_samples: int = 1024  # synthetic training rows
-    num_test: int = 256  # synthetic test rows
-    num_features: int = 32  # synthetic dimension
-    num_classes: int = 3  # synthetic softmax / mlp classes
-    noise: float = 0.1  # synthetic label noise (linreg: std; classification: flip rate)
-    data_seed: int = 0  # seed of the synthetic data and of the train/test split
-    test_fraction: float = 0.2  # held-out share of the real datasets
-    data_dir: str | None = None  # directory of mnist / fashion_mnist / cifar10 files
-    partitioning: str = "contiguous"
-    dirichlet_alpha: float = 0.5
-    hidden_sizes: tuple[int, ...] = (32,)  # mlp widths
-    cnn_channels: tuple[int, ...] = (8, 16)  # cnn conv widths
-    batch_size: int | None = None  # None: full-batch partition gradients
-    shared_minibatch: bool = False
-
-    # devices and code
-    num_devices: int = 8
-    num_partitions: int | None = None  # K; None means K = M
-    redundancy: int = 1
-    allocation: str = "cyclic"
-    decoder: str = "fixed"
-
-    # stragglers
-    straggler: str = "bernoulli"
-    straggler_prob: float = 0.2
-    straggler_probs: tuple[float, ...] | None = None  # heterogeneous, length M
-    straggler_count: int = 1  # fixed_count
-    markov_p_gb: float = 0.1  # markov: P(good -> bad)
-    markov_p_bg: float = 0.4  # markov: P(bad -> good)
-    latency_shift: float = 1.0  # latency: per-partition time = shift + Exp(rate)
-    latency_rate: float = 1.0
-    deadline: float = 4.0  # latency: devices slower than this straggle
-    wait_for: int | None = None  # latency: wait for the n fastest devices instead
-
-    # compression and feedback
-    compressor: str = "topk"
-    compress_k: int | None = None
-    compress_ratio: float = 0.1
-    qsgd_levels: int = 4
-    group_size: int | None = None  # grouped_sign: None = one group per layer
-    error_feedback: str = "ef"
-    straggler_error: str = "keep"
-    device_momentum: float = 0.0  # 0 = off; else momentum beta before compression
-    diana_alpha: float = 0.5  # DIANA shift step size
-
-    # server optimiser and run
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9  # for optimizer="momentum"
-    steps: int = 200
-    eval_every: int = 1
-    seed: int = 0
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        validate(self)
-
-    @property
-    def num_partitions_resolved(self) -> int:
-        return self.num_devices if self.num_partitions is None else self.num_partitions
-
-    def replace(self, **changes) -> ExperimentConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-FIELD_NAMES = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
-
-
-def _choice(cfg, field: str, options: tuple[str, ...]) -> None:
+def _choice(cfg, field: str) -> None:
     value = getattr(cfg, field)
-    if value not in options:
-        _fail(field, value, f"must be one of {', '.join(options)}")
+    options = allowed_values(field)
+    if value in options:
+        return
+    reg = FIELDS[field].metadata["registry"]
+    if reg is not None and not (field == "task" and value in LINEAR_TASKS):
+        msg = reg.unknown_message(value)
+        if field == "task":
+            msg = msg.replace("must be one of ", f"must be one of {', '.join(LINEAR_TASKS)}, ", 1)
+        raise ConfigError(msg)
+    fail(field, value, f"must be one of {', '.join(options)}")
 
 
 def _int(cfg, field: str, low: int | None = None, high: int | None = None, *, what=None):
     value = getattr(cfg, field)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        _fail(field, value, "must be an integer")
+        fail(field, value, "must be an integer")
     if low is not None and value < low:
-        _fail(field, value, what or f"must be >= {low}")
+        fail(field, value, what or f"must be >= {low}")
     if high is not None and value > high:
-        _fail(field, value, what or f"must be <= {high}")
+        fail(field, value, what or f"must be <= {high}")
 
 
 def _real(cfg, field: str, *, low=None, high=None, low_open=False, high_open=False):
     value = getattr(cfg, field)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        _fail(field, value, "must be a real number")
+        fail(field, value, "must be a real number")
     if not math.isfinite(value):
-        _fail(field, value, "must be finite")
+        fail(field, value, "must be finite")
     lo_bad = low is not None and (value <= low if low_open else value < low)
     hi_bad = high is not None and (value >= high if high_open else value > high)
     if lo_bad or hi_bad:
         lb = "(" if low_open else "["
         hb = ")" if high_open else "]"
-        _fail(field, value, f"must lie in {lb}{low}, {high}{hb}")
+        fail(field, value, f"must lie in {lb}{low}, {high}{hb}")
 
 
-def validate(cfg: ExperimentConfig) -> None:
-    """Check every field on its own and against the others; data-dependent checks
-    (k <= d, rows divisible by K, trace shape) happen in `engine.run` before compiling."""
-    for field, options in (
-        ("task", TASKS),
-        ("dataset", DATASETS),
-        ("allocation", ALLOCATIONS),
-        ("decoder", DECODERS),
-        ("straggler", STRAGGLERS),
-        ("compressor", COMPRESSORS),
-        ("error_feedback", ERROR_FEEDBACKS),
-        ("straggler_error", STRAGGLER_ERRORS),
-        ("optimizer", OPTIMIZERS),
-        ("partitioning", PARTITIONINGS),
-        ("dtype", DTYPES),
+def _positive_tuple(cfg, field: str) -> None:
+    widths = getattr(cfg, field)
+    if not isinstance(widths, tuple) or not all(
+        isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1 for w in widths
     ):
-        _choice(cfg, field, options)
+        fail(field, widths, "must be a tuple of positive integers")
+
+
+def _validate_devices(cfg) -> None:
     _int(cfg, "num_devices", 1)
     m = cfg.num_devices
     if cfg.num_partitions is not None:
         _int(cfg, "num_partitions", 1)
-    k_parts = cfg.num_partitions_resolved
-    _int(
-        cfg,
-        "redundancy",
-        0,
-        m - 1,
-        what=f"must satisfy 0 <= redundancy < num_devices={m}",
-    )
-    s = cfg.redundancy
-    if cfg.allocation == "uncoded" and s != 0:
-        _fail("redundancy", s, "allocation='uncoded' needs redundancy=0")
-    if cfg.allocation == "uncoded" and k_parts % m != 0:
-        _fail("num_partitions", k_parts, f"allocation='uncoded' needs a multiple of num_devices={m}")
-    if cfg.allocation == "frc" and m % (s + 1) != 0:
-        _fail(
-            "redundancy",
-            s,
-            f"allocation='frc' needs (redundancy+1) to divide num_devices={m}",
-        )
-    if cfg.allocation in ("cyclic", "frc", "cyclic_mds") and k_parts % m != 0:
-        _fail(
-            "num_partitions",
-            k_parts,
-            f"allocation={cfg.allocation!r} needs a multiple of num_devices={m}",
-        )
-    if cfg.allocation == "bernoulli" and s + 1 > k_parts:
-        _fail("redundancy", s, f"allocation='bernoulli' needs redundancy+1 <= num_partitions={k_parts}")
-    if cfg.allocation == "cyclic_mds" and k_parts != m:
-        _fail("num_partitions", k_parts, f"allocation='cyclic_mds' needs num_partitions = num_devices = {m}")
-    if cfg.decoder == "fixed" and cfg.allocation == "cyclic_mds":
-        _fail("decoder", cfg.decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
+    _int(cfg, "redundancy", 0, m - 1, what=f"must satisfy 0 <= redundancy < num_devices={m}")
 
+
+def _validate_stragglers(cfg) -> None:
+    m = cfg.num_devices
     _real(cfg, "straggler_prob", low=0.0, high=1.0, high_open=True)
-    if cfg.straggler == "heterogeneous":
-        probs = cfg.straggler_probs
-        if probs is None or len(probs) != m:
-            _fail(
-                "straggler_probs",
-                probs,
-                f"straggler='heterogeneous' needs a sequence of num_devices={m} probabilities",
-            )
-    if cfg.straggler_probs is not None:
-        if not isinstance(cfg.straggler_probs, tuple):
-            _fail("straggler_probs", cfg.straggler_probs, "must be a tuple of floats")
-        for p in cfg.straggler_probs:
+    probs = cfg.straggler_probs
+    if cfg.straggler == "heterogeneous" and (probs is None or len(probs) != m):
+        fail(
+            "straggler_probs",
+            probs,
+            f"straggler='heterogeneous' needs a sequence of num_devices={m} probabilities",
+        )
+    if probs is not None:
+        if not isinstance(probs, tuple):
+            fail("straggler_probs", probs, "must be a tuple of floats")
+        for p in probs:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-                _fail("straggler_probs", cfg.straggler_probs, "every entry must lie in [0, 1)")
-        if len(cfg.straggler_probs) != m:
-            _fail("straggler_probs", cfg.straggler_probs, f"must have length num_devices={m}")
+                fail("straggler_probs", probs, "every entry must lie in [0, 1)")
+        if len(probs) != m:
+            fail("straggler_probs", probs, f"must have length num_devices={m}")
     _int(cfg, "straggler_count", 0, m - 1, what=f"must satisfy 0 <= straggler_count < num_devices={m}")
     _real(cfg, "markov_p_gb", low=0.0, high=1.0)
     _real(cfg, "markov_p_bg", low=0.0, high=1.0, low_open=True)
@@ -281,8 +300,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.wait_for is not None:
         _int(cfg, "wait_for", 1, m, what=f"must satisfy 1 <= wait_for <= num_devices={m}")
         if cfg.straggler != "latency":
-            _fail("wait_for", cfg.wait_for, "is only used with straggler='latency'; set it to None")
+            fail("wait_for", cfg.wait_for, "is only used with straggler='latency'; set it to None")
 
+
+def _validate_compression(cfg) -> None:
     if cfg.compress_k is not None:
         _int(cfg, "compress_k", 1)
     _real(cfg, "compress_ratio", low=0.0, high=1.0, low_open=True)
@@ -290,27 +311,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.group_size is not None:
         _int(cfg, "group_size", 1)
     _real(cfg, "device_momentum", low=0.0, high=1.0, high_open=True)
-    _real(cfg, "diana_alpha", low=0.0, high=1.0, low_open=True)
-    if cfg.error_feedback == "diana" and cfg.compressor not in (
-        "randk_unbiased",
-        "qsgd",
-        "identity",
-        "onebit",
-        "natural",
-    ):
-        _fail(
-            "compressor",
-            cfg.compressor,
-            "error_feedback='diana' needs an unbiased compressor: randk_unbiased, qsgd, onebit, natural or identity",
-        )
+    if cfg.diana_alpha is not None:
+        _real(cfg, "diana_alpha", low=0.0, high=1.0, low_open=True)
 
-    _real(cfg, "lr", low=0.0, low_open=True)
-    _real(cfg, "momentum", low=0.0, high=1.0, high_open=True)
-    _int(cfg, "steps", 1)
-    _int(cfg, "eval_every", 1)
-    _int(cfg, "seed", 0)
-    _int(cfg, "data_seed", 0)
 
+def _validate_data(cfg) -> None:
     _int(cfg, "num_samples", 1)
     _int(cfg, "num_test", 0)
     _int(cfg, "num_features", 1)
@@ -318,68 +323,88 @@ def validate(cfg: ExperimentConfig) -> None:
     _real(cfg, "noise", low=0.0)
     _real(cfg, "test_fraction", low=0.0, high=1.0, high_open=True)
     _real(cfg, "dirichlet_alpha", low=0.0, low_open=True)
-    for field in ("hidden_sizes", "cnn_channels"):
-        widths = getattr(cfg, field)
-        if not isinstance(widths, tuple) or not all(
-            isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= 1 for w in widths
-        ):
-            _fail(field, widths, "must be a tuple of positive integers")
+    _positive_tuple(cfg, "hidden_sizes")
+    _positive_tuple(cfg, "cnn_channels")
     if cfg.batch_size is not None:
         _int(cfg, "batch_size", 1)
     if not isinstance(cfg.shared_minibatch, bool):
-        _fail("shared_minibatch", cfg.shared_minibatch, "must be True or False")
+        fail("shared_minibatch", cfg.shared_minibatch, "must be True or False")
     if cfg.task == "linreg" and cfg.partitioning in ("sorted", "dirichlet"):
-        _fail("partitioning", cfg.partitioning, "label-based partitioning needs a classification task")
-    if cfg.dataset == "breast_cancer" and cfg.task not in ("logreg", "mlp"):
-        _fail("task", cfg.task, "dataset='breast_cancer' is binary: use task 'logreg' or 'mlp'")
-    if cfg.dataset == "digits" and cfg.task in ("linreg", "logreg"):
-        _fail("task", cfg.task, "dataset='digits' has 10 classes: use task 'softmax', 'mlp' or 'cnn'")
-    if cfg.dataset in ("mnist", "fashion_mnist", "cifar10") and cfg.task in ("linreg", "logreg"):
-        _fail("task", cfg.task, f"dataset={cfg.dataset!r} has 10 classes: use 'softmax', 'mlp' or 'cnn'")
-    if cfg.task == "cnn" and cfg.dataset in ("synthetic", "breast_cancer"):
-        _fail(
-            "dataset",
-            cfg.dataset,
-            "task='cnn' needs an image dataset: digits, mnist, fashion_mnist or cifar10",
+        fail("partitioning", cfg.partitioning, "label-based partitioning needs a classification task")
+    if cfg.dataset == "breast_cancer" and cfg.task in ("linreg", "softmax"):
+        fail("task", cfg.task, "dataset='breast_cancer' is binary: use task 'logreg' or a model (mlp, ...)")
+    if cfg.dataset in IMAGE_DATASETS and cfg.task in ("linreg", "logreg"):
+        fail(
+            "task",
+            cfg.task,
+            f"dataset={cfg.dataset!r} has 10 classes: use 'softmax' or a model (mlp, cnn, ...)",
         )
+    needs_images = cfg.task not in LINEAR_TASKS and registry.MODELS.entry(cfg.task).option("images")
+    if needs_images and cfg.dataset not in IMAGE_DATASETS:
+        fail("dataset", cfg.dataset, f"task={cfg.task!r} needs an image dataset: {', '.join(IMAGE_DATASETS)}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Static:
-    """Everything that changes a shape or a code path: one compiled program per value.
+def validate(cfg: ExperimentConfig) -> None:
+    """Check every field on its own and against the others, and build the gradient
+    code (its factory checks M, K and s). Data-dependent checks (k <= d, rows divisible
+    by K, trace shape) happen in `engine.prepare`, before anything compiles."""
+    for name in FIELD_NAMES:
+        meta = FIELDS[name].metadata
+        if meta["choices"] is not None or meta["registry"] is not None:
+            _choice(cfg, name)
+    _validate_devices(cfg)
+    _validate_stragglers(cfg)
+    _validate_compression(cfg)
+    _real(cfg, "lr", low=0.0)
+    _real(cfg, "momentum", low=0.0, high=1.0, high_open=True)
+    _int(cfg, "steps", 1)
+    _int(cfg, "eval_every", 1)
+    _int(cfg, "seed", 0)
+    _int(cfg, "data_seed", 0)
+    _validate_data(cfg)
+    from coco_jax.coding import check_code  # the code registry's own constraints
 
-    Built by `engine.static_of` from a config and its data; hashable.
-    """
-
-    cfg: ExperimentConfig  # with every dynamic field reset (see `static_config`)
-    feature_shape: tuple[int, ...]  # shape of one data row
-    num_classes: int  # 0 for regression
-    dim: int  # d, the flat parameter count
-    compress_k: int
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class HParams:
-    """The dynamic fields of one configuration as arrays (a vmappable pytree)."""
-
-    lr: jax.Array
-    momentum: jax.Array
-    straggler_prob: jax.Array
-    straggler_probs: jax.Array  # [M]
-    straggler_count: jax.Array
-    markov_p_gb: jax.Array
-    markov_p_bg: jax.Array
-    latency_shift: jax.Array
-    latency_rate: jax.Array
-    deadline: jax.Array
-    wait_for: jax.Array
-    device_momentum: jax.Array
-    diana_alpha: jax.Array
-    seed: jax.Array
+    check_code(cfg)
+    _check_feedback_with_compressor(cfg)
 
 
-def float_dtype(cfg: ExperimentConfig):
+_PROBE_DIM = 64
+
+
+def _check_feedback_with_compressor(cfg: ExperimentConfig) -> None:
+    """Build the feedback rule around the compressor at a probe dimension, so a rule's
+    own requirements (DIANA: an unbiased compressor) fail at config time. The real
+    dimension is known only with the data; a compressor that cannot be built at the
+    probe dimension is checked then (`engine.prepare`), before anything compiles."""
+    from coco_jax.compressors import make_compressor
+    from coco_jax.feedback import make_feedback
+
+    dim = max(_PROBE_DIM, cfg.compress_k or 1)
+    fields = dict(static_fields(cfg))
+    try:
+        comp = make_compressor(
+            cfg.compressor, dim, k=resolve_k(dim, cfg.compress_k, cfg.compress_ratio), fields=fields
+        )
+    except ConfigError:
+        return
+    make_feedback(cfg.error_feedback, comp, dim=dim, fields=fields)
+
+
+# ---------------------------------------------------------- static / dynamic
+
+
+HParams = dataclasses.make_dataclass("HParams", [(name, jax.Array) for name in DYNAMIC_FIELDS], frozen=True)
+HParams.__module__ = __name__
+HParams = jax.tree_util.register_dataclass(HParams)
+HParams.__doc__ = (
+    "The dynamic fields of one configuration as arrays: a vmappable pytree whose values "
+    "never change the compiled program. Generated from the fields marked dynamic: "
+    + ", ".join(DYNAMIC_FIELDS)
+    + "."
+)
+
+
+def float_dtype(cfg) -> Any:
     """The run's float dtype: float64 only where jax x64 is enabled."""
     if cfg.dtype == "float64" and jax.config.jax_enable_x64:
         return jnp.float64
@@ -387,57 +412,93 @@ def float_dtype(cfg: ExperimentConfig):
 
 
 def hparams_of(cfg: ExperimentConfig) -> HParams:
-    """The dynamic fields of `cfg` as numpy scalars/arrays (stackable for a sweep)."""
+    """The dynamic fields of `cfg` as numpy scalars/arrays (stackable for a sweep):
+    floats in the run's float dtype, ints as int32, or the field's own `to_hp`."""
     dt = np.float64 if float_dtype(cfg) == jnp.float64 else np.float32
-    m = cfg.num_devices
-    probs = cfg.straggler_probs if cfg.straggler_probs is not None else (cfg.straggler_prob,) * m
-    return HParams(
-        lr=np.asarray(cfg.lr, dt),
-        momentum=np.asarray(cfg.momentum, dt),
-        straggler_prob=np.asarray(cfg.straggler_prob, dt),
-        straggler_probs=np.asarray(probs, dt),
-        straggler_count=np.asarray(cfg.straggler_count, np.int32),
-        markov_p_gb=np.asarray(cfg.markov_p_gb, dt),
-        markov_p_bg=np.asarray(cfg.markov_p_bg, dt),
-        latency_shift=np.asarray(cfg.latency_shift, dt),
-        latency_rate=np.asarray(cfg.latency_rate, dt),
-        deadline=np.asarray(cfg.deadline, dt),
-        wait_for=np.asarray(cfg.wait_for if cfg.wait_for is not None else m, np.int32),
-        device_momentum=np.asarray(cfg.device_momentum, dt),
-        diana_alpha=np.asarray(cfg.diana_alpha, dt),
-        seed=np.asarray(cfg.seed, np.uint32),
-    )
+    values = {}
+    for name in DYNAMIC_FIELDS:
+        meta = FIELDS[name].metadata
+        if "to_hp" in meta:
+            values[name] = meta["to_hp"](cfg, dt)
+        else:
+            value = getattr(cfg, name)
+            values[name] = np.asarray(value, np.int32 if FIELDS[name].type == "int" else dt)
+    return HParams(**values)
 
 
-_DEFAULTS = ExperimentConfig()
+class StaticFields:
+    """Read-only view of a configuration's static fields (`Static.cfg`). Reading a
+    dynamic field raises: its value differs between the configurations that share a
+    compiled program, so code inside the program must read it from `HParams`."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]):
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        if name in DYNAMIC_FIELDS:
+            raise AttributeError(f"{name!r} is a dynamic field: read it from HParams inside the program")
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("StaticFields is read-only")
+
+    @property
+    def num_partitions_resolved(self) -> int:
+        k = self._values["num_partitions"]
+        return self._values["num_devices"] if k is None else k
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
 
 
-def static_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """`cfg` with every dynamic field set to its default, so configurations that differ
-    only in dynamic fields share one compiled program. Whether device momentum is on
-    and whether latency waits for the fastest devices are code paths, so they stay."""
-    reset = {f: getattr(_DEFAULTS, f) for f in DYNAMIC_FIELDS}
-    reset["straggler_probs"] = None
-    reset["device_momentum"] = 0.5 if cfg.device_momentum > 0 else 0.0
-    reset["wait_for"] = 1 if cfg.wait_for is not None else None
-    if reset["straggler_count"] >= cfg.num_devices:
-        reset["straggler_count"] = 0
-    if cfg.straggler == "heterogeneous":
-        reset["straggler_probs"] = (0.0,) * cfg.num_devices
-    return dataclasses.replace(cfg, **reset)
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything that changes a shape or a code path: one compiled program per value.
+    Built by `engine.prepare` from a configuration and its data; hashable.
+
+    The on/off switches of dynamic features are explicit flags (their values are
+    dynamic): `device_momentum` (momentum before compression is on) and `wait_mode`
+    (latency stragglers wait for the `wait_for` fastest devices). `components` names
+    each registered component with its registration serial, so re-registering a name
+    never reuses a program compiled for the old factory.
+    """
+
+    fields: tuple[tuple[str, Any], ...]  # every static config field, in declaration order
+    feature_shape: tuple[int, ...]  # shape of one data row
+    num_classes: int  # 0 for regression
+    dim: int  # d, the flat parameter count
+    compress_k: int
+    device_momentum: bool
+    wait_mode: bool
+    components: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def cfg(self) -> StaticFields:
+        return StaticFields(dict(self.fields))
+
+
+def static_fields(cfg: ExperimentConfig) -> tuple[tuple[str, Any], ...]:
+    """The static fields of `cfg` (the group key part that comes from the config)."""
+    return tuple((name, getattr(cfg, name)) for name in STATIC_FIELDS)
 
 
 def resolve_k(dim: int, compress_k: int | None, compress_ratio: float) -> int:
     """k = compress_k if given, else max(1, round(ratio * d))."""
     if compress_k is not None:
         if compress_k > dim:
-            _fail("compress_k", compress_k, f"must satisfy 1 <= compress_k <= d={dim}")
+            fail("compress_k", compress_k, f"must satisfy 1 <= compress_k <= d={dim}")
         return int(compress_k)
     return int(min(dim, max(1, round(compress_ratio * dim))))
 
 
-def eval_steps(steps: int, eval_every: int) -> np.ndarray:
-    points = list(range(0, steps + 1, eval_every))
-    if points[-1] != steps:
-        points.append(steps)
+def eval_schedule(cfg) -> np.ndarray:
+    """The evaluated steps of a run: 0, e, 2e, ..., and `steps` itself (int64)."""
+    points = list(range(0, cfg.steps + 1, cfg.eval_every))
+    if points[-1] != cfg.steps:
+        points.append(cfg.steps)
     return np.asarray(points, np.int64)

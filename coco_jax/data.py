@@ -78,7 +78,7 @@ import zlib
 
 import numpy as np
 
-from coco_jax.config import TASKS, ConfigError
+from coco_jax.errors import ConfigError
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -97,7 +97,15 @@ __all__ = [
 
 DATA_DIR_ENV = "COCO_JAX_DATA_DIR"
 SCHEMES = ("contiguous", "iid", "sorted", "dirichlet")
-CLASSIFICATION_TASKS = ("logreg", "softmax", "mlp", "cnn")
+
+
+def wants_images(task: str) -> bool:
+    """Whether `task` is a registered model that takes images [n, H, W, C] (e.g. cnn)."""
+    from coco_jax.config import LINEAR_TASKS
+    from coco_jax.registry import MODELS
+
+    return task not in LINEAR_TASKS and task in MODELS and bool(MODELS.entry(task).option("images"))
+
 
 # Synthetic teachers: the scale of theta* / W* relative to unit-variance margins. With
 # logistic noise (std ~1.8) a margin std of 5 gives ~10% Bayes error for logreg; with
@@ -208,11 +216,14 @@ def synthetic(
     - linreg: X ~ N(0, 1), theta* ~ N(0, 1/d), y = X theta* + noise * N(0, 1).
     - logreg: theta* ~ N(0, 1/d) rescaled to norm 5, y = 1[X theta* + Logistic(0, 1) > 0],
       then each label flipped with probability ``noise``.
-    - softmax / mlp: W* [d, C] ~ N(0, 9/d), y = argmax(X W* + Gumbel), then with
-      probability ``noise`` a label is replaced by a uniformly chosen *different* class.
+    - softmax and every model on flat rows (mlp, ...): W* [d, C] ~ N(0, 9/d),
+      y = argmax(X W* + Gumbel), then with probability ``noise`` a label is replaced
+      by a uniformly chosen *different* class.
     """
-    if task not in ("linreg", "logreg", "softmax", "mlp"):
-        raise _error("task", repr(task), "synthetic data exists for linreg, logreg, softmax and mlp")
+    if wants_images(task):
+        raise _error(
+            "task", repr(task), "synthetic data has flat rows; an image model needs an image dataset"
+        )
     if task != "linreg" and not 0.0 <= noise <= 1.0:
         raise _error("noise", repr(noise), f"for task={task!r} noise is a label-flip rate in [0, 1]")
     rng = np.random.default_rng(seed)
@@ -278,9 +289,9 @@ def _sklearn_dataset(name: str, task: str, test_fraction: float, seed: int) -> D
         classes = 2
     y = np.asarray(bunch.target, np.int32)
     tr, te = _shuffle_split(x.shape[0], test_fraction, seed)
-    if task == "cnn":
+    if wants_images(task):
         if name != "digits":
-            raise _error("task", repr(task), f"dataset={name!r} has no images; task 'cnn' needs digits")
+            raise _error("task", repr(task), f"dataset={name!r} has no images; task {task!r} needs digits")
         img = x.reshape(-1, 8, 8, 1) / 16.0
         x_tr, x_te = _standardise(img[tr], img[te], axis=None)
     else:
@@ -412,7 +423,7 @@ def _mnist_like(name: str, task: str, directory: pathlib.Path) -> Dataset:
         if lab.size and lab.max() >= 10:
             raise ConfigError(f"data file {str(lpath)!r} is invalid: label {lab.max()} outside 0..9")
         x = img.astype(np.float32) / np.float32(255.0)  # [n, H, W]
-        x = x[..., None] if task == "cnn" else x.reshape(x.shape[0], -1)
+        x = x[..., None] if wants_images(task) else x.reshape(x.shape[0], -1)
         out += [x, lab.astype(np.int32)]
     source = f"IDX files in {files[MNIST_FILES['train_images']].parent}"
     return Dataset(name, out[0], out[1], out[2], out[3], 10, source=source)
@@ -505,7 +516,7 @@ def mnist_subset(task: str, test_fraction: float, seed: int) -> Dataset:
     images, labels = _read_mnist_subset_cached(_file_key(path))
     tr, te = _shuffle_split(images.shape[0], test_fraction, seed)
     x = images.astype(np.float32) / np.float32(255.0)  # [5000, 28, 28]
-    x = x[..., None] if task == "cnn" else x.reshape(x.shape[0], -1)
+    x = x[..., None] if wants_images(task) else x.reshape(x.shape[0], -1)
     return Dataset(
         "mnist",
         x[tr],
@@ -612,7 +623,7 @@ def _cifar10(task: str, directory: pathlib.Path) -> Dataset:
     for chunk in (parts[:-1], parts[-1:]):
         img = np.concatenate([p[0] for p in chunk]).astype(np.float32) / np.float32(255.0)
         lab = np.concatenate([p[1] for p in chunk])
-        out += [img if task == "cnn" else img.reshape(img.shape[0], -1), lab]
+        out += [img if wants_images(task) else img.reshape(img.shape[0], -1), lab]
     source = f"CIFAR-10 python batches in {files[CIFAR_TEST].parent}"
     return Dataset("cifar10", out[0], out[1], out[2], out[3], 10, source=source)
 
@@ -679,9 +690,9 @@ def _check_pair(x, y, task: str, which: str):
         raise bad(f"cannot be converted to numpy arrays ({exc})") from exc
     if x.dtype == bool or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise bad(f"x must be a real numeric array, found dtype {x.dtype}")
-    if task == "cnn":
+    if wants_images(task):
         if x.ndim != 4:
-            raise bad(f"x must be images [n, H, W, C] for task 'cnn', found {x.ndim} dims")
+            raise bad(f"x must be images [n, H, W, C] for task {task!r}, found {x.ndim} dims")
     elif x.ndim != 2:
         raise bad(f"x must be a matrix [n, d] for task {task!r} (flatten images), found {x.ndim} dims")
     if y.ndim != 1:
@@ -731,8 +742,11 @@ def from_arrays(x, y, task: str, test=None) -> Dataset:
     Raises:
         ConfigError: for field ``data`` (or ``task``) saying what is wrong.
     """
-    if task not in TASKS:
-        raise _error("task", repr(task), f"must be one of {', '.join(TASKS)}")
+    from coco_jax.config import LINEAR_TASKS
+    from coco_jax.registry import MODELS
+
+    if task not in LINEAR_TASKS and task not in MODELS:
+        raise ConfigError(MODELS.unknown_message(task))
     x, y = _check_pair(x, y, task, "training data:")
     if x.shape[0] == 0:
         raise ConfigError(f"data={_describe(x, y)} is invalid: training data has no rows")

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from coco_jax import data as data_lib
-from coco_jax.compressors import make_compressor
 from coco_jax.config import (
     ConfigError,
     ExperimentConfig,
@@ -20,10 +19,11 @@ from coco_jax.config import (
     float_dtype,
     hparams_of,
     resolve_k,
-    static_config,
+    static_fields,
 )
-from coco_jax.step import RunData, compiled_run
-from coco_jax.tasks import make_task
+from coco_jax.registry import CODES, COMPRESSORS, FEEDBACKS, MODELS, STRAGGLER_MODELS
+from coco_jax.step import Components, RunData, compiled_run, components
+from coco_jax.tasks import task_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +68,16 @@ class Prepared:
     cfg: ExperimentConfig  # the configuration that runs (see `with_trace`)
     static: Static
     data: RunData
-    bits_per_message: int
-    unravel: Any  # θ [d] -> the task's parameter pytree
+    comps: Components  # the task, compressor, feedback rule, code and straggler model
+
+    @property
+    def bits_per_message(self) -> int:
+        return int(self.comps.compressor.bits)
+
+    @property
+    def unravel(self) -> Any:
+        """θ [d] -> the task's parameter pytree."""
+        return self.comps.task.unravel
 
 
 def with_trace(cfg: ExperimentConfig, straggler_trace) -> ExperimentConfig:
@@ -124,16 +132,20 @@ def prepare(
     num_classes = ds.num_classes
     if cfg.task == "logreg" and num_classes not in (0, 2):
         raise ConfigError(f"data has {num_classes} classes: task='logreg' needs labels in {{0, 1}}")
-    task = make_task(cfg, xp.shape[1:], num_classes, dtype)
-    k = resolve_k(task.dim, cfg.compress_k, cfg.compress_ratio)
-    bits = make_compressor(
-        cfg.compressor,
-        task.dim,
-        k=k,
-        qsgd_levels=cfg.qsgd_levels,
-        group_size=cfg.group_size,
-        segments=task.segments,
-    ).bits
+    fields = static_fields(cfg)
+    feature_shape = tuple(int(s) for s in xp.shape[2:])
+    task = task_of(fields, feature_shape, int(num_classes), dtype)
+    static = Static(
+        fields=fields,
+        feature_shape=feature_shape,
+        num_classes=int(num_classes),
+        dim=task.dim,
+        compress_k=resolve_k(task.dim, cfg.compress_k, cfg.compress_ratio),
+        device_momentum=cfg.device_momentum > 0,
+        wait_mode=cfg.wait_for is not None,
+        components=component_serials(cfg),
+    )
+    comps = components(static)
     y_dtype = dtype if cfg.task == "linreg" else jnp.int32
     run_data = RunData(
         xp=jnp.asarray(xp, dtype),
@@ -142,8 +154,20 @@ def prepare(
         y_test=jnp.asarray(ds.y_test, y_dtype),
         trace=trace,
     )
-    static = Static(static_config(cfg), tuple(int(s) for s in xp.shape[2:]), int(num_classes), task.dim, k)
-    return Prepared(cfg, static, run_data, int(bits), task.unravel)
+    return Prepared(cfg, static, run_data, comps)
+
+
+def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]:
+    """(kind, name, registration serial) of each registered component `cfg` uses."""
+    pairs = [
+        (COMPRESSORS, cfg.compressor),
+        (CODES, cfg.allocation),
+        (FEEDBACKS, cfg.error_feedback),
+        (STRAGGLER_MODELS, cfg.straggler),
+    ]
+    if cfg.task in MODELS:
+        pairs.append((MODELS, cfg.task))
+    return tuple((reg.kind, name, reg.entry(name).serial) for reg, name in pairs)
 
 
 def history_to_numpy(history: dict, bits_per_message: int) -> tuple[dict[str, np.ndarray], int | None]:

@@ -32,7 +32,6 @@ Output layout (DIR defaults to ``results/<name>``, ``results/<name>-quick`` with
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -135,7 +134,13 @@ class Experiment:
         return parts_of(self, quick)
 
     def figures(self, df) -> dict:
-        return self.module.figures(df)
+        """The module's `figures(df)`, or the standard curves when it defines none."""
+        fn = getattr(self.module, "figures", None)
+        if fn is None:
+            from coco_jax import plots
+
+            return plots.standard_figures(df)
+        return fn(df)
 
 
 def _search_dirs() -> list[pathlib.Path]:
@@ -183,26 +188,30 @@ def load_experiment(target: str | os.PathLike) -> Experiment:
     path = path.resolve()
     if path in _LOADED:
         return _LOADED[path]
-    mod_name = f"coco_jax_experiments.{path.stem}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{str(path)!r} is not a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    missing = [a for a in ("NAME", "DESCRIPTION", "grid", "figures") if not hasattr(module, a)]
-    if missing:
-        raise ConfigError(f"experiment module {str(path)!r} lacks {', '.join(missing)}")
-    exp = Experiment(str(module.NAME), str(module.DESCRIPTION), path, module)
+    from coco_jax.registry import exec_module
+
+    module = exec_module(path, f"coco_jax_experiments.{path.stem}")
+    if not callable(getattr(module, "grid", None)):
+        raise ConfigError(f"{str(path)!r} defines no grid(quick: bool = False) -> Grid function")
+    doc_line = (module.__doc__ or "").strip().split("\n")[0]
+    exp = Experiment(
+        str(getattr(module, "NAME", path.stem)), str(getattr(module, "DESCRIPTION", doc_line)), path, module
+    )
     _LOADED[path] = exp
     return exp
 
 
 def parts_of(exp: Experiment, quick: bool) -> list[tuple[str, Any]]:
     """Normalise `exp.module.grid(quick)` to [(part name, Grid)]."""
-    from coco_jax.sweep import Grid
+    import inspect
 
-    g = exp.module.grid(quick=quick)
+    from coco_jax.grid import Grid
+
+    fn = exp.module.grid
+    accepts_quick = "quick" in inspect.signature(fn).parameters
+    if quick and not accepts_quick:
+        raise ConfigError(f"{str(exp.path)!r}: grid() takes no 'quick' argument")
+    g = fn(quick=quick) if accepts_quick else fn()
     if isinstance(g, Grid):
         return [(exp.name, g)]
     if isinstance(g, dict):
@@ -297,7 +306,7 @@ def _read_meta(out: pathlib.Path) -> dict | None:
 
 
 def _write_meta(out: pathlib.Path, meta: dict) -> None:
-    from coco_jax.results import write_json
+    from coco_jax.store import write_json
 
     write_json(out / META, meta)
 
@@ -324,13 +333,14 @@ def sweep_parts(
         if progress:
             print(f"[{exp.name}] sweep {pname}: {len(g)} configurations -> {d}", file=sys.stderr, flush=True)
         df = sweep(g, out=d, overwrite=overwrite, progress=progress)
-        last = dict(getattr(sweep, "last_info", {}) or {})
         info[pname] = {
             "dir": str(d.relative_to(out)) if d != out else ".",
             "configs": len(g),
             "wall_time_s": round(time.time() - t0, 2),
-            "compilations": last.get("compilations"),
-            "resumed": last.get("resumed"),
+            "compile_s": round(df.stats.compile_s, 2),
+            "run_s": round(df.stats.run_s, 2),
+            "compilations": df.stats.compilations,
+            "resumed": df.stats.resumed,
         }
         frames.append(df.assign(part=pname))
     return pd.concat(frames, ignore_index=True), info
@@ -483,7 +493,7 @@ def _adopt_sweep_directory(out: pathlib.Path) -> None:
     """Write experiment.json for a directory that `coco-jax sweep experiments/<name>.py`
     filled (the tables, no figures yet), so that `plot` can draw it. The experiment is
     found by the grid's name in the sidecar or by the directory's name (<name>[-quick])."""
-    from coco_jax.results import SIDECAR, read_json
+    from coco_jax.store import SIDECAR, read_json
 
     root = read_json(out / SIDECAR) or {}
     quick = out.name.endswith("-quick")

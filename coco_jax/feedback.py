@@ -1,106 +1,274 @@
-"""Error-feedback rules: what one device sends given its coded gradient, and what the
-server reconstructs from it. Written for one device; the engine vmaps over devices.
+"""Error-feedback rules: what one device sends given its coded gradient, what it keeps,
+and how the server turns the delivered messages into its gradient estimate.
 
-Every rule is a pair of pure functions (optax style):
-    init(dim, dtype) -> state                       # per-device memory
-    apply(key, g, state, straggles, hp) -> (estimate, compressed_input, message, state)
+A rule is a small bundle of pure functions (optax style), written for ONE device; the
+engine vmaps the device side over the M devices:
 
-`estimate` [d] is the server's reconstruction of this device's coded gradient, which
-it weights with the decoding weight w_m; `compressed_input` is the vector handed to
-the compressor and `message` what it returned (for contraction diagnostics); a
-straggler's outputs are computed (fixed shapes) but its weight is zero and its
-state follows `straggler_error`.
+    state = init(dim, dtype)                          # one device's memory
+    message, compressor_input, state = send(key, g, state, hp)   # a device that delivers
+    state = hold(g, state, hp)                        # a straggler (default: unchanged)
+    g_hat = aggregate(server)                         # the server's estimate (see `Server`)
+    norm = memory(state, g)                           # ‖what is left to send‖ (diagnostic)
 
-Rules:
-    none  c = C(g); estimate = c.
+The server side belongs to the rule: plain rules sum the delivered messages with the
+decoder's weights; rules that keep server copies of device states (EF21, DIANA) say
+how those copies enter the estimate. The server's copy of a device's shift equals the
+device's own (both sides apply the same update to the same message), so the simulation
+stores it once, in the device state, and `aggregate` reads it from `Server.before` /
+`Server.after`.
+
+Built-in rules (registered like a user's, `cj.register_feedback`):
+    none  c = C(g); ĝ = Σ_m w_m [m delivered] c_m.
     ef    classic error feedback (Stich et al. 2018; Karimireddy et al. 2019; COCO-EF):
-          v = g + e, c = C(v), e <- v - c; estimate = c.
-    ef21  Richtárik et al. 2021, with stragglers: c = C(g - h), h <- h + c; the server
-          holds a copy of every h_m and aggregates all of them, so a straggler's copy
-          stays as last received (estimate = h after the update).
-    diana Mishchenko et al. 2019, unbiased compression of gradient differences:
-          q = Q(g - h), estimate = h + q, h <- h + α q (both sides).
+          v = g + e, c = C(v), e <- v - c; ĝ as for none. A straggler's memory follows
+          `straggler_error`: keep (untouched), reset (zeroed) or accumulate (e <- e + g,
+          its late gradient is sent later).
+    ef21  Richtárik et al. 2021, with stragglers: c = C(g - h), h <- h + c. The server
+          holds every device's h and aggregates all of them with the no-straggler
+          weights w̄: ĝ = Σ_m w̄_m h_m (a straggler's h stays as last received).
+    diana Mishchenko et al. 2019 with partial participation: c = Q(g - h) with an
+          unbiased Q, h <- h + α c on both sides. The server uses every device's shift
+          (a straggler's h_m is known to it) and the delivered corrections weighted by
+          the decoder: ĝ = Σ_m w̄_m h_m + Σ_m w_m [m delivered] c_m. When the decoder is
+          unbiased (E[w_m [m delivered]] = w̄_m), E ĝ = Σ_m w̄_m g_m = ∇F. α defaults to
+          1/(ω+1), ω the compressor's variance constant (DIANA's bound).
 
-What a straggler does with its memory (`straggler_error`, for ef): keep (default,
-untouched), reset (zeroed), accumulate (e <- e + g: its late gradient is sent later).
-For ef21 and diana a straggler's shift h stays as it was (nothing was exchanged).
-
-Device momentum (β = hp.device_momentum > 0, EF-SGDM style): u <- β u + g before the
-rule, only on steps the device delivers; the rule then sees u instead of g.
+Device momentum (`with_device_momentum`, β = hp.device_momentum, EF-SGDM style):
+u <- β u + g before the rule, only on steps the device delivers; the rule sees u.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from coco_jax.compressors import Compressor
-from coco_jax.config import HParams
+from coco_jax.errors import ConfigError, fail
+from coco_jax.registry import FEEDBACKS, Entry, register_feedback
+
+State = Any  # one device's memory: a pytree of [d] arrays
 
 
-class Feedback(NamedTuple):
-    name: str
-    init: Callable[[int, object], dict]
-    apply: Callable[..., tuple[jax.Array, jax.Array, jax.Array, dict]]
+class Server(NamedTuple):
+    """What the server aggregates at one step (all devices, leading axis M).
+
+    weights: [M] the decoder's weights for this step's delivered set (0 for stragglers).
+    full_weights: [M] the weights with no stragglers (w̄: Σ_m w̄_m B[m, k] = 1/K).
+    delivered: [M] bool, the straggler mask (True = the message arrived).
+    messages: [M, d] what each device's `send` returned (a straggler's is not sent).
+    before: the device states before the step (leaves [M, d]).
+    after: the device states after the step.
+    """
+
+    weights: jax.Array
+    full_weights: jax.Array
+    delivered: jax.Array
+    messages: jax.Array
+    before: State
+    after: State
 
 
-def memory_norm(name: str, state: dict, g: jax.Array) -> jax.Array:
-    """‖memory‖ of one device: ef: ‖e‖; ef21/diana: ‖g − h‖ (what is left to send); none: 0."""
-    if name == "ef":
-        return jnp.linalg.norm(state["e"])
-    if name in ("ef21", "diana"):
-        return jnp.linalg.norm(g - state["h"])
+def keep(g: jax.Array, state: State, hp) -> State:
+    """A straggler keeps its memory as it was."""
+    del g, hp
+    return state
+
+
+def sum_delivered(server: Server) -> jax.Array:
+    """ĝ = Σ_m w_m [m delivered] message_m: the decoder-weighted sum of what arrived."""
+    w = jnp.where(server.delivered, server.weights, jnp.zeros_like(server.weights))
+    return w @ server.messages
+
+
+def no_memory(state: State, g: jax.Array) -> jax.Array:
+    del state
     return jnp.zeros((), g.dtype)
 
 
-def make_feedback(
-    name: str, compressor: Compressor, straggler_error: str = "keep", device_momentum: bool = False
-) -> Feedback:
-    """The feedback rule `name` (none | ef | ef21 | diana) around `compressor`."""
+class Feedback(NamedTuple):
+    """An error-feedback rule (see the module docstring); what a feedback factory returns.
 
-    def init(dim: int, dtype) -> dict:
-        state = {}
-        if name == "ef":
-            state["e"] = jnp.zeros(dim, dtype)
-        if name in ("ef21", "diana"):
-            state["h"] = jnp.zeros(dim, dtype)
-        if device_momentum:
-            state["u"] = jnp.zeros(dim, dtype)
+    Attributes:
+        init: (dim, dtype) -> one device's memory (a pytree; `{}` for none).
+        send: (key, g [d], state, hp) -> (message [d], compressor input [d], state):
+            a device that delivers at this step.
+        hold: (g, state, hp) -> state: a device that straggles (default: unchanged).
+        aggregate: `Server` -> ĝ [d] (default: the decoder-weighted sum of delivered
+            messages).
+        memory: (state, g) -> ‖what is left to send‖, a scalar diagnostic (default 0).
+        name: registry name (filled in from the registration when None).
+    """
+
+    init: Callable[[int, Any], State]
+    send: Callable[[jax.Array, jax.Array, State, Any], tuple[jax.Array, jax.Array, State]]
+    hold: Callable[[jax.Array, State, Any], State] = keep
+    aggregate: Callable[[Server], jax.Array] = sum_delivered
+    memory: Callable[[State, jax.Array], jax.Array] = no_memory
+    name: str | None = None
+
+
+# --------------------------------------------------------------------- built-ins
+
+
+@register_feedback("none")
+def no_feedback(compressor: Compressor) -> Feedback:
+    """No feedback: c = C(g)."""
+
+    def send(key, g, state, hp):
+        c = compressor.compress(key, g)
+        return c, g, state
+
+    return Feedback(lambda dim, dtype: {}, send)
+
+
+@register_feedback("ef")
+def error_feedback(compressor: Compressor, straggler_error: str = "keep") -> Feedback:
+    """Classic error feedback: v = g + e, c = C(v), e <- v - c."""
+    if straggler_error not in ("keep", "reset", "accumulate"):
+        fail("straggler_error", straggler_error, "must be one of keep, reset, accumulate")
+
+    def init(dim, dtype):
+        return {"e": jnp.zeros(dim, dtype)}
+
+    def send(key, g, state, hp):
+        v = g + state["e"]
+        c = compressor.compress(key, v)
+        return c, v, {"e": v - c}
+
+    def hold(g, state, hp):
+        if straggler_error == "reset":
+            return {"e": jnp.zeros_like(state["e"])}
+        if straggler_error == "accumulate":
+            return {"e": state["e"] + g}
         return state
 
-    def apply(key, g, state, straggles, hp: HParams):
-        new = dict(state)
-        if device_momentum:
-            u = hp.device_momentum * state["u"] + g
-            new["u"] = jnp.where(straggles, state["u"], u)
-            g = u
-        if name == "none":
-            c = compressor.compress(key, g)
-            return c, g, c, new
-        if name == "ef":
-            e = state["e"]
-            v = g + e
-            c = compressor.compress(key, v)
-            if straggler_error == "keep":
-                e_straggler = e
-            elif straggler_error == "reset":
-                e_straggler = jnp.zeros_like(e)
-            else:  # accumulate
-                e_straggler = e + g
-            new["e"] = jnp.where(straggles, e_straggler, v - c)
-            return c, v, c, new
-        h = state["h"]
-        delta = g - h
-        c = compressor.compress(key, delta)
-        if name == "ef21":
-            h_new = h + c
-            new["h"] = jnp.where(straggles, h, h_new)
-            return new["h"], delta, c, new
-        # diana
-        new["h"] = jnp.where(straggles, h, h + hp.diana_alpha * c)
-        return h + c, delta, c, new
+    def memory(state, g):
+        return jnp.linalg.norm(state["e"])
 
-    return Feedback(name, init, apply)
+    return Feedback(init, send, hold, sum_delivered, memory)
+
+
+def _shift_init(dim, dtype):
+    return {"h": jnp.zeros(dim, dtype)}
+
+
+def _shift_memory(state, g):
+    return jnp.linalg.norm(g - state["h"])
+
+
+@register_feedback("ef21")
+def ef21(compressor: Compressor) -> Feedback:
+    """EF21: c = C(g - h), h <- h + c; the server aggregates every device's h."""
+
+    def send(key, g, state, hp):
+        delta = g - state["h"]
+        c = compressor.compress(key, delta)
+        return c, delta, {"h": state["h"] + c}
+
+    def aggregate(server: Server):
+        return server.full_weights @ server.after["h"]
+
+    return Feedback(_shift_init, send, keep, aggregate, _shift_memory)
+
+
+@register_feedback("diana")
+def diana(compressor: Compressor) -> Feedback:
+    """DIANA with partial participation: c = Q(g - h), h <- h + α c; the server adds
+    every device's shift to the decoder-weighted delivered corrections."""
+    if compressor.biased:
+        raise ConfigError(
+            f"compressor={compressor.name!r} is invalid: error_feedback='diana' needs an unbiased "
+            "compressor (E C(v) = v), e.g. randk_unbiased, qsgd, onebit, natural or identity"
+        )
+    default_alpha = 1.0 / (1.0 + (compressor.omega or 0.0))
+
+    def send(key, g, state, hp):
+        delta = g - state["h"]
+        c = compressor.compress(key, delta)
+        alpha = jnp.where(jnp.isnan(hp.diana_alpha), default_alpha, hp.diana_alpha).astype(g.dtype)
+        return c, delta, {"h": state["h"] + alpha * c}
+
+    def aggregate(server: Server):
+        return server.full_weights @ server.before["h"] + sum_delivered(server)
+
+    return Feedback(_shift_init, send, keep, aggregate, _shift_memory)
+
+
+def diana_alpha_bound(compressor: Compressor) -> float:
+    """DIANA's largest safe shift step 1/(ω+1) for an unbiased compressor."""
+    return 1.0 / (1.0 + (compressor.omega or 0.0))
+
+
+# ----------------------------------------------------------------- composition
+
+
+def with_device_momentum(rule: Feedback) -> Feedback:
+    """`rule` behind EF-SGDM style device momentum: u <- β u + g (β = hp.device_momentum)
+    on delivering steps; the rule sees u instead of g (a straggler's u is unchanged, and
+    its rule's `hold` sees the would-be u)."""
+
+    def init(dim, dtype):
+        return {"rule": rule.init(dim, dtype), "u": jnp.zeros(dim, dtype)}
+
+    def momentum(g, state, hp):
+        return hp.device_momentum.astype(g.dtype) * state["u"] + g
+
+    def send(key, g, state, hp):
+        u = momentum(g, state, hp)
+        message, comp_in, inner = rule.send(key, u, state["rule"], hp)
+        return message, comp_in, {"rule": inner, "u": u}
+
+    def hold(g, state, hp):
+        return {"rule": rule.hold(momentum(g, state, hp), state["rule"], hp), "u": state["u"]}
+
+    def aggregate(server: Server):
+        return rule.aggregate(server._replace(before=server.before["rule"], after=server.after["rule"]))
+
+    def memory(state, g):
+        return rule.memory(state["rule"], g)
+
+    return Feedback(init, send, hold, aggregate, memory, rule.name)
+
+
+# ---------------------------------------------------------------------- building
+
+
+def _check_feedback(rule, entry: Entry, args: dict) -> Feedback:
+    """A feedback factory's result, checked: a `Feedback` with callable parts."""
+    if not isinstance(rule, Feedback):
+        raise ConfigError(
+            f"feedback {entry.name!r}: the factory returned {type(rule).__name__}, must return "
+            "cj.Feedback(init=..., send=...)"
+        )
+    for part in ("init", "send", "hold", "aggregate", "memory"):
+        if not callable(getattr(rule, part)):
+            raise ConfigError(f"feedback {entry.name!r}: {part} is not callable")
+    return rule._replace(name=rule.name or entry.name)
+
+
+FEEDBACKS.check = _check_feedback
+
+
+def make_feedback(
+    name: str, compressor: Compressor, *, dim: int | None = None, fields: dict | None = None
+) -> Feedback:
+    """The registered feedback rule `name` around `compressor` for vectors of dimension
+    `dim`; `fields` are static config fields the factory may ask for (e.g.
+    straggler_error)."""
+    return FEEDBACKS.build(name, {"compressor": compressor, "dim": dim}, fields or {})
+
+
+__all__ = [
+    "Feedback",
+    "Server",
+    "diana_alpha_bound",
+    "keep",
+    "make_feedback",
+    "no_memory",
+    "register_feedback",
+    "sum_delivered",
+    "with_device_momentum",
+]

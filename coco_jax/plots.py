@@ -30,8 +30,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import pathlib
 import zlib
@@ -48,13 +46,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from coco_jax.config import DATASET_FIELDS, ExperimentConfig
+from coco_jax.config import ExperimentConfig
 
 __all__ = [
     "AXIS_LABELS",
     "STYLES",
     "band_label",
-    "config_from_row",
     "curves_figure",
     "final_values",
     "finals_figure",
@@ -173,29 +170,6 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
 _TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if "tuple" in str(f.type))
 
 
-def config_from_row(row: pd.Series | dict) -> ExperimentConfig:
-    """The `ExperimentConfig` of one table row (tuple fields are stored as JSON text)."""
-    values = {}
-    for name in CONFIG_FIELDS:
-        if name not in row:
-            continue
-        v = row[name]
-        if name in _TUPLE_FIELDS and isinstance(v, str):
-            v = json.loads(v)
-            v = None if v is None else tuple(v)
-        elif isinstance(v, float) and math.isnan(v):
-            v = None
-        elif isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and v.is_integer() and name in _INT_FIELDS:
-            v = int(v)
-        values[name] = v
-    return ExperimentConfig(**values)
-
-
-_INT_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if str(f.type).startswith("int"))
-
-
 def label_column(df: pd.DataFrame, hue: str | Callable[[pd.Series], str]) -> pd.Series:
     """The curve label of every row: a column name or a function of the row."""
     if callable(hue):
@@ -242,67 +216,18 @@ def diverged_runs(df: pd.DataFrame, y: str | None = None) -> set:
 
 # --------------------------------------------------------------- optimum (F*)
 
-_CONVEX = ("linreg", "logreg", "softmax")
-_DATA_FIELDS = (*DATASET_FIELDS, "num_devices", "num_partitions")
-
-
-@functools.lru_cache(maxsize=64)
-def _optimum_cached(key: tuple) -> float | None:
-    from scipy import optimize, special
-
-    from coco_jax import data as data_lib
-
-    cfg = ExperimentConfig(**dict(key))
-    ds = data_lib.truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved)
-    x = ds.x_train.astype(np.float64).reshape(ds.x_train.shape[0], -1)
-    y = ds.y_train
-    n, d = x.shape
-    if cfg.task == "linreg":
-        theta, *_ = np.linalg.lstsq(x, y.astype(np.float64), rcond=None)
-        r = x @ theta - y
-        return float(0.5 * np.mean(r * r))
-    if cfg.task == "logreg":
-        yf = y.astype(np.float64)
-
-        def fg(t):
-            z = x @ t
-            f = np.mean(np.logaddexp(0.0, z) - yf * z)
-            g = x.T @ (special.expit(z) - yf) / n
-            return f, g
-
-        t0 = np.zeros(d)
-    else:
-        c = ds.num_classes
-        onehot = np.eye(c)[y]
-
-        def fg(t):
-            w = t.reshape(d, c)
-            z = x @ w
-            z = z - z.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
-            logp = z - lse
-            f = -np.mean(np.sum(onehot * logp, axis=1))
-            g = x.T @ (np.exp(logp) - onehot) / n
-            return f, g.ravel()
-
-        t0 = np.zeros(d * c)
-    res = optimize.minimize(
-        fg, t0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-12, "ftol": 0}
-    )
-    return float(res.fun)
-
 
 def optimum(cfg: ExperimentConfig | pd.Series | dict) -> float | None:
-    """F* = min_θ F(θ) over the run's whole training set (float64), for the convex tasks
-    (linreg: least squares; logreg, softmax: L-BFGS); None for mlp/cnn or when the data
-    cannot be loaded. Cached per dataset."""
-    if not isinstance(cfg, ExperimentConfig):
-        cfg = config_from_row(cfg)
-    if cfg.task not in _CONVEX:
-        return None
-    key = tuple((f, getattr(cfg, f)) for f in _DATA_FIELDS)
+    """F* = min_θ F(θ) over the run's whole training set (`reference.optimum`) for the
+    convex tasks; None for networks or when the data cannot be loaded. Reads only the
+    data fields of a table row, so it works without the run's plugins imported."""
+    from coco_jax.reference import DATA_FIELDS_OF_OPTIMUM
+    from coco_jax.reference import optimum as f_star
+    from coco_jax.results import config_values_from_row
+
+    values = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else config_values_from_row(cfg)
     try:
-        return _optimum_cached(key)
+        return f_star(tuple((f, values[f]) for f in DATA_FIELDS_OF_OPTIMUM if f in values))
     except Exception:  # noqa: BLE001 - a missing file or odd data: plot F(θ) instead
         return None
 
@@ -316,7 +241,9 @@ def with_gap(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     GAP_FLOOR · max(F*, 1e-3): float32 losses cannot resolve smaller differences."""
     if df.empty or "loss" not in df:
         return df, "loss"
-    cols = [c for c in _DATA_FIELDS if c in df]
+    from coco_jax.reference import DATA_FIELDS_OF_OPTIMUM
+
+    cols = [c for c in DATA_FIELDS_OF_OPTIMUM if c in df]
     groups = df.groupby(cols, dropna=False, sort=False).groups
     gap = pd.Series(np.nan, index=df.index)
     for idx in groups.values():

@@ -1,10 +1,14 @@
-"""Named methods: COCO-EF and the baselines it is compared with, as config presets."""
+"""Named methods: COCO-EF and the baselines it is compared with, as config presets
+registered like a user's (`cj.register_preset`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
-from coco_jax.config import ConfigError, ExperimentConfig
+from coco_jax.config import ExperimentConfig
+from coco_jax.registry import PRESETS as _REGISTRY
+from coco_jax.registry import register_preset
 
 
 class Preset(NamedTuple):
@@ -13,7 +17,7 @@ class Preset(NamedTuple):
     reference: str
 
 
-PRESETS: dict[str, Preset] = {
+_BUILTIN: dict[str, Preset] = {
     "coco-ef": Preset(
         {"allocation": "cyclic", "compressor": "topk", "error_feedback": "ef", "decoder": "fixed"},
         "cyclic gradient code + top-k + error feedback + fixed decoder",
@@ -50,7 +54,6 @@ PRESETS: dict[str, Preset] = {
             "compressor": "qsgd",
             "error_feedback": "diana",
             "decoder": "fixed",
-            "diana_alpha": 0.25,
         },
         "gradient coding + DIANA (unbiased QSGD of gradient differences with shifts)",
         "Mishchenko, Gorbunov, Takáč, Richtárik 2019 (DIANA)",
@@ -97,6 +100,34 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+for _name, _p in _BUILTIN.items():
+    register_preset(_name, summary=_p.summary, reference=_p.reference, **_p.fields)
+
+
+class _Presets(Mapping):
+    """Read-only view name -> `Preset` of every registered preset (built-in and user)."""
+
+    def __getitem__(self, name: str) -> Preset:
+        if name not in _REGISTRY:
+            raise KeyError(name)
+        entry = _REGISTRY.entry(name)
+        return Preset(entry.factory(), entry.option("summary", ""), entry.option("reference", ""))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY.names())
+
+    def __len__(self) -> int:
+        return len(_REGISTRY.names())
+
+
+PRESETS: Mapping[str, Preset] = _Presets()
+
+
+def preset_fields(name: str) -> dict:
+    """The config fields preset `name` sets (ConfigError listing the presets if unknown)."""
+    return _REGISTRY.entry(name).factory()
+
+
 def preset(name: str, **overrides) -> ExperimentConfig:
     """The ExperimentConfig of method `name` with `overrides` applied on top.
 
@@ -104,6 +135,4 @@ def preset(name: str, **overrides) -> ExperimentConfig:
         >>> preset("coco-ef", num_devices=20, straggler_prob=0.3).error_feedback
         'ef'
     """
-    if name not in PRESETS:
-        raise ConfigError(f"preset={name!r} is invalid: must be one of {', '.join(PRESETS)}")
-    return ExperimentConfig(**{**PRESETS[name].fields, **overrides})
+    return ExperimentConfig(**{**preset_fields(name), **overrides})

@@ -10,7 +10,15 @@ engine (straggler='trace' makes the runs deterministic), and the benchmarks time
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+from coco_jax.config import DATASET_FIELDS
+
+CONVEX_TASKS = ("linreg", "logreg", "softmax")
+# The fields F* depends on: the dataset and the rows kept (truncated to a multiple of K).
+DATA_FIELDS_OF_OPTIMUM = (*DATASET_FIELDS, "num_devices", "num_partitions")
 
 
 def partition_gradient(task: str, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -119,3 +127,50 @@ def gradient_descent(x, y, lr: float, steps: int, momentum: float | None = None)
             g = buf
         theta = theta - lr * g
     return theta
+
+
+@functools.lru_cache(maxsize=64)
+def optimum(fields: tuple) -> float | None:
+    """F* = min_θ F(θ) on a configuration's whole training set in float64 (linreg: least
+    squares; logreg, softmax: L-BFGS to gradient 1e-12), from its data fields
+    (`DATA_FIELDS_OF_OPTIMUM` as (name, value) pairs); None for a non-convex task.
+    Cached per dataset."""
+    from scipy import optimize, special
+
+    from coco_jax import data as data_lib
+    from coco_jax.config import ExperimentConfig
+
+    values = dict(fields)
+    if values.get("task") not in CONVEX_TASKS:
+        return None
+    cfg = ExperimentConfig(**values)
+    ds = data_lib.truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved)
+    x = ds.x_train.astype(np.float64).reshape(ds.x_train.shape[0], -1)
+    y = ds.y_train
+    n, d = x.shape
+    if cfg.task == "linreg":
+        theta, *_ = np.linalg.lstsq(x, y.astype(np.float64), rcond=None)
+        r = x @ theta - y
+        return float(0.5 * np.mean(r * r))
+    if cfg.task == "logreg":
+        yf = y.astype(np.float64)
+
+        def fg(t):
+            z = x @ t
+            return np.mean(np.logaddexp(0.0, z) - yf * z), x.T @ (special.expit(z) - yf) / n
+
+        t0 = np.zeros(d)
+    else:
+        c = ds.num_classes
+        onehot = np.eye(c)[y]
+
+        def fg(t):
+            z = x @ t.reshape(d, c)
+            logp = z - special.logsumexp(z, axis=1, keepdims=True)
+            return -np.mean(np.sum(onehot * logp, axis=1)), (x.T @ (np.exp(logp) - onehot) / n).ravel()
+
+        t0 = np.zeros(d * c)
+    res = optimize.minimize(
+        fg, t0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-12, "ftol": 0}
+    )
+    return float(res.fun)

@@ -1,17 +1,13 @@
-"""Tidy result tables on disk: one row per (configuration, evaluated step).
-
-A sweep directory holds:
-
-    results.parquet   the final table (written once, by process 0, atomically)
-    results.json      the sidecar: grid, grid hash, versions, devices, seed policy,
-                      git commit, compilations, wall time, status ("running"/"complete")
-    parts/*.parquet   rows of finished batches (resume); removed once the table exists
+"""Tidy result tables: one row per (configuration, evaluated step), and the conversion
+between a row and its configuration.
 
 Columns: every `ExperimentConfig` field (tuple-valued fields as JSON strings), `method`
 (preset name or "custom"), `config_id` (a stable hash of the full configuration),
 `bits_per_message`, `diverged_step` (-1 if the run stayed finite) and every history
 key of `engine.RunResult` (step, loss, grad_norm_sq, ..., delivered, bits = delivered ×
-bits_per_message).
+bits_per_message). Registered components appear by name (`compressor`, `allocation`,
+...), so a table loads and plots without the plugin that defined them. How tables sit
+on disk is `coco_jax.store`.
 
 Example:
     >>> import coco_jax as cj
@@ -21,15 +17,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import pathlib
 import subprocess
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,11 +32,9 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from coco_jax.config import ConfigError, ExperimentConfig
-
-TABLE = "results.parquet"
-SIDECAR = "results.json"
-PARTS = "parts"
+from coco_jax.config import FIELDS, ExperimentConfig
+from coco_jax.errors import ConfigError
+from coco_jax.store import SIDECAR, TABLE, jsonable, read_json, read_parts
 
 SEED_POLICY = (
     "each configuration's randomness derives only from its own fields: jax.random.key(seed) split by "
@@ -69,19 +62,6 @@ HISTORY_KEYS = (
 )
 
 
-def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of `value` (tuples -> lists, numpy scalars -> Python)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def config_id(cfg: ExperimentConfig) -> str:
     """A stable hash of every field of `cfg` (same in every process and Python run)."""
     text = json.dumps(jsonable(cfg.to_dict()), sort_keys=True, separators=(",", ":"))
@@ -95,6 +75,39 @@ def config_columns(cfg: ExperimentConfig) -> dict[str, Any]:
         v = getattr(cfg, f.name)
         out[f.name] = json.dumps(jsonable(v)) if isinstance(v, tuple) else jsonable(v)
     return out
+
+
+_TUPLE_FIELDS = tuple(n for n, f in FIELDS.items() if "tuple" in str(f.type))
+_INT_FIELDS = tuple(n for n, f in FIELDS.items() if str(f.type).startswith("int"))
+
+
+def config_values_from_row(row) -> dict[str, Any]:
+    """The config fields of one table row as Python values (tuple fields are stored as
+    JSON text, NaN cells of optional fields are None)."""
+    import numpy as np
+
+    values = {}
+    for name in FIELDS:
+        if name not in row:
+            continue
+        v = row[name]
+        if name in _TUPLE_FIELDS and isinstance(v, str):
+            v = json.loads(v)
+            v = None if v is None else tuple(v)
+        elif isinstance(v, float) and math.isnan(v):
+            v = None
+        elif isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and v.is_integer() and name in _INT_FIELDS:
+            v = int(v)
+        values[name] = v
+    return values
+
+
+def config_from_row(row) -> ExperimentConfig:
+    """The `ExperimentConfig` of one table row (validated: its registered components
+    must be registered in this process)."""
+    return ExperimentConfig(**config_values_from_row(row))
 
 
 def rows_of(
@@ -124,86 +137,6 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     import pyarrow as pa
 
     return pa.Table.from_pandas(df, preserve_index=False).to_pandas()
-
-
-# ------------------------------------------------------------------------ files
-
-
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over `path`."""
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def table_bytes(df: pd.DataFrame) -> bytes:
-    """A table as Parquet bytes."""
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False, engine="pyarrow")
-    return buf.getvalue()
-
-
-def table_from_bytes(data: bytes) -> pd.DataFrame:
-    import io
-
-    import pandas as pd
-
-    return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
-
-
-def write_table(path: str | os.PathLike, df: pd.DataFrame) -> None:
-    """Write `df` as Parquet at `path`, atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, table_bytes(df))
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as JSON at `path`, atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: str | os.PathLike) -> dict | None:
-    path = pathlib.Path(path)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
-
-
-def write_part(out: str | os.PathLike, name: str, df: pd.DataFrame) -> pathlib.Path:
-    """Rows of one finished batch as `out/parts/<name>.parquet` (atomic)."""
-    path = pathlib.Path(out) / PARTS / f"{name}.parquet"
-    write_table(path, df)
-    return path
-
-
-def part_files(out: str | os.PathLike) -> list[pathlib.Path]:
-    """Finished part files (temporary files of an interrupted write are ignored)."""
-    d = pathlib.Path(out) / PARTS
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".tmp-"))
-
-
-def read_parts(out: str | os.PathLike) -> pd.DataFrame | None:
-    """All finished part rows (duplicates of a configuration dropped), or None."""
-    import pandas as pd
-
-    frames = [pd.read_parquet(p, engine="pyarrow") for p in part_files(out)]
-    if not frames:
-        return None
-    return dedupe(pd.concat(frames, ignore_index=True))
 
 
 def dedupe(df: pd.DataFrame) -> pd.DataFrame:

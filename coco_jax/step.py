@@ -1,15 +1,23 @@
-"""The one jit-compiled COCO-EF iteration and the scanned run built from it.
+"""The COCO-EF iteration, one jit-compiled step, and the scanned run built from it.
 
-One iteration, in order (all M devices are one batch axis):
-    partition gradients (vmap over K partitions, each computed once)
-    -> encode with B                                   # [M, K] @ [K, d]
-    -> feedback + compression (vmap over devices)      # error add, C, error update
-    -> straggler mask -> decoding weights w            # [M]
-    -> ĝ = Σ_m w_m estimate_m -> optax update of θ.
+One iteration t, in order (all M devices are one batch axis):
 
-`make_run(static)` returns `run(hp, data) -> (θ_final [d], history)`, a pure function
-whose every random draw derives from hp.seed, so `jax.vmap(run, (0, None))` runs a
-whole batch of configurations (a sweep group) as one program.
+    device_messages   each device's coded gradient g_m = Σ_k B[m,k] ∇f_k(θ) (every
+                      partition's gradient computed once, then gathered by the code),
+                      then its feedback rule and compressor: message c_m, new memory
+    server_update     the straggler mask decides what arrived; the feedback rule's
+                      server side forms ĝ (plainly Σ_m w_m [m delivered] c_m with the
+                      decoder's weights w), then the optax update of θ
+    step_metrics      diagnostics of that update (only on evaluated steps)
+
+`reference.loop_step` is the same iteration as a plain NumPy loop over devices; the
+tests check the two agree. A run is `init_run` (θ0, the code B, the per-run constants
+and the step-0 evaluation), then `advance` (a `lax.scan` over steps; evaluation and
+metrics run under one `lax.cond` on evaluated steps, so each compiled program holds one
+copy of the step), then `history`. Every random draw derives from hp.seed, so
+`jax.vmap(run, (0, None))` runs a batch of configurations (a sweep group) as one
+program; `advance` takes its first step as an argument so a sweep can scan a long run
+in fixed-size chunks (steps past the end are no-ops) with one compiled program.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import numpy as np
 import optax
 
 from coco_jax import coding, compressors, feedback, stragglers, tasks
-from coco_jax.config import ExperimentConfig, HParams, Static, eval_steps, float_dtype
+from coco_jax.config import HParams, Static, eval_schedule, float_dtype
+from coco_jax.feedback import Server
 
 # Keys derived from a run's seed; fold_in constants, never positions in a grid.
 _KEY_CODE, _KEY_INIT, _KEY_STRAGGLER, _KEY_STEPS = 0, 1, 2, 3
@@ -39,17 +48,86 @@ class RunData(NamedTuple):
     trace: jax.Array | None  # [steps, M] bool, True = straggles; None unless straggler="trace"
 
 
+class Components(NamedTuple):
+    """The static parts of a run, built once per static group (`components`)."""
+
+    static: Static
+    task: tasks.Task
+    compressor: compressors.Compressor
+    feedback: feedback.Feedback
+    allocation: coding.Allocation
+    straggler_model: stragglers.StragglerModel
+
+
 class RunState(NamedTuple):
     params: jax.Array  # [d]
     opt_state: Any
-    fb_state: dict  # per-device feedback memory, leaves [M, d]
+    fb_state: Any  # per-device feedback memory, leaves [M, d]
     straggler_state: Any
     delivered: jax.Array  # cumulative number of delivered messages (int32)
     time: jax.Array  # cumulative simulated seconds
     diverged_step: jax.Array  # first step with non-finite θ, -1 if none
 
 
+class RunConstants(NamedTuple):
+    """Per-run values fixed for the whole run (they depend on B and hp, not on t)."""
+
+    load: jax.Array  # [M] partitions each device holds
+    rates: jax.Array  # [M] nominal straggling probabilities (the fixed decoder's p_m)
+    full_weights: jax.Array  # [M] decoding weights with no stragglers (w̄)
+
+
+class Carry(NamedTuple):
+    """What one run carries from step to step."""
+
+    state: RunState
+    b: jax.Array  # [M, K] encoding matrix of this run
+    step_key: jax.Array  # typed key; step t uses fold_in(step_key, t)
+    consts: RunConstants
+    records: dict  # history buffers [P] over the evaluated steps (eval_schedule)
+
+
+class DeviceOutput(NamedTuple):
+    """What the devices produce at one step (leading axis M)."""
+
+    coded: jax.Array  # [M, d] coded gradients g_m
+    messages: jax.Array  # [M, d] what each device sends if it delivers
+    compressor_inputs: jax.Array  # [M, d] the vectors handed to the compressor
+    fb_state: Any  # new device memories (stragglers' per the rule's hold)
+    true_grad: jax.Array | None  # ∇F(θ) in full-batch mode (the mean of the partition gradients)
+
+
 METRIC_KEYS = ("stragglers", "grad_error_sq", "ef_error_norm", "contraction")
+
+
+# ------------------------------------------------------------------ components
+
+
+def static_loads(alloc: coding.Allocation) -> np.ndarray:
+    """Partitions per device [M] known before tracing (a random code: its expectation)."""
+    if alloc.matrix is not None:
+        return (alloc.matrix != 0).sum(axis=1).astype(np.float64)
+    return np.full(alloc.num_devices, (alloc.replication or 1.0) * alloc.num_partitions / alloc.num_devices)
+
+
+@functools.lru_cache(maxsize=128)
+def components(static: Static) -> Components:
+    """Build the static parts of a run from its static description (cached)."""
+    cfg = static.cfg
+    dtype = float_dtype(cfg)
+    fields = cfg.to_dict()
+    task = tasks.task_of(static.fields, static.feature_shape, static.num_classes, dtype)
+    comp = compressors.make_compressor(
+        cfg.compressor, task.dim, k=static.compress_k, segments=task.segments, dtype=dtype, fields=fields
+    )
+    rule = feedback.make_feedback(cfg.error_feedback, comp, dim=task.dim, fields=fields)
+    if static.device_momentum:
+        rule = feedback.with_device_momentum(rule)
+    alloc = coding.allocation_of(cfg)
+    model = stragglers.make_straggler_model(
+        cfg.straggler, cfg.num_devices, wait_mode=static.wait_mode, loads=static_loads(alloc), fields=fields
+    )
+    return Components(static, task, comp, rule, alloc, model)
 
 
 def make_optimizer(name: str, hp: HParams) -> optax.GradientTransformation:
@@ -61,281 +139,276 @@ def make_optimizer(name: str, hp: HParams) -> optax.GradientTransformation:
     return optax.adam(hp.lr)
 
 
-class Components(NamedTuple):
-    task: tasks.Task
-    compressor: compressors.Compressor
-    feedback: feedback.Feedback
-    allocation: coding.Allocation
-    straggler_model: stragglers.StragglerModel
-    fixed_b: np.ndarray | None  # B of a deterministic code, known before tracing
-
-
-def components(static: Static) -> Components:
-    """Build the static parts of a run from its static description."""
-    cfg = static.cfg
-    dtype = float_dtype(cfg)
-    task = tasks.make_task(cfg, (1, *static.feature_shape), static.num_classes, dtype)
-    comp = compressors.make_compressor(
-        cfg.compressor,
-        task.dim,
-        k=static.compress_k,
-        qsgd_levels=cfg.qsgd_levels,
-        group_size=cfg.group_size,
-        segments=task.segments,
-    )
-    fb = feedback.make_feedback(cfg.error_feedback, comp, cfg.straggler_error, cfg.device_momentum > 0)
-    alloc = coding.make_allocation(
-        cfg.allocation, cfg.num_devices, cfg.num_partitions_resolved, cfg.redundancy
-    )
-    fixed_b = None if alloc.random else np.asarray(alloc.sample(jax.random.key(0)))
-    if fixed_b is not None:
-        loads = (fixed_b != 0).sum(axis=1).astype(np.float64)
-    else:
-        loads = np.full(cfg.num_devices, alloc.replication * alloc.num_partitions / cfg.num_devices)
-    model = stragglers.make_straggler_model(
-        cfg.straggler, cfg.num_devices, wait_mode=cfg.wait_for is not None, loads=loads
-    )
-    return Components(task, comp, fb, alloc, model, fixed_b)
+# ------------------------------------------------------------------- the step
 
 
 def _held_partitions(comps: Components, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Indices [M, L] and coefficients [M, L] of the partitions each device holds."""
-    if comps.fixed_b is not None:
-        nz = comps.fixed_b != 0
+    """Indices [M, L] and coefficients [M, L] of the partitions each device holds: a
+    deterministic code's support is known before tracing (L = its largest row load);
+    a random code may hold anything (L = K)."""
+    matrix = comps.allocation.matrix
+    if matrix is not None:
+        nz = matrix != 0
         width = int(nz.sum(axis=1).max())
-        idx = np.argsort(~nz, axis=1, kind="stable")[:, :width]
-        return jnp.asarray(idx), jnp.take_along_axis(b, jnp.asarray(idx), axis=1)
-    k = b.shape[1]
-    idx = jnp.broadcast_to(jnp.arange(k), b.shape)
+        idx = jnp.asarray(np.argsort(~nz, axis=1, kind="stable")[:, :width])
+        return idx, jnp.take_along_axis(b, idx, axis=1)
+    idx = jnp.broadcast_to(jnp.arange(b.shape[1]), b.shape)
     return idx, b
 
 
-class Carry(NamedTuple):
-    """What one run carries from step to step."""
-
-    state: RunState
-    b: jax.Array  # [M, K] encoding matrix of this run
-    step_key: jax.Array  # typed key; step t uses fold_in(step_key, t)
+def all_rows(data: RunData) -> tuple[jax.Array, jax.Array]:
+    """The whole training set (x [n, ...], y [n]) from its partitions."""
+    return data.xp.reshape((-1, *data.xp.shape[2:])), data.yp.reshape(-1)
 
 
-class Runner(NamedTuple):
-    """The pure functions of one static group (see `make_runner`)."""
+def encode(comps: Components, b: jax.Array, grads: jax.Array) -> jax.Array:
+    """B @ grads [M, d]. A deterministic code gathers and sums the <= s+1 partitions
+    each device holds: O((s+1) M d) instead of the dense O(M K d); same sum, only the
+    order of float additions differs. Random codes keep the dense product."""
+    if comps.allocation.matrix is None:
+        return b @ grads
+    idx, coef = _held_partitions(comps, b)  # [M, L] static indices, traced coefficients
+    out = coef[:, 0, None] * grads[idx[:, 0]]
+    for j in range(1, idx.shape[1]):
+        out = out + coef[:, j, None] * grads[idx[:, j]]
+    return out
 
-    init: Any  # (hp, data) -> (carry, record at step 0)
-    advance: Any  # (carry, hp, data, ends [n], length) -> (carry, records [n])
-    finish: Any  # (carry, [records...]) -> (θ_final, history)
-    run: Any  # (hp, data) -> (θ_final, history): init + advance + finish
+
+def coded_gradients(comps: Components, theta, key, b, data: RunData):
+    """Coded gradients [M, d] and, in full-batch mode, ∇F(θ) (else None)."""
+    cfg = comps.static.cfg
+    grad_fn = jax.grad(comps.task.loss)
+    if cfg.batch_size is None:
+        grads = jax.vmap(grad_fn, (None, 0, 0))(theta, data.xp, data.yp)  # [K, d]
+        return encode(comps, b, grads), jnp.mean(grads, axis=0)
+    n_k = data.xp.shape[1]
+
+    def batch(key, k):
+        rows = jax.random.choice(key, n_k, (cfg.batch_size,), replace=False)
+        return data.xp[k, rows], data.yp[k, rows]
+
+    if cfg.shared_minibatch:  # one minibatch per partition, shared by all of its holders
+
+        def partition_grad(k):
+            return grad_fn(theta, *batch(jax.random.fold_in(key, k), k))
+
+        grads = jax.vmap(partition_grad)(jnp.arange(data.xp.shape[0]))  # [K, d]
+        return encode(comps, b, grads), None
+    # faithful: each device samples its own minibatch of every partition it holds
+    idx, coef = _held_partitions(comps, b)  # [M, L]
+    width = idx.shape[1]
+
+    def device_partition_grad(m, j):
+        return grad_fn(theta, *batch(jax.random.fold_in(key, m * width + j), idx[m, j]))
+
+    mm, jj = jnp.meshgrid(jnp.arange(cfg.num_devices), jnp.arange(width), indexing="ij")
+    grads = jax.vmap(jax.vmap(device_partition_grad))(mm, jj)  # [M, L, d]
+    return jnp.einsum("ml,mld->md", coef, grads), None
+
+
+def device_messages(comps: Components, key, state: RunState, b, straggles, hp: HParams, data: RunData):
+    """Every device's coded gradient, then its feedback rule and compressor (vmapped
+    over devices): what it sends if it delivers, and the memory it keeps (a
+    straggler's follows the rule's `hold`)."""
+    k_batch, k_comp = jax.random.fold_in(key, 2), jax.random.fold_in(key, 1)
+    coded, true_grad = coded_gradients(comps, state.params, k_batch, b, data)  # [M, d]
+    rule = comps.feedback
+    keys = jax.random.split(k_comp, comps.static.cfg.num_devices)
+    messages, comp_in, sent = jax.vmap(rule.send, (0, 0, 0, None))(keys, coded, state.fb_state, hp)
+    held = jax.vmap(rule.hold, (0, 0, None))(coded, state.fb_state, hp)
+    fb_state = jax.tree_util.tree_map(
+        lambda h, s: jnp.where(straggles.reshape((-1,) + (1,) * (s.ndim - 1)), h, s), held, sent
+    )
+    return DeviceOutput(coded, messages, comp_in, fb_state, true_grad)
+
+
+def decoder_weights(comps: Components, b, straggles, rates) -> jax.Array:
+    """The decoder's weights w [M] for this step's straggler set (0 for stragglers)."""
+    cfg = comps.static.cfg
+    r = comps.allocation.replication or 1.0
+    return coding.decode_weights(cfg.decoder, b, straggles, rates, r)
+
+
+def server_update(comps: Components, state: RunState, b, straggles, out: DeviceOutput, consts, hp):
+    """The server's estimate ĝ from what was delivered (the feedback rule's aggregate
+    over the straggler mask and the decoder's weights), then the optax update.
+    Returns (params, opt_state, ĝ)."""
+    server = Server(
+        weights=decoder_weights(comps, b, straggles, consts.rates),
+        full_weights=consts.full_weights,
+        delivered=jnp.logical_not(straggles),
+        messages=out.messages,
+        before=state.fb_state,
+        after=out.fb_state,
+    )
+    g_hat = comps.feedback.aggregate(server)  # [d]
+    opt = make_optimizer(comps.static.cfg.optimizer, hp)
+    updates, opt_state = opt.update(g_hat, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, g_hat
+
+
+def step_metrics(comps: Components, theta_before, straggles, out: DeviceOutput, g_hat, data: RunData) -> dict:
+    """Diagnostics of one update: stragglers, ‖ĝ − ∇F(θ)‖², the mean feedback memory
+    and the mean contraction ‖C(v) − v‖²/‖v‖² of the delivered messages."""
+    true_grad = out.true_grad
+    if true_grad is None:
+        true_grad = jax.grad(comps.task.loss)(theta_before, *all_rows(data))
+    err = g_hat - true_grad
+    sent = jnp.logical_not(straggles)
+    resid = jnp.sum((out.messages - out.compressor_inputs) ** 2, axis=1)
+    size = jnp.sum(out.compressor_inputs**2, axis=1)
+    ratio = jnp.where(size > 0, resid / jnp.where(size > 0, size, 1), 0)
+    n_sent = jnp.sum(sent)
+    memory = jax.vmap(comps.feedback.memory)(out.fb_state, out.coded)
+    return {
+        "stragglers": jnp.sum(straggles).astype(jnp.int32),
+        "grad_error_sq": jnp.sum(err * err),
+        "ef_error_norm": jnp.mean(memory).astype(err.dtype),
+        "contraction": jnp.where(
+            n_sent > 0, jnp.sum(jnp.where(sent, ratio, 0)) / jnp.maximum(n_sent, 1), jnp.nan
+        ).astype(err.dtype),
+    }
+
+
+def evaluate(comps: Components, theta, data: RunData) -> dict:
+    """F(θ) and ‖∇F(θ)‖² on the whole training set, accuracy and the test split's."""
+    task = comps.task
+    x, y = all_rows(data)
+    loss, grad = jax.value_and_grad(task.loss)(theta, x, y)
+    out = {"loss": loss, "grad_norm_sq": jnp.sum(grad * grad)}
+    if task.accuracy is not None:
+        out["accuracy"] = task.accuracy(theta, x, y)
+    if data.x_test.shape[0] > 0:
+        out["test_loss"] = task.loss(theta, data.x_test, data.y_test)
+        if task.accuracy is not None:
+            out["test_accuracy"] = task.accuracy(theta, data.x_test, data.y_test)
+    return out
+
+
+def _record(comps: Components, state: RunState, metrics: dict, t, data: RunData) -> dict:
+    row = evaluate(comps, state.params, data)
+    row.update(metrics)
+    row["step"] = jnp.asarray(t, jnp.int32)
+    row["delivered"] = state.delivered
+    row["time"] = state.time
+    row["diverged"] = state.diverged_step >= 0
+    return row
+
+
+def _eval_index(comps: Components, t):
+    """Index of step t in `eval_schedule` (valid where t is evaluated)."""
+    cfg = comps.static.cfg
+    last = len(eval_schedule(cfg)) - 1
+    return jnp.where(t == cfg.steps, last, t // cfg.eval_every)
+
+
+def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carry:
+    """Iteration t (1-based): stragglers, device messages, server update, and on
+    evaluated steps (t % eval_every == 0 or the last) the metrics and evaluation."""
+    cfg = comps.static.cfg
+    state = carry.state
+    k_t = jax.random.fold_in(carry.step_key, t)
+    trace_row = None if data.trace is None else data.trace[t - 1]
+    straggles, dt, s_state = comps.straggler_model.sample(
+        jax.random.fold_in(k_t, 0), state.straggler_state, hp, carry.consts.load, trace_row
+    )
+    out = device_messages(comps, k_t, state, carry.b, straggles, hp, data)
+    params, opt_state, g_hat = server_update(comps, state, carry.b, straggles, out, carry.consts, hp)
+    finite = jnp.all(jnp.isfinite(params))
+    new = RunState(
+        params=params,
+        opt_state=opt_state,
+        fb_state=out.fb_state,
+        straggler_state=s_state,
+        delivered=state.delivered + jnp.sum(jnp.logical_not(straggles)).astype(jnp.int32),
+        time=state.time + dt.astype(state.time.dtype),
+        diverged_step=jnp.where(
+            (state.diverged_step < 0) & ~finite, jnp.asarray(t, jnp.int32), state.diverged_step
+        ),
+    )
+
+    def write(records):
+        metrics = step_metrics(comps, state.params, straggles, out, g_hat, data)
+        row = _record(comps, new, metrics, t, data)
+        i = _eval_index(comps, t)
+        return {k: records[k].at[i].set(row[k].astype(records[k].dtype)) for k in records}
+
+    is_eval = (t % cfg.eval_every == 0) | (t == cfg.steps)
+    records = jax.lax.cond(is_eval, write, lambda r: r, carry.records)
+    return carry._replace(state=new, records=records)
+
+
+# -------------------------------------------------------------------- the run
+
+
+def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
+    """The run's starting carry: θ0, B, the per-run constants, the feedback and
+    straggler states, and the history buffers with the step-0 evaluation."""
+    cfg = comps.static.cfg
+    dtype = float_dtype(cfg)
+    key = jax.random.key(hp.seed)
+    b = comps.allocation.sample(jax.random.fold_in(key, _KEY_CODE), dtype)  # [M, K]
+    theta0 = comps.task.init(jax.random.fold_in(key, _KEY_INIT)).astype(dtype)
+    one_fb = comps.feedback.init(comps.task.dim, dtype)
+    m_dev = cfg.num_devices
+    state = RunState(
+        params=theta0,
+        opt_state=make_optimizer(cfg.optimizer, hp).init(theta0),
+        fb_state=jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (m_dev, *a.shape)), one_fb),
+        straggler_state=comps.straggler_model.init(jax.random.fold_in(key, _KEY_STRAGGLER), hp),
+        delivered=jnp.zeros((), jnp.int32),
+        time=jnp.zeros((), dtype),
+        diverged_step=jnp.full((), -1, jnp.int32),
+    )
+    load = jnp.sum(b != 0, axis=1).astype(dtype)  # [M]
+    rates = comps.straggler_model.marginal_rate(hp, load)  # [M]
+    nobody = jnp.zeros((m_dev,), bool)
+    consts = RunConstants(load, rates, decoder_weights(comps, b, nobody, jnp.zeros_like(rates)))
+    zero_metrics = {
+        "stragglers": jnp.zeros((), jnp.int32),
+        "grad_error_sq": jnp.full((), jnp.nan, dtype),
+        "ef_error_norm": jnp.zeros((), dtype),
+        "contraction": jnp.full((), jnp.nan, dtype),
+    }
+    row0 = _record(comps, state, zero_metrics, 0, data)
+    points = len(eval_schedule(cfg))
+    records = {k: jnp.zeros((points,), v.dtype).at[0].set(v) for k, v in row0.items()}
+    return Carry(state, b, jax.random.fold_in(key, _KEY_STEPS), consts, records)
+
+
+def advance(comps: Components, carry: Carry, hp: HParams, data: RunData, t0, length: int) -> Carry:
+    """Steps t0+1 .. t0+length (a `lax.scan`); steps past the run's end are no-ops, so
+    a run can advance in chunks of a fixed length with one compiled program."""
+    steps = comps.static.cfg.steps
+
+    def body(c, t):
+        return jax.lax.cond(t <= steps, lambda c: step(comps, c, t, hp, data), lambda c: c, c), None
+
+    ts = jnp.asarray(t0, jnp.int32) + 1 + jnp.arange(length, dtype=jnp.int32)
+    carry, _ = jax.lax.scan(body, carry, ts)
+    return carry
+
+
+def history(carry: Carry) -> tuple[jax.Array, dict]:
+    """(θ_final, history) of a finished run: the history buffers over the evaluated
+    steps (step, loss, grad_norm_sq, [accuracy], [test_loss, test_accuracy],
+    stragglers, grad_error_sq, ef_error_norm, contraction, delivered, time, diverged)
+    and diverged_step."""
+    hist = dict(carry.records)
+    hist["diverged_step"] = carry.state.diverged_step
+    return carry.state.params, hist
 
 
 def make_run(static: Static):
     """`run(hp, data) -> (θ_final [d], history)`: one whole simulated training run."""
-    return make_runner(static).run
-
-
-def make_runner(static: Static) -> Runner:
-    """The run of a static group split into init / advance / finish, so that a sweep can
-    scan a long run in chunks of steps (progress without per-step host round trips).
-
-    history is a dict of arrays over evaluation points (steps 0, e, 2e, ..., steps):
-    step, loss, grad_norm_sq, [accuracy], [test_loss, test_accuracy], stragglers,
-    grad_error_sq, ef_error_norm, contraction, delivered, time, diverged.
-    """
-    cfg: ExperimentConfig = static.cfg
     comps = components(static)
-    task, fb, alloc, model = comps.task, comps.feedback, comps.allocation, comps.straggler_model
-    m_dev = cfg.num_devices
-    dtype = float_dtype(cfg)
-    points = eval_steps(cfg.steps, cfg.eval_every)
-    grad_fn = jax.grad(task.loss)
-
-    def all_rows(data: RunData):
-        """The whole training set (x [n, ...], y [n]) from its partitions."""
-        return data.xp.reshape((-1, *data.xp.shape[2:])), data.yp.reshape(-1)
-
-    def evaluate(theta, data: RunData) -> dict:
-        x, y = all_rows(data)
-        loss, grad = jax.value_and_grad(task.loss)(theta, x, y)
-        out = {"loss": loss, "grad_norm_sq": jnp.sum(grad * grad)}
-        if task.accuracy is not None:
-            out["accuracy"] = task.accuracy(theta, x, y)
-        if data.x_test.shape[0] > 0:
-            out["test_loss"] = task.loss(theta, data.x_test, data.y_test)
-            if task.accuracy is not None:
-                out["test_accuracy"] = task.accuracy(theta, data.x_test, data.y_test)
-        return out
-
-    def encode(b, grads):
-        """B @ grads [M, d]. For a deterministic code (B known before tracing) a
-        gather-and-sum over the <= s+1 partitions each device holds: O((s+1) M d)
-        instead of the dense O(M K d); same sum, only the order of float additions
-        differs. Random codes keep the dense product."""
-        if comps.fixed_b is None:
-            return b @ grads
-        idx, coef = _held_partitions(comps, b)  # [M, L] static indices, traced coefficients
-        out = coef[:, 0, None] * grads[idx[:, 0]]
-        for j in range(1, idx.shape[1]):
-            out = out + coef[:, j, None] * grads[idx[:, j]]
-        return out
-
-    def coded_gradients(theta, key, b, data: RunData):
-        """Coded gradients [M, d] and, in full-batch mode, ∇F(θ) (else None)."""
-        if cfg.batch_size is None:
-            grads = jax.vmap(grad_fn, (None, 0, 0))(theta, data.xp, data.yp)  # [K, d]
-            return encode(b, grads), jnp.mean(grads, axis=0)
-        n_k = data.xp.shape[1]
-
-        def batch(key, k):
-            rows = jax.random.choice(key, n_k, (cfg.batch_size,), replace=False)
-            return data.xp[k, rows], data.yp[k, rows]
-
-        if cfg.shared_minibatch:
-            # one minibatch per partition, shared by all of its holders
-            def partition_grad(k):
-                x, y = batch(jax.random.fold_in(key, k), k)
-                return grad_fn(theta, x, y)
-
-            grads = jax.vmap(partition_grad)(jnp.arange(data.xp.shape[0]))  # [K, d]
-            return encode(b, grads), None
-        # faithful: each device samples its own minibatch of every partition it holds
-        idx, coef = _held_partitions(comps, b)  # [M, L]
-        width = idx.shape[1]
-
-        def device_partition_grad(m, j):
-            x, y = batch(jax.random.fold_in(key, m * width + j), idx[m, j])
-            return grad_fn(theta, x, y)
-
-        mm, jj = jnp.meshgrid(jnp.arange(m_dev), jnp.arange(width), indexing="ij")
-        grads = jax.vmap(jax.vmap(device_partition_grad))(mm, jj)  # [M, L, d]
-        return jnp.einsum("ml,mld->md", coef, grads), None
-
-    def init(hp: HParams, data: RunData) -> tuple[Carry, dict]:
-        """The run's starting carry and its step-0 record."""
-        key = jax.random.key(hp.seed)
-        b = alloc.sample(jax.random.fold_in(key, _KEY_CODE)).astype(dtype)  # [M, K]
-        opt = make_optimizer(cfg.optimizer, hp)
-        theta0 = task.init(jax.random.fold_in(key, _KEY_INIT)).astype(dtype)
-        one_fb = fb.init(task.dim, dtype)
-        state = RunState(
-            params=theta0,
-            opt_state=opt.init(theta0),
-            fb_state=jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (m_dev, *a.shape)), one_fb),
-            straggler_state=model.init(jax.random.fold_in(key, _KEY_STRAGGLER), hp),
-            delivered=jnp.zeros((), jnp.int32),
-            time=jnp.zeros((), dtype),
-            diverged_step=jnp.full((), -1, jnp.int32),
-        )
-        zero_metrics = {
-            "stragglers": jnp.zeros((), jnp.int32),
-            "grad_error_sq": jnp.full((), jnp.nan, dtype),
-            "ef_error_norm": jnp.zeros((), dtype),
-            "contraction": jnp.full((), jnp.nan, dtype),
-        }
-        carry = Carry(state, b, jax.random.fold_in(key, _KEY_STEPS))
-        return carry, _record(state, zero_metrics, 0, data)
-
-    def _record(state: RunState, metrics: dict, t, data: RunData) -> dict:
-        out = evaluate(state.params, data)
-        out.update(metrics)
-        out["step"] = jnp.asarray(t, jnp.int32)
-        out["delivered"] = state.delivered
-        out["time"] = state.time
-        out["diverged"] = state.diverged_step >= 0
-        return out
-
-    def step(carry: Carry, t, hp: HParams, data: RunData, load, rates, with_metrics: bool):
-        """Iteration t; `load` [M] (partitions held) and `rates` [M] (nominal straggling
-        probabilities) are fixed for the whole run."""
-        state, b = carry.state, carry.b
-        opt = make_optimizer(cfg.optimizer, hp)
-        k_t = jax.random.fold_in(carry.step_key, t)
-        k_strag, k_comp, k_batch = (jax.random.fold_in(k_t, i) for i in range(3))
-        trace_row = None if data.trace is None else data.trace[t - 1]
-        straggles, dt, s_state = model.sample(k_strag, state.straggler_state, hp, load, trace_row)
-        coded, true_grad = coded_gradients(state.params, k_batch, b, data)  # [M, d]
-        estimate, comp_in, message, fb_state = jax.vmap(fb.apply, (0, 0, 0, 0, None))(
-            jax.random.split(k_comp, m_dev), coded, state.fb_state, straggles, hp
-        )
-        if fb.name == "ef21":
-            # the server aggregates its copy of every device's state, stale or not
-            w = coding.decode_weights(
-                cfg.decoder, b, jnp.zeros_like(straggles), jnp.zeros_like(rates), alloc.replication
-            )
-        else:
-            w = coding.decode_weights(cfg.decoder, b, straggles, rates, alloc.replication)  # [M]
-        g_hat = w @ estimate  # [d]
-        updates, opt_state = opt.update(g_hat, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.all(jnp.isfinite(params))
-        new = RunState(
-            params=params,
-            opt_state=opt_state,
-            fb_state=fb_state,
-            straggler_state=s_state,
-            delivered=state.delivered + jnp.sum(~straggles).astype(jnp.int32),
-            time=state.time + dt.astype(dtype),
-            diverged_step=jnp.where(
-                (state.diverged_step < 0) & ~finite, jnp.asarray(t, jnp.int32), state.diverged_step
-            ),
-        )
-        carry = carry._replace(state=new)
-        if not with_metrics:
-            return carry, None
-        if true_grad is None:
-            true_grad = grad_fn(state.params, *all_rows(data))
-        err = g_hat - true_grad
-        sent = ~straggles
-        resid = jnp.sum((message - comp_in) ** 2, axis=1)
-        size = jnp.sum(comp_in**2, axis=1)
-        ratio = jnp.where(size > 0, resid / jnp.where(size > 0, size, 1), 0)
-        n_sent = jnp.sum(sent)
-        mem = jax.vmap(functools.partial(feedback.memory_norm, fb.name))(fb_state, coded)
-        metrics = {
-            "stragglers": jnp.sum(straggles).astype(jnp.int32),
-            "grad_error_sq": jnp.sum(err * err),
-            "ef_error_norm": jnp.mean(mem),
-            "contraction": jnp.where(
-                n_sent > 0, jnp.sum(jnp.where(sent, ratio, 0)) / jnp.maximum(n_sent, 1), jnp.nan
-            ),
-        }
-        return carry, metrics
-
-    def advance(carry: Carry, hp: HParams, data: RunData, ends: jax.Array, length: int):
-        """Run chunks of `length` steps ending at each of `ends` [n] (metrics on the
-        last step of a chunk, then an evaluation). Returns (carry, records [n])."""
-
-        load = jnp.sum(carry.b != 0, axis=1).astype(dtype)  # [M]
-        rates = model.marginal_rate(hp, load)  # [M]
-
-        def chunk(carry, t_end):
-            ts = t_end - length + 1 + jnp.arange(length - 1)
-            carry, _ = jax.lax.scan(lambda c, t: step(c, t, hp, data, load, rates, False), carry, ts)
-            carry, metrics = step(carry, t_end, hp, data, load, rates, True)
-            return carry, _record(carry.state, metrics, t_end, data)
-
-        return jax.lax.scan(chunk, carry, ends)
-
-    def finish(carry: Carry, records: list[dict]):
-        """(θ_final, history) from the final carry and the records in step order."""
-        history = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *records)
-        history["diverged_step"] = carry.state.diverged_step
-        return carry.state.params, history
+    steps = static.cfg.steps
 
     def run(hp: HParams, data: RunData):
-        carry, rec0 = init(hp, data)
-        records = [jax.tree_util.tree_map(lambda a: a[None], rec0)]
-        e = cfg.eval_every
-        n_full = cfg.steps // e
-        if n_full:
-            carry, recs = advance(carry, hp, data, e * (1 + jnp.arange(n_full)), e)
-            records.append(recs)
-        if cfg.steps % e:
-            carry, recs = advance(carry, hp, data, jnp.asarray([cfg.steps]), cfg.steps % e)
-            records.append(recs)
-        params, history = finish(carry, records)
-        assert history["step"].shape == (len(points),)
-        return params, history
+        carry = init_run(comps, hp, data)
+        return history(advance(comps, carry, hp, data, 0, steps))
 
-    return Runner(init, advance, finish, run)
+    return run
 
 
 @functools.lru_cache(maxsize=64)

@@ -54,35 +54,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coco_jax.config import STRAGGLERS, ConfigError, HParams
-
-# none, bernoulli, fixed_count, heterogeneous, markov, latency, trace
-STRAGGLER_NAMES: tuple[str, ...] = STRAGGLERS
-
-
-def _fail(field: str, value, allowed: str):
-    raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+from coco_jax.errors import ConfigError, fail
+from coco_jax.registry import STRAGGLER_MODELS, Entry, register_straggler_model
 
 
 class StragglerModel(NamedTuple):
-    """A straggler model (see the module docstring).
+    """A straggler model (see the module docstring); what a straggler factory returns.
 
     Attributes:
-        name: one of ``STRAGGLER_NAMES``.
         init: (key, hp) -> state pytree (``()`` for stateless models).
         sample: (key, state, hp, load [M] or None, trace_row [M] bool or None)
             -> (straggles [M] bool, step_time float32 scalar, new_state).
         marginal_rate: (hp, load=None) -> [M] nominal straggling probability per
-            device. Only ``latency`` uses ``load`` (default: the static ``loads`` given
-            to `make_straggler_model`, else ones).
+            device (what the ``fixed`` decoder divides by).
+        name: registry name (filled in from the registration when None).
     """
 
-    name: str
-    init: Callable[[jax.Array, HParams], Any]
+    init: Callable[[jax.Array, Any], Any]
     sample: Callable[
-        [jax.Array, Any, HParams, jax.Array | None, jax.Array | None], tuple[jax.Array, jax.Array, Any]
+        [jax.Array, Any, Any, jax.Array | None, jax.Array | None], tuple[jax.Array, jax.Array, Any]
     ]
     marginal_rate: Callable[..., jax.Array]
+    name: str | None = None
 
 
 def _float_dtype(x) -> Any:
@@ -95,7 +88,7 @@ def _ranks(x: jax.Array) -> jax.Array:
     return jnp.argsort(jnp.argsort(x, stable=True), stable=True)
 
 
-def latency_times(key: jax.Array, hp: HParams, load: jax.Array) -> jax.Array:
+def latency_times(key: jax.Array, hp, load: jax.Array) -> jax.Array:
     """Per-device compute times [M] of the ``latency`` model for this step's key.
 
     time_m = load_m * (latency_shift + E_m / latency_rate), E_m ~ Exp(1) drawn from
@@ -107,7 +100,7 @@ def latency_times(key: jax.Array, hp: HParams, load: jax.Array) -> jax.Array:
     return load.astype(dtype) * (hp.latency_shift + expo)
 
 
-def latency_rate_closed_form(hp: HParams, load: jax.Array) -> jax.Array:
+def latency_rate_closed_form(hp, load: jax.Array) -> jax.Array:
     """P(time_m > deadline) [M] for the deadline mode of ``latency``."""
     load = jnp.asarray(load)
     dtype = _float_dtype(hp.latency_shift)
@@ -119,132 +112,118 @@ def latency_rate_closed_form(hp: HParams, load: jax.Array) -> jax.Array:
     return jnp.where(positive, tail, 0.0).astype(dtype)
 
 
-def make_straggler_model(
-    name: str,
-    num_devices: int,
-    *,
-    wait_mode: bool = False,
-    loads: np.ndarray | None = None,
+_ONE = 1.0  # every model but latency takes one time unit per step
+
+
+def _stateless_init(key, hp):
+    del key, hp
+    return ()
+
+
+def _full(hp, value, m_dev: int) -> jax.Array:
+    dtype = _float_dtype(hp.straggler_prob)
+    return jnp.broadcast_to(jnp.asarray(value, dtype), (m_dev,))
+
+
+@register_straggler_model("none")
+def no_stragglers(num_devices: int) -> StragglerModel:
+    """Nobody straggles; rate 0."""
+
+    def sample(key, state, hp, load=None, trace_row=None):
+        return jnp.zeros((num_devices,), bool), jnp.float32(_ONE), state
+
+    return StragglerModel(_stateless_init, sample, lambda hp, load=None: _full(hp, 0.0, num_devices))
+
+
+@register_straggler_model("bernoulli")
+def bernoulli(num_devices: int) -> StragglerModel:
+    """Each device independently with probability ``straggler_prob``."""
+
+    def sample(key, state, hp, load=None, trace_row=None):
+        u = jax.random.uniform(key, (num_devices,), _float_dtype(hp.straggler_prob))
+        return u < hp.straggler_prob, jnp.float32(_ONE), state
+
+    return StragglerModel(
+        _stateless_init, sample, lambda hp, load=None: _full(hp, hp.straggler_prob, num_devices)
+    )
+
+
+@register_straggler_model("fixed_count")
+def fixed_count(num_devices: int) -> StragglerModel:
+    """Exactly ``straggler_count`` devices, uniformly at random; rate count / M."""
+
+    def sample(key, state, hp, load=None, trace_row=None):
+        u = jax.random.uniform(key, (num_devices,))
+        return _ranks(u) < hp.straggler_count, jnp.float32(_ONE), state
+
+    def rate(hp, load=None):
+        return _full(hp, hp.straggler_count / num_devices, num_devices)
+
+    return StragglerModel(_stateless_init, sample, rate)
+
+
+@register_straggler_model("heterogeneous")
+def heterogeneous(num_devices: int) -> StragglerModel:
+    """Device m independently with probability ``straggler_probs[m]``."""
+
+    def sample(key, state, hp, load=None, trace_row=None):
+        probs = jnp.broadcast_to(hp.straggler_probs, (num_devices,))
+        u = jax.random.uniform(key, (num_devices,), _float_dtype(probs))
+        return u < probs, jnp.float32(_ONE), state
+
+    def rate(hp, load=None):
+        return jnp.broadcast_to(hp.straggler_probs, (num_devices,))
+
+    return StragglerModel(_stateless_init, sample, rate)
+
+
+@register_straggler_model("markov")
+def markov(num_devices: int) -> StragglerModel:
+    """Gilbert-Elliott chains started from the stationary law (see the module docstring)."""
+
+    def stationary(hp):
+        return hp.markov_p_gb / (hp.markov_p_gb + hp.markov_p_bg)
+
+    def init(key, hp):
+        u = jax.random.uniform(key, (num_devices,), _float_dtype(hp.markov_p_gb))
+        return u < stationary(hp)  # [M] bool, True = bad
+
+    def sample(key, state, hp, load=None, trace_row=None):
+        u = jax.random.uniform(key, (num_devices,), _float_dtype(hp.markov_p_gb))
+        bad = jnp.where(state, u >= hp.markov_p_bg, u < hp.markov_p_gb)  # [M]
+        return bad, jnp.float32(_ONE), bad
+
+    return StragglerModel(init, sample, lambda hp, load=None: _full(hp, stationary(hp), num_devices))
+
+
+@register_straggler_model("trace")
+def trace(num_devices: int) -> StragglerModel:
+    """The given trace row (True = straggles); nominal rate ``straggler_prob``."""
+
+    def sample(key, state, hp, load=None, trace_row=None):
+        if trace_row is None:
+            fail("straggler_trace", None, "straggler='trace' needs a (steps, M) bool trace")
+        row = jnp.asarray(trace_row).astype(bool)
+        return jnp.broadcast_to(row, (num_devices,)), jnp.float32(_ONE), state
+
+    return StragglerModel(
+        _stateless_init, sample, lambda hp, load=None: _full(hp, hp.straggler_prob, num_devices)
+    )
+
+
+@register_straggler_model("latency")
+def latency(
+    num_devices: int, loads: tuple[float, ...] | None = None, wait_mode: bool = False
 ) -> StragglerModel:
-    """Build a straggler model for M = ``num_devices`` devices.
+    """Shifted-exponential compute times with a deadline, or waiting for the
+    ``wait_for`` fastest devices (`wait_mode`); see the module docstring."""
+    m_dev = num_devices
 
-    Args:
-        name: one of ``STRAGGLER_NAMES``.
-        num_devices: M.
-        wait_mode: ``latency`` only: wait for the ``hp.wait_for`` fastest devices
-            instead of a deadline (a code path, so static).
-        loads: ``latency`` only: static [M] partitions per device, used by
-            ``marginal_rate`` and by ``sample`` when it gets ``load=None``. For a random
-            code (bernoulli B) pass the sampled row sums to ``marginal_rate`` instead.
-
-    Raises:
-        ConfigError: unknown name (field ``straggler``), bad ``loads`` shape.
-    """
-    if name not in STRAGGLER_NAMES:
-        _fail("straggler", name, f"must be one of {', '.join(STRAGGLER_NAMES)}")
-    m_dev = int(num_devices)
-    if m_dev < 1:
-        _fail("num_devices", num_devices, "must be >= 1")
-    if wait_mode and name != "latency":
-        _fail("wait_for", "set", "is only used with straggler='latency'")
-    static_loads = None
-    if loads is not None:
-        static_loads = np.asarray(loads, np.float64)
-        if static_loads.shape != (m_dev,):
-            _fail("loads", static_loads.shape, f"must have shape ({m_dev},)")
-
-    one = jnp.float32(1.0)
-
-    def stateless_init(key, hp):
-        del key, hp
-        return ()
-
-    def full(hp, value):
-        dtype = _float_dtype(hp.straggler_prob)
-        return jnp.broadcast_to(jnp.asarray(value, dtype), (m_dev,))
-
-    if name == "none":
-
-        def sample(key, state, hp, load=None, trace_row=None):
-            return jnp.zeros((m_dev,), bool), one, state
-
-        def rate(hp, load=None):
-            return full(hp, 0.0)
-
-        return StragglerModel(name, stateless_init, sample, rate)
-
-    if name == "bernoulli":
-
-        def sample(key, state, hp, load=None, trace_row=None):
-            u = jax.random.uniform(key, (m_dev,), _float_dtype(hp.straggler_prob))
-            return u < hp.straggler_prob, one, state
-
-        def rate(hp, load=None):
-            return full(hp, hp.straggler_prob)
-
-        return StragglerModel(name, stateless_init, sample, rate)
-
-    if name == "fixed_count":
-
-        def sample(key, state, hp, load=None, trace_row=None):
-            u = jax.random.uniform(key, (m_dev,))
-            return _ranks(u) < hp.straggler_count, one, state
-
-        def rate(hp, load=None):
-            return full(hp, hp.straggler_count / m_dev)
-
-        return StragglerModel(name, stateless_init, sample, rate)
-
-    if name == "heterogeneous":
-
-        def sample(key, state, hp, load=None, trace_row=None):
-            probs = jnp.broadcast_to(hp.straggler_probs, (m_dev,))
-            u = jax.random.uniform(key, (m_dev,), _float_dtype(probs))
-            return u < probs, one, state
-
-        def rate(hp, load=None):
-            return jnp.broadcast_to(hp.straggler_probs, (m_dev,))
-
-        return StragglerModel(name, stateless_init, sample, rate)
-
-    if name == "markov":
-
-        def stationary(hp):
-            return hp.markov_p_gb / (hp.markov_p_gb + hp.markov_p_bg)
-
-        def init(key, hp):
-            u = jax.random.uniform(key, (m_dev,), _float_dtype(hp.markov_p_gb))
-            return u < stationary(hp)  # [M] bool, True = bad
-
-        def sample(key, state, hp, load=None, trace_row=None):
-            u = jax.random.uniform(key, (m_dev,), _float_dtype(hp.markov_p_gb))
-            bad = jnp.where(state, u >= hp.markov_p_bg, u < hp.markov_p_gb)  # [M]
-            return bad, one, bad
-
-        def rate(hp, load=None):
-            return full(hp, stationary(hp))
-
-        return StragglerModel(name, init, sample, rate)
-
-    if name == "trace":
-
-        def sample(key, state, hp, load=None, trace_row=None):
-            if trace_row is None:
-                _fail("straggler_trace", None, "straggler='trace' needs a (steps, M) bool trace")
-            row = jnp.asarray(trace_row).astype(bool)
-            return jnp.broadcast_to(row, (m_dev,)), one, state
-
-        def rate(hp, load=None):
-            return full(hp, hp.straggler_prob)
-
-        return StragglerModel(name, stateless_init, sample, rate)
-
-    # latency
     def resolve_load(load):
         if load is not None:
             return jnp.asarray(load)
-        if static_loads is not None:
-            return jnp.asarray(static_loads, jnp.float32)
+        if loads is not None:
+            return jnp.asarray(loads, jnp.float32)
         return jnp.ones((m_dev,), jnp.float32)
 
     if wait_mode:
@@ -257,7 +236,7 @@ def make_straggler_model(
             return straggles, step_time.astype(jnp.float32), state
 
         def rate(hp, load=None):
-            return full(hp, (m_dev - jnp.clip(hp.wait_for, 1, m_dev)) / m_dev)
+            return _full(hp, (m_dev - jnp.clip(hp.wait_for, 1, m_dev)) / m_dev, m_dev)
 
     else:
 
@@ -270,4 +249,58 @@ def make_straggler_model(
         def rate(hp, load=None):
             return latency_rate_closed_form(hp, resolve_load(load))
 
-    return StragglerModel(name, stateless_init, sample, rate)
+    return StragglerModel(_stateless_init, sample, rate)
+
+
+def _check_model(model, entry: Entry, args: dict) -> StragglerModel:
+    if not isinstance(model, StragglerModel):
+        raise ConfigError(
+            f"straggler model {entry.name!r}: the factory returned {type(model).__name__}, must return "
+            "cj.StragglerModel(init=..., sample=..., marginal_rate=...)"
+        )
+    for part in ("init", "sample", "marginal_rate"):
+        if not callable(getattr(model, part)):
+            raise ConfigError(f"straggler model {entry.name!r}: {part} is not callable")
+    return model._replace(name=model.name or entry.name)
+
+
+STRAGGLER_MODELS.check = _check_model
+
+
+def make_straggler_model(
+    name: str,
+    num_devices: int,
+    *,
+    wait_mode: bool = False,
+    loads: np.ndarray | None = None,
+    fields: dict | None = None,
+) -> StragglerModel:
+    """Build the registered straggler model ``name`` for M = ``num_devices`` devices.
+
+    Args:
+        name: a registered straggler model (`coco_jax.registry.STRAGGLER_MODELS`).
+        num_devices: M.
+        wait_mode: ``latency`` only: wait for the ``hp.wait_for`` fastest devices
+            instead of a deadline (a code path, so static).
+        loads: static [M] partitions per device (``latency`` uses them in
+            ``marginal_rate`` and in ``sample`` when it gets ``load=None``). For a
+            random code (bernoulli B) pass the sampled row sums instead.
+        fields: static config fields the factory may ask for by name.
+
+    Raises:
+        ConfigError: unknown name (field ``straggler``), bad ``loads`` shape.
+    """
+    STRAGGLER_MODELS.entry(name)
+    m_dev = int(num_devices)
+    if m_dev < 1:
+        fail("num_devices", num_devices, "must be >= 1")
+    if wait_mode and name != "latency":
+        fail("wait_for", "set", "is only used with straggler='latency'")
+    static_loads = None
+    if loads is not None:
+        arr = np.asarray(loads, np.float64)
+        if arr.shape != (m_dev,):
+            fail("loads", arr.shape, f"must have shape ({m_dev},)")
+        static_loads = tuple(float(x) for x in arr)
+    provided = {"num_devices": m_dev, "loads": static_loads, "wait_mode": bool(wait_mode)}
+    return STRAGGLER_MODELS.build(name, provided, fields or {})

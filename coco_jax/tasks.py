@@ -7,6 +7,7 @@ contract); mlp and cnn are flax (linen) networks initialised from the run's seed
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from coco_jax.config import ExperimentConfig
+from coco_jax.errors import ConfigError
+from coco_jax.registry import MODELS, Entry, register_model
 
 
 class Task(NamedTuple):
@@ -60,6 +62,8 @@ def _classification(logits_fn, binary: bool):
 
 
 class MLP(nn.Module):
+    """Fully connected ReLU network."""
+
     widths: tuple[int, ...]
     num_classes: int
 
@@ -72,6 +76,9 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
+    """3x3 ReLU convolutions (2x2 average pooling while the image is >= 4 wide), then a
+    dense layer."""
+
     channels: tuple[int, ...]
     num_classes: int
 
@@ -85,42 +92,76 @@ class CNN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def make_task(cfg: ExperimentConfig, x_shape: tuple[int, ...], num_classes: int, dtype) -> Task:
-    """The task of `cfg` for rows of shape x_shape[1:] (x_shape = one example batch's shape)."""
+@register_model("mlp")
+def mlp(num_classes: int, hidden_sizes: tuple[int, ...] = (32,)) -> nn.Module:
+    """MLP with `hidden_sizes` ReLU layers (flat rows)."""
+    return MLP(hidden_sizes, num_classes)
+
+
+@register_model("cnn", images=True)
+def cnn(num_classes: int, cnn_channels: tuple[int, ...] = (8, 16)) -> nn.Module:
+    """CNN with `cnn_channels` 3x3 conv layers (images [n, H, W, C])."""
+    return CNN(cnn_channels, num_classes)
+
+
+def _check_model(module, entry: Entry, args: dict) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"model {entry.name!r}: the factory returned {type(module).__name__}, must return a flax linen Module"
+        )
+    return module
+
+
+MODELS.check = _check_model
+
+
+def _linear_task(name: str, d_in: int, num_classes: int, dtype) -> Task:
+    """linreg / logreg / softmax over θ [d] (no intercept, θ0 = 0)."""
+
+    def zeros(key):
+        return jnp.zeros(dim, dtype)
+
+    if name == "linreg":
+        dim = d_in
+
+        def loss(theta, x, y):
+            r = x @ theta - y
+            return 0.5 * jnp.mean(r * r)
+
+        return Task("linreg", dim, zeros, loss, None, (dim,), lambda t: t)
+    if name == "logreg":
+        dim = d_in
+        loss, acc = _classification(lambda theta, x: x @ theta, binary=True)
+        return Task("logreg", dim, zeros, loss, acc, (dim,), lambda t: t)
+    shape = (d_in, num_classes)
+    dim = d_in * num_classes
+    loss, acc = _classification(lambda theta, x: x @ theta.reshape(shape), binary=False)
+    return Task("softmax", dim, zeros, loss, acc, (dim,), lambda t: t.reshape(shape))
+
+
+def make_task(cfg, x_shape: tuple[int, ...], num_classes: int, dtype) -> Task:
+    """The task of `cfg` (a linear task or a registered model) for rows of shape
+    x_shape[1:] (x_shape = one example batch's shape)."""
     feature_shape = tuple(x_shape[1:])
     if cfg.task in ("linreg", "logreg", "softmax"):
         if len(feature_shape) != 1:
-            raise ValueError(f"task={cfg.task!r} needs 2-D data [n, d]; got rows of shape {feature_shape}")
-        d_in = feature_shape[0]
-        if cfg.task == "linreg":
-
-            def loss(theta, x, y):
-                r = x @ theta - y
-                return 0.5 * jnp.mean(r * r)
-
-            return Task("linreg", d_in, lambda key: jnp.zeros(d_in, dtype), loss, None, (d_in,), lambda t: t)
-        if cfg.task == "logreg":
-            loss, acc = _classification(lambda theta, x: x @ theta, binary=True)
-            return Task("logreg", d_in, lambda key: jnp.zeros(d_in, dtype), loss, acc, (d_in,), lambda t: t)
-        c = num_classes
-        shape = (d_in, c)
-        loss, acc = _classification(lambda theta, x: x @ theta.reshape(shape), binary=False)
-        return Task(
-            "softmax",
-            d_in * c,
-            lambda key: jnp.zeros(d_in * c, dtype),
-            loss,
-            acc,
-            (d_in * c,),
-            lambda t: t.reshape(shape),
+            raise ConfigError(f"task={cfg.task!r} needs 2-D data [n, d]; got rows of shape {feature_shape}")
+        return _linear_task(cfg.task, feature_shape[0], num_classes, dtype)
+    out = 1 if num_classes == 2 else num_classes
+    fields = cfg.to_dict()
+    module = MODELS.build(cfg.task, {"num_classes": out, "feature_shape": feature_shape}, fields)
+    x0 = jnp.zeros((1, *feature_shape), dtype)
+    try:
+        template = module.init(jax.random.key(0), x0)
+        logits_shape = jax.eval_shape(module.apply, template, x0).shape
+    except Exception as err:
+        raise ConfigError(
+            f"model {cfg.task!r}: init/apply failed on a batch of shape {x0.shape}: {type(err).__name__}: {err}"
+        ) from err
+    if logits_shape != (1, out):
+        raise ConfigError(
+            f"model {cfg.task!r}: returned logits of shape {logits_shape} for a batch of 1, must be (1, {out})"
         )
-
-    if cfg.task == "mlp":
-        out = 1 if num_classes == 2 else num_classes
-        module = MLP(cfg.hidden_sizes, out)
-    else:
-        module = CNN(cfg.cnn_channels, num_classes)
-    template = module.init(jax.random.key(0), jnp.zeros((1, *feature_shape), dtype))
     flat, unravel = ravel_pytree(template)
     segments = tuple(int(leaf.size) for leaf in jax.tree_util.tree_leaves(template))
     binary = num_classes == 2
@@ -136,3 +177,12 @@ def make_task(cfg: ExperimentConfig, x_shape: tuple[int, ...], num_classes: int,
         return ravel_pytree(params)[0].astype(dtype)
 
     return Task(cfg.task, int(flat.size), init, loss, acc, segments, unravel)
+
+
+@functools.lru_cache(maxsize=128)
+def task_of(fields: tuple, feature_shape: tuple[int, ...], num_classes: int, dtype) -> Task:
+    """`make_task` of a configuration's static fields (`config.static_fields`), cached:
+    one task per static configuration and data shape."""
+    from coco_jax.config import StaticFields
+
+    return make_task(StaticFields(dict(fields)), (1, *feature_shape), num_classes, dtype)

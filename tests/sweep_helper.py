@@ -65,10 +65,12 @@ def main(argv=None) -> int:
 
     sw = importlib.import_module("coco_jax.sweep")
     if args.coordinator:
-        sw.init_distributed(args.coordinator, args.num_processes, args.process_id, timeout_s=60)
+        from coco_jax.distributed import init_distributed
+
+        init_distributed(args.coordinator, args.num_processes, args.process_id, timeout_s=60)
     if args.slow:
-        res_lib = importlib.import_module("coco_jax.results")
-        write_part = res_lib.write_part
+        store = importlib.import_module("coco_jax.store")
+        write_part = store.write_part
 
         def slow_write_part(*a, **k):
             path = write_part(*a, **k)
@@ -76,13 +78,13 @@ def main(argv=None) -> int:
             time.sleep(args.slow)
             return path
 
-        res_lib.write_part = slow_write_part
+        store.write_part = slow_write_part
     df = sw.sweep(grid(args.grid), out=args.out, memory_budget=args.budget, progress=False)
     if args.table:
         df.to_parquet(args.table, index=False)
     import jax
 
-    print(f"done process {jax.process_index()} rows {len(df)} info {sw.sweep.last_info}", flush=True)
+    print(f"done process {jax.process_index()} rows {len(df)} info {df.stats}", flush=True)
     return 0
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import AxesImage
 
-from coco_jax import plots
+from coco_jax import plots, results
 from coco_jax.report import final_table
 
 
@@ -195,7 +195,7 @@ def test_optimum_matches_least_squares():
 
 def test_config_from_row_round_trips(table):
     row = table.iloc[0]
-    cfg = plots.config_from_row(row)
+    cfg = results.config_from_row(row)
     assert cfg.task == row.task and cfg.hidden_sizes == (32,) and cfg.seed == row.seed
 
 

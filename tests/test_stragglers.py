@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coco_jax.config import STRAGGLERS, ConfigError, ExperimentConfig, hparams_of
+from coco_jax.config import ConfigError, ExperimentConfig, hparams_of
+from coco_jax.registry import STRAGGLER_MODELS
 from coco_jax.stragglers import (
-    STRAGGLER_NAMES,
     latency_times,
     make_straggler_model,
 )
 
+STRAGGLER_NAMES = STRAGGLER_MODELS.builtin_names()
 SEED = int(np.random.SeedSequence().entropy % (2**31))  # fresh inputs each run; shown on failure
 KEY = jax.random.key(SEED)
 
@@ -50,7 +51,7 @@ def _assert_rate(empirical, nominal, n):
 
 
 def test_names_and_unknown():
-    assert STRAGGLER_NAMES == STRAGGLERS
+    assert set(STRAGGLER_NAMES) == set(STRAGGLER_MODELS.names())
     with pytest.raises(ConfigError, match="straggler"):
         make_straggler_model("slow", 4)
     with pytest.raises(ConfigError, match="loads"):

@@ -21,8 +21,12 @@ import pandas as pd
 import pytest
 
 import coco_jax as cj
+from coco_jax import plan as plan_lib
 from coco_jax import results as res_lib
-from coco_jax.config import ConfigError
+from coco_jax import store
+from coco_jax.bench import CompileCounter
+from coco_jax.config import DYNAMIC_FIELDS, ConfigError
+from coco_jax.engine import prepare
 
 sw = importlib.import_module("coco_jax.sweep")  # `coco_jax.sweep` the attribute is the function
 HERE = pathlib.Path(__file__).resolve().parent
@@ -64,7 +68,7 @@ def _assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, rtol=1e-5):
 @pytest.fixture
 def fresh_programs():
     """Drop compiled sweep programs so compilation counts start from zero."""
-    sw._program.cache_clear()
+    sw.clear_programs()
     yield
 
 
@@ -74,11 +78,12 @@ def fresh_programs():
 def test_mixed_grid_equals_run_one_compilation_per_group(tmp_path, fresh_programs):
     grid = sweep_helper.grid("mixed")  # 2 presets x 2 lr x 2 seeds x num_devices {4, 2}
     assert len(grid) == 16
-    before = sw.trace_count()
-    df = cj.sweep(grid, out=tmp_path / "out", progress=False)
-    info = cj.sweep.last_info
-    assert info["groups"] == 4
-    assert sw.trace_count() - before == 4 == info["compilations"]  # one per static group
+    with CompileCounter() as cc:
+        df = cj.sweep(grid, out=tmp_path / "out", progress=False)
+    info = df.stats
+    assert info.groups == 4
+    assert info.compilations == 4  # one per static group: its init and step programs
+    assert cc.count == 2 * 4
     assert len(df) == 16 * 4  # steps 0, 2, 4, 6
     assert not df.duplicated(["method", "config_id", "step"]).any()
     for method, cfg in grid.configs():
@@ -99,8 +104,8 @@ def test_mixed_grid_equals_run_one_compilation_per_group(tmp_path, fresh_program
 def test_chunking_and_tail_interval_equal_run(fresh_programs):
     # steps = 7 is not a multiple of eval_every = 2: the last interval is 1 step
     grid = cj.Grid(base=sweep_helper.small_base(steps=7), axes={"lr": [0.05, 0.2], "seed": [0, 3]})
-    tables = [cj.sweep(grid, progress=False, chunk_steps=c) for c in (None, 2, 4, 100)]
-    assert cj.sweep.last_info["compilations"] == 1
+    tables = [cj.sweep(grid, progress=False, chunk_steps=c) for c in (None, 2, 3, 100)]
+    assert [t.stats.compilations for t in tables] == [1, 1, 1, 1]  # one per chunk length
     for t in tables[1:]:
         _assert_same_rows(tables[0], t, rtol=1e-6)
     for _, cfg in grid.configs():
@@ -115,8 +120,8 @@ def test_permuted_grid_and_other_batching_give_same_rows(fresh_programs):
     a = cj.sweep(sweep_helper.grid("six"), progress=False)
     permuted = cj.Grid(base=sweep_helper.small_base(), axes={"seed": [1, 0], "lr": [0.2, 0.05, 0.1]})
     b = cj.sweep(permuted, progress=False, memory_budget=1)  # and 1-configuration batches
-    assert cj.sweep.last_info["batches"] == [(1, 1)] * 6
-    assert cj.sweep.last_info["compilations"] == 1  # batches of one size reuse one program
+    assert b.stats.batches == [(1, 1)] * 6
+    assert b.stats.compilations == 1  # batches of one size reuse one program
     assert list(a.config_id.unique()) != list(b.config_id.unique())  # really another order
     _assert_same_rows(a, b)
 
@@ -124,20 +129,14 @@ def test_permuted_grid_and_other_batching_give_same_rows(fresh_programs):
 def test_memory_budget_batches_do_not_change_results(fresh_programs):
     grid = sweep_helper.grid("resume")  # 2 groups x 8
     whole = cj.sweep(grid, progress=False)
-    assert sorted(cj.sweep.last_info["batches"]) == [(8, 8), (8, 8)]
-    per = sw.estimate_config_bytes(*_static_and_data(grid))
-    data_bytes = sw._tree_nbytes(_static_and_data(grid)[1])
+    assert sorted(whole.stats.batches) == [(8, 8), (8, 8)]
+    prep = prepare(grid.configs()[0][1])
+    per = plan_lib.estimate_config_bytes(prep)
+    data_bytes = plan_lib._tree_nbytes(prep.data)
     budget = data_bytes + 3 * per  # three configurations per device
     split = cj.sweep(grid, progress=False, memory_budget=budget)
-    assert sorted(cj.sweep.last_info["batches"]) == [(3, 2), (3, 2), (3, 3), (3, 3), (3, 3), (3, 3)]
+    assert sorted(split.stats.batches) == [(3, 2), (3, 2), (3, 3), (3, 3), (3, 3), (3, 3)]
     _assert_same_rows(whole, split, rtol=1e-6)
-
-
-def _static_and_data(grid):
-    from coco_jax.engine import prepare
-
-    prep = prepare(grid.configs()[0][1])
-    return prep.static, prep.data
 
 
 def test_dataset_loaded_once_and_prepared_once_per_static_configuration(monkeypatch):
@@ -153,17 +152,17 @@ def test_dataset_loaded_once_and_prepared_once_per_static_configuration(monkeypa
     grid = cj.Grid(
         base=sweep_helper.small_base(), axes={"lr": [0.01 * i for i in range(1, 9)], "seed": range(4)}
     )
-    plan = sw.plan_sweep(grid)
+    plan = plan_lib.plan_sweep(grid)
     assert (len(loads), len(prepares), len(plan.groups), len(plan.entries)) == (1, 1, 1, 32)
     loads.clear(), prepares.clear()
     three = cj.Grid(
         base=sweep_helper.small_base(), axes={"preset": ["coco-ef", "gc", "gc-compressed"], "seed": range(4)}
     )
-    plan = sw.plan_sweep(three)
+    plan = plan_lib.plan_sweep(three)
     assert (len(loads), len(prepares), len(plan.groups), plan.data_loads) == (1, 3, 3, 1)
     assert plan.groups[0].prepared.data is plan.groups[1].prepared.data  # shared arrays
     loads.clear()
-    assert len(sw.plan_sweep(cj.Grid(base=sweep_helper.small_base(), axes={"data_seed": [0, 1]})).groups) == 2
+    assert len(plan_lib.plan_sweep(cj.Grid(base=sweep_helper.small_base(), axes={"data_seed": [0, 1]})).groups) == 2
     assert len(loads) == 2
 
 
@@ -177,10 +176,10 @@ def test_dynamic_fields_never_split_groups(fresh_programs):
         "diana_alpha": [0.3, 0.6],
     }
     grid = cj.Grid(base=sweep_helper.small_base(steps=2, eval_every=1, optimizer="momentum"), axes=axes)
-    assert len(sw.plan_sweep(grid).groups) == 1
+    assert len(plan_lib.plan_sweep(grid).groups) == 1
     df = cj.sweep(grid, progress=False)
-    assert cj.sweep.last_info["compilations"] == 1 and df.config_id.nunique() == 64
-    assert set(axes) < set(sw.DYNAMIC_FIELDS)
+    assert df.stats.compilations == 1 and df.config_id.nunique() == 64
+    assert set(axes) < set(DYNAMIC_FIELDS)
 
 
 def test_padding_on_four_devices_equals_one_device(tmp_path):
@@ -197,7 +196,7 @@ def test_padding_on_four_devices_equals_one_device(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "'local_devices': 4" in proc.stdout and "'batches': [(8, 6)]" in proc.stdout, proc.stdout
+    assert "local_devices=4" in proc.stdout and "batches=[(8, 6)]" in proc.stdout, proc.stdout
     four = pd.read_parquet(table)
     assert len(four) == len(one) == 6 * 4
     _assert_same_rows(one, four)
@@ -207,10 +206,9 @@ def test_padding_on_four_devices_equals_one_device(tmp_path):
 
 
 def _no_compile(fn, match):
-    before = sw.trace_count()
-    with pytest.raises(ConfigError, match=match):
+    with CompileCounter() as cc, pytest.raises(ConfigError, match=match):
         fn()
-    assert sw.trace_count() == before
+    assert cc.count == 0
 
 
 def test_bad_grids_fail_before_compiling(tmp_path):
@@ -289,7 +287,7 @@ def test_load_results_round_trip_and_sidecar(tmp_path, fresh_programs):
     assert {"method", "config_id", "bits_per_message", "diverged_step"} <= set(loaded.columns)
     assert json.loads(loaded.hidden_sizes.iloc[0]) == [32]
     np.testing.assert_array_equal(loaded.bits, loaded.delivered * loaded.bits_per_message)
-    assert not (out / res_lib.PARTS).exists()
+    assert not (out / store.PARTS).exists()
     meta = res_lib.load_metadata(out)
     assert meta["status"] == "complete" and meta["num_configs"] == 4 and meta["num_rows"] == 16
     assert meta["compilations"] == 2 and meta["wall_time_s"] > 0
@@ -300,7 +298,7 @@ def test_load_results_round_trip_and_sidecar(tmp_path, fresh_programs):
     assert "seed" in meta["seed_policy"] and "git" in meta
     # run again: nothing recomputed, same table
     again = cj.sweep(grid, out=out, progress=False)
-    assert cj.sweep.last_info["computed_configs"] == 0 and cj.sweep.last_info["compilations"] == 0
+    assert again.stats.computed_configs == 0 and again.stats.compilations == 0
     pd.testing.assert_frame_equal(df, again)
     with pytest.raises(ConfigError, match="no results.parquet"):
         cj.load_results(tmp_path)
@@ -330,7 +328,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
     )
     try:
         deadline = time.time() + 90
-        while not res_lib.part_files(out):
+        while not store.part_files(out):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.time() < deadline, "no batch file appeared"
             time.sleep(0.05)
@@ -340,23 +338,23 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    done = res_lib.read_parts(out)
+    done = store.read_parts(out)
     n_done = done.config_id.nunique()
-    assert 1 <= n_done < 16 and not (out / res_lib.TABLE).exists()
+    assert 1 <= n_done < 16 and not (out / store.TABLE).exists()
     assert res_lib.load_metadata(out)["status"] == "running"
 
     ran = []
-    real = sw._run_batch
+    real = sw.run_batch
 
     def counting(group, entries, *a, **k):
         ran.extend(e.key for e in entries)
         return real(group, entries, *a, **k)
 
-    monkeypatch.setattr(sw, "_run_batch", counting)
+    monkeypatch.setattr(sw, "run_batch", counting)
     resumed = cj.sweep(sweep_helper.grid("resume"), out=out, progress=False)
     finished = set(zip(done.method, done.config_id))
     assert len(ran) == 16 - n_done and not finished & set(ran)  # nothing finished recomputed
-    monkeypatch.setattr(sw, "_run_batch", real)
+    monkeypatch.setattr(sw, "run_batch", real)
     clean = cj.sweep(sweep_helper.grid("resume"), out=tmp_path / "clean", progress=False)
     assert not resumed.duplicated(["method", "config_id", "step"]).any()
     _assert_same_rows(resumed, clean, rtol=1e-6)
@@ -388,10 +386,10 @@ def test_cli_dry_run_yaml_and_module(tmp_path, capsys, fresh_programs):
         "exclude: [{preset: gc, lr: 0.1}]\n"
     )
     out = tmp_path / "res"
-    before = sw.trace_count()
-    assert main(["sweep", str(spec), "--dry-run", "--out", str(out), "--memory-budget", "2GB"]) == 0
+    with CompileCounter() as cc:
+        assert main(["sweep", str(spec), "--dry-run", "--out", str(out), "--memory-budget", "2GB"]) == 0
     text = capsys.readouterr().out
-    assert sw.trace_count() == before and not out.exists()
+    assert cc.count == 0 and not out.exists()
     assert "6 configurations in 2 static groups" in text
     assert "compilations: 2" in text and "per config" in text and "1.9 GiB per device" in text
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
@@ -434,9 +432,9 @@ def test_cli_dry_run_yaml_and_module(tmp_path, capsys, fresh_programs):
 
 
 def test_parse_bytes():
-    assert sw.parse_bytes("2GB") == 2 * 10**9
-    assert sw.parse_bytes("512MiB") == 512 * 2**20
-    assert sw.parse_bytes(1000) == 1000 and sw.parse_bytes("1.5k") == 1500
+    assert plan_lib.parse_bytes("2GB") == 2 * 10**9
+    assert plan_lib.parse_bytes("512MiB") == 512 * 2**20
+    assert plan_lib.parse_bytes(1000) == 1000 and plan_lib.parse_bytes("1.5k") == 1500
     for bad in ("lots", "-1", "0", "2XB", True):
         with pytest.raises(ConfigError):
-            sw.parse_bytes(bad)
+            plan_lib.parse_bytes(bad)
