@@ -11,6 +11,10 @@ New methods plug in by name (`register_compressor`, `register_code`,
 see the README, "Add your own compressor / code / feedback rule".
 """
 
+from coco_jax.cache import setup_compilation_cache
+
+setup_compilation_cache()  # before anything compiles: the library and the CLI share it
+
 from coco_jax.compressors import Compressor
 from coco_jax.config import ExperimentConfig, HParams
 from coco_jax.engine import RunResult, run

@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from coco_jax.cache import CompileCounter
+
 SCHEMA = "coco-jax-bench/1"
 
 # The COCO-EF setting every throughput case uses.
@@ -323,33 +325,6 @@ def _block(x):
 def _summary(values: Sequence[float]) -> dict:
     v = np.asarray(values, np.float64)
     return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
-
-
-class CompileCounter:
-    """Counts XLA backend compilations (jax.monitoring) while active."""
-
-    def __init__(self):
-        self.count = 0
-
-    def _listener(self, event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-    def __enter__(self):
-        import jax.monitoring
-
-        jax.monitoring.register_event_duration_secs_listener(self._listener)
-        return self
-
-    def __exit__(self, *exc):
-        import jax.monitoring
-
-        with contextlib.suppress(Exception):
-            jax.monitoring.unregister_event_duration_listener(self._listener)
-        return False
-
-
-# ============================================================ engine side
 
 
 def engine_config(task: str, m: int, s: int, steps: int, straggler: str = "trace", **changes):

@@ -263,7 +263,9 @@ def frc(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
 
 
 @register_code("cyclic_mds")
-def cyclic_mds(num_devices: int, num_partitions: int, redundancy: int, decoder: str = "optimal") -> np.ndarray:
+def cyclic_mds(
+    num_devices: int, num_partitions: int, redundancy: int, decoder: str = "optimal"
+) -> np.ndarray:
     """Tandon et al. 2017's cyclic MDS code (real coefficients, K = M)."""
     if num_partitions != num_devices:
         _fail(
