@@ -53,6 +53,7 @@ class Program:
     sharding: Any  # NamedSharding of the configuration axis
     replicated: Any  # NamedSharding of shared values
     compile_s: float  # seconds to lower and compile both programs
+    timings: dict = dataclasses.field(default_factory=dict)  # lower/compile seconds of each program
 
 
 def chunk_steps_of(steps: int, chunk_steps: int | None) -> int:
@@ -98,8 +99,9 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
         carry = jax.vmap(lambda c, h: advance(comps, c, h, data, t0, chunk_steps))(carry, hp)
         return carry, t0 + chunk_steps
 
+    timings = {}
     init = jax.jit(_shard_map(init_batch, mesh, (P(MESH_AXIS), P()), P(MESH_AXIS)))
-    init_c = init.lower(hp_spec, data_spec).compile()
+    init_c = _timed_compile(init, (hp_spec, data_spec), timings, "init")
     carry_spec = _abstract(jax.eval_shape(init, hp_spec, data_spec), sharding)
     donate = (0,) if devices[0].platform != "cpu" else ()
     chunk = jax.jit(
@@ -107,7 +109,7 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
         donate_argnums=donate,
     )
     t0_spec = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    chunk_c = chunk.lower(carry_spec, hp_spec, data_spec, t0_spec).compile()
+    chunk_c = _timed_compile(chunk, (carry_spec, hp_spec, data_spec, t0_spec), timings, "chunk")
     steps = comps.static.cfg.steps
     return Program(
         init_c,
@@ -118,7 +120,19 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
         sharding,
         replicated,
         time.perf_counter() - t_start,
+        timings,
     )
+
+
+def _timed_compile(fn, specs: tuple, timings: dict, name: str):
+    """`fn.lower(*specs).compile()`, recording both stages' seconds in `timings`."""
+    t0 = time.perf_counter()
+    lowered = fn.lower(*specs)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    timings[f"{name}_lower_s"] = t1 - t0
+    timings[f"{name}_compile_s"] = time.perf_counter() - t1
+    return compiled
 
 
 # ------------------------------------------------------------------ running

@@ -106,7 +106,7 @@ class _Compiler:
     will run, so compilation overlaps execution; `get` waits for one."""
 
     def __init__(self, groups: list[Group], plan: SweepPlan, mine: list[int], devices, chunk_steps):
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="coco-compile")
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="coco-compile")
         self._futures: dict[tuple, concurrent.futures.Future] = {}
         self.compile_s = 0.0
         self.compiled = 0  # programs actually compiled (not found in this process's cache)
