@@ -393,14 +393,37 @@ def _check_feedback_with_compressor(cfg: ExperimentConfig) -> None:
 # ---------------------------------------------------------- static / dynamic
 
 
-HParams = dataclasses.make_dataclass("HParams", [(name, jax.Array) for name in DYNAMIC_FIELDS], frozen=True)
+# Choice fields: static for one configuration (they pick a code path), but when a sweep
+# group's configurations differ only in them, the choice becomes a traced index into the
+# group's options, so those configurations share one compiled program. Under vmap a
+# batched index evaluates every option, so only choices whose options are all cheap are
+# traced (measured: docs/performance.md, "Traced choices"):
+#   code      deterministic codes (allocation, redundancy): B is a constant [options, M, K]
+#             and the encode gathers the largest row load of the options, a few M·d
+#             multiply-adds against the partitions' gradients over all their rows.
+#             Random codes (bernoulli) need the dense B @ grads: they stay static.
+#   decoder   fixed and received weights: O(M) arithmetic. optimal (a least-squares
+#             solve, O(M K^2) per step) stays static: every configuration would pay it.
+#   straggler models with identical state shapes (all but markov are stateless): O(M)
+#             random numbers per option; latency's deadline/wait mode stays static.
+# Everything else that picks a code path (compressor, feedback, task, ...) stays static.
+CHOICES = {"code": ("allocation", "redundancy"), "decoder": ("decoder",), "straggler": ("straggler",)}
+CHOICE_FIELDS = tuple(f for fields in CHOICES.values() for f in fields)
+# Per-configuration indices into its group's options (0 outside a merged group).
+CHOICE_HPARAMS = tuple(f"{kind}_choice" for kind in CHOICES)
+
+HParams = dataclasses.make_dataclass(
+    "HParams", [(name, jax.Array) for name in (*DYNAMIC_FIELDS, *CHOICE_HPARAMS)], frozen=True
+)
 HParams.__module__ = __name__
 HParams = jax.tree_util.register_dataclass(HParams)
 HParams.__doc__ = (
     "The dynamic fields of one configuration as arrays: a vmappable pytree whose values "
-    "never change the compiled program. Generated from the fields marked dynamic: "
+    "never change the compiled program. Generated from the fields marked dynamic ("
     + ", ".join(DYNAMIC_FIELDS)
-    + "."
+    + ") plus the indices of its traced choices ("
+    + ", ".join(CHOICE_HPARAMS)
+    + ")."
 )
 
 
@@ -415,7 +438,7 @@ def hparams_of(cfg: ExperimentConfig) -> HParams:
     """The dynamic fields of `cfg` as numpy scalars/arrays (stackable for a sweep):
     floats in the run's float dtype, ints as int32, or the field's own `to_hp`."""
     dt = np.float64 if float_dtype(cfg) == jnp.float64 else np.float32
-    values = {}
+    values = {name: np.asarray(0, np.int32) for name in CHOICE_HPARAMS}
     for name in DYNAMIC_FIELDS:
         meta = FIELDS[name].metadata
         if "to_hp" in meta:
@@ -428,8 +451,9 @@ def hparams_of(cfg: ExperimentConfig) -> HParams:
 
 class StaticFields:
     """Read-only view of a configuration's static fields (`Static.cfg`). Reading a
-    dynamic field raises: its value differs between the configurations that share a
-    compiled program, so code inside the program must read it from `HParams`."""
+    dynamic field, or a choice field that is traced in this group, raises: its value
+    differs between the configurations that share a compiled program, so code inside
+    the program must read it from `HParams` (or the group's options)."""
 
     __slots__ = ("_values",)
 
@@ -442,6 +466,8 @@ class StaticFields:
             return values[name]
         if name in DYNAMIC_FIELDS:
             raise AttributeError(f"{name!r} is a dynamic field: read it from HParams inside the program")
+        if name in CHOICE_FIELDS:
+            raise AttributeError(f"{name!r} is a traced choice in this group: use the group's options")
         raise AttributeError(name)
 
     def __setattr__(self, name, value):
@@ -468,7 +494,7 @@ class Static:
     never reuses a program compiled for the old factory.
     """
 
-    fields: tuple[tuple[str, Any], ...]  # every static config field, in declaration order
+    fields: tuple[tuple[str, Any], ...]  # the static config fields (traced choices removed)
     feature_shape: tuple[int, ...]  # shape of one data row
     num_classes: int  # 0 for regression
     dim: int  # d, the flat parameter count
@@ -476,10 +502,37 @@ class Static:
     device_momentum: bool
     wait_mode: bool
     components: tuple[tuple[str, str, int], ...] = ()
+    # traced choices of a merged sweep group: (kind, options) for each of `CHOICES`
+    # whose options differ; a code option is (allocation, redundancy)
+    choices: tuple[tuple[str, tuple], ...] = ()
 
     @property
     def cfg(self) -> StaticFields:
         return StaticFields(dict(self.fields))
+
+    def options(self, kind: str) -> tuple:
+        """The group's options of choice `kind` (one option unless it is traced)."""
+        traced = dict(self.choices)
+        if kind in traced:
+            return traced[kind]
+        values = tuple(dict(self.fields)[f] for f in CHOICES[kind])
+        return (values if len(values) > 1 else values[0],)
+
+
+def choice_value(cfg, kind: str) -> Any:
+    """The option a configuration takes for choice `kind` (see `Static.options`)."""
+    values = tuple(getattr(cfg, f) for f in CHOICES[kind])
+    return values if len(values) > 1 else values[0]
+
+
+def hparams_in_group(static: Static, cfg: ExperimentConfig) -> HParams:
+    """`hparams_of(cfg)` with the indices of `cfg`'s options among its group's."""
+    hp = hparams_of(cfg)
+    indices = {
+        f"{kind}_choice": np.asarray(static.options(kind).index(choice_value(cfg, kind)), np.int32)
+        for kind, _ in static.choices
+    }
+    return dataclasses.replace(hp, **indices)
 
 
 def static_fields(cfg: ExperimentConfig) -> tuple[tuple[str, Any], ...]:

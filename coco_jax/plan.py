@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -19,7 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from coco_jax import store
-from coco_jax.config import DATASET_FIELDS, ExperimentConfig, Static, float_dtype, static_fields
+from coco_jax.config import (
+    CHOICE_FIELDS,
+    CHOICES,
+    DATASET_FIELDS,
+    ExperimentConfig,
+    Static,
+    choice_value,
+    float_dtype,
+    hparams_of,
+    static_fields,
+)
 from coco_jax.errors import ConfigError
 from coco_jax.grid import Grid
 from coco_jax.results import config_id
@@ -56,19 +67,21 @@ class Entry:
 @dataclasses.dataclass
 class Group:
     static: Static
-    prepared: Any  # engine.Prepared of the group's first configuration
+    prepared: Any  # engine.Prepared of the group (its first configuration, merged Static)
     entries: list[Entry]
     config_bytes: int  # estimated device bytes of one configuration
     data_bytes: int  # bytes of the shared (replicated) data
 
     def label(self) -> str:
-        c = self.static.cfg
+        st = self.static
+        c = st.cfg
+        codes = "|".join(f"s={s} {a}" for a, s in st.options("code"))
         parts = [
             f"{c.task}/{c.dataset}",
-            f"M={c.num_devices} K={c.num_partitions_resolved} s={c.redundancy} {c.allocation}",
-            f"d={self.static.dim}",
-            f"{c.compressor}(k={self.static.compress_k}) {c.error_feedback} {c.decoder}",
-            f"{c.straggler} {c.optimizer}",
+            f"M={c.num_devices} K={c.num_partitions_resolved} {codes}",
+            f"d={st.dim}",
+            f"{c.compressor}(k={st.compress_k}) {c.error_feedback} {'|'.join(st.options('decoder'))}",
+            f"{'|'.join(st.options('straggler'))}{' (wait for n)' if st.wait_mode else ''} {c.optimizer}",
             f"steps={c.steps}/{c.eval_every}",
         ]
         if c.batch_size is not None:
@@ -114,7 +127,7 @@ def estimate_config_bytes(prep) -> int:
         work += k * d
         grad_rows = k * n_k
     else:
-        held = prep.comps.allocation.max_load
+        held = max(code.max_load for code in prep.comps.codes)
         work += m * held * d
         grad_rows = m * held * cfg.batch_size
     classes = max(static.num_classes, 1)
@@ -203,17 +216,18 @@ def _data_key(cfg: ExperimentConfig) -> tuple:
 def prepare_groups(
     entries: list[Entry], data=None, test_data=None, straggler_trace=None
 ) -> tuple[list[Group], int]:
-    """Group entries by their static part. A named dataset is loaded once per set of
-    data fields, prepared (partitioned, checked) once per static configuration, and the
-    prepared arrays are shared between groups that read the same partitioned data.
-    Returns (groups, number of dataset loads)."""
+    """Group entries by their static part, merging the configurations that differ only
+    in cheap choices (`config.CHOICES`: traced indices into the group's options). A
+    named dataset is loaded once per set of data fields, prepared (partitioned, checked)
+    once per static configuration, and the prepared arrays are shared between groups
+    that read the same partitioned data. Returns (groups, number of dataset loads)."""
     from coco_jax import data as data_lib
     from coco_jax.engine import prepare
 
     by_static_cfg: dict[tuple, Any] = {}
     datasets: dict[tuple, Any] = {}
     shared_data: dict[tuple, Any] = {}
-    groups: dict[Static, Group] = {}
+    members: dict[tuple, list] = {}  # merge key -> [(entry, prepared)]
     loads = 0 if data is None else 1  # user arrays: given once
     for e in entries:
         scfg = (static_fields(e.cfg), e.cfg.device_momentum > 0, e.cfg.wait_for is not None)
@@ -234,18 +248,87 @@ def prepare_groups(
             else:
                 shared_data[dkey] = prep.data
             by_static_cfg[scfg] = prep
-        g = groups.get(prep.static)
-        if g is None:
-            g = Group(
-                prep.static,
-                prep,
-                [],
-                estimate_config_bytes(prep),
-                _tree_nbytes(prep.data),
+        members.setdefault(_merge_key(prep), []).append((e, prep))
+    groups = []
+    for items in members.values():
+        prep = _merged(items)
+        groups.append(
+            Group(
+                prep.static, prep, [e for e, _ in items], estimate_config_bytes(prep), _tree_nbytes(prep.data)
             )
-            groups[prep.static] = g
-        g.entries.append(e)
-    return list(groups.values()), loads
+        )
+    return groups, loads
+
+
+def _choice_free(prep) -> bool:
+    """Whether no factory but the code's and the straggler model's reads a choice
+    field (then the choices can be traced without changing any other component)."""
+    from coco_jax.registry import COMPRESSORS, FEEDBACKS, MODELS
+
+    cfg = prep.cfg
+    used = [(COMPRESSORS, cfg.compressor), (FEEDBACKS, cfg.error_feedback)]
+    if cfg.task in MODELS:
+        used.append((MODELS, cfg.task))
+    for reg, name in used:
+        params = inspect.signature(reg.entry(name).factory).parameters
+        if any(f in params for f in CHOICE_FIELDS):
+            return False
+    return True
+
+
+def _merge_key(prep) -> tuple:
+    """Configurations with equal keys share one compiled program: the static part
+    without the choice fields, plus what makes options incompatible (a random code, the
+    optimal decoder, a straggler state of another shape, other data)."""
+    static, cfg = prep.static, prep.cfg
+    if not _choice_free(prep):
+        return ("static", static, id(prep.data))
+    code = prep.comps.codes[0]
+    model = prep.comps.straggler_models[0]
+    state = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jax.tree_util.tree_map(jnp.asarray, hparams_of(cfg)))
+    )
+    return (
+        tuple((n, v) for n, v in static.fields if n not in CHOICE_FIELDS),
+        static.feature_shape,
+        static.num_classes,
+        static.dim,
+        static.compress_k,
+        static.device_momentum,
+        static.wait_mode,
+        tuple(c for c in static.components if c[0] not in ("code", "straggler model")),
+        ("random", cfg.allocation) if code.random else "deterministic",
+        "optimal" if cfg.decoder == "optimal" else "cheap",
+        jax.tree_util.tree_structure(state),
+        tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(state)),
+        id(prep.data),
+    )
+
+
+def _merged(items: list) -> Any:
+    """The prepared group of configurations that share a merge key: the first one's,
+    with every choice whose options differ traced (`Static.choices`)."""
+    from coco_jax.step import components
+
+    first = items[0][1]
+    if len(items) == 1 or first.static.choices or not _choice_free(first):
+        return first
+    traced, drop = [], set()
+    for kind, names in CHOICES.items():
+        options = tuple(dict.fromkeys(choice_value(e.cfg, kind) for e, _ in items))
+        if len(options) > 1:
+            traced.append((kind, options))
+            drop.update(names)
+    if not traced:
+        return first
+    serials = tuple(dict.fromkeys(c for _, p in items for c in p.static.components))
+    static = dataclasses.replace(
+        first.static,
+        fields=tuple((n, v) for n, v in first.static.fields if n not in drop),
+        components=serials,
+        choices=tuple(traced),
+    )
+    return dataclasses.replace(first, static=static, comps=components(static))
 
 
 def _batch_size(n: int, config_bytes: int, data_bytes: int, budget: int, n_dev: int, split: int = 1) -> int:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coco_jax.config import hparams_of
+from coco_jax.config import hparams_in_group
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,7 +171,7 @@ def run_batch(
     from coco_jax.results import rows_of
 
     n, size = len(entries), prog.batch_size
-    hps = [hparams_of(e.cfg) for e in entries]
+    hps = [hparams_in_group(group.static, e.cfg) for e in entries]
     hps += [hps[-1]] * (size - n)
     hp = jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *hps), prog.sharding)
     data = _placed.get(group.prepared.data, prog.replicated)

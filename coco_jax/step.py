@@ -49,14 +49,17 @@ class RunData(NamedTuple):
 
 
 class Components(NamedTuple):
-    """The static parts of a run, built once per static group (`components`)."""
+    """The static parts of a run, built once per static group (`components`). The code,
+    decoder and straggler model are tuples of the group's options (one each unless the
+    group traces that choice, `config.CHOICES`); a configuration's `HParams` index them."""
 
     static: Static
     task: tasks.Task
     compressor: compressors.Compressor
     feedback: feedback.Feedback
-    allocation: coding.Allocation
-    straggler_model: stragglers.StragglerModel
+    codes: tuple[coding.Allocation, ...]
+    decoders: tuple[str, ...]
+    straggler_models: tuple[stragglers.StragglerModel, ...]
 
 
 class RunState(NamedTuple):
@@ -123,11 +126,30 @@ def components(static: Static) -> Components:
     rule = feedback.make_feedback(cfg.error_feedback, comp, dim=task.dim, fields=fields)
     if static.device_momentum:
         rule = feedback.with_device_momentum(rule)
-    alloc = coding.allocation_of(cfg)
-    model = stragglers.make_straggler_model(
-        cfg.straggler, cfg.num_devices, wait_mode=static.wait_mode, loads=static_loads(alloc), fields=fields
+    k_parts = cfg.num_partitions_resolved
+    codes = tuple(
+        coding.make_allocation(
+            name, cfg.num_devices, k_parts, s, {**fields, "allocation": name, "redundancy": s}
+        )
+        for name, s in static.options("code")
     )
-    return Components(static, task, comp, rule, alloc, model)
+    models = tuple(
+        stragglers.make_straggler_model(
+            name, cfg.num_devices, wait_mode=static.wait_mode, loads=static_loads(codes[0]), fields=fields
+        )
+        for name in static.options("straggler")
+    )
+    return Components(static, task, comp, rule, codes, static.options("decoder"), models)
+
+
+def _pick(options: tuple, index, make):
+    """`make(option)` of the option `index` selects. One option: just that one. Several
+    (a traced choice): every option is evaluated and the selected result kept, which is
+    what a batched `lax.switch` does under vmap anyway (the options are cheap)."""
+    if len(options) == 1:
+        return make(options[0])
+    outs = [make(o) for o in options]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[index], *outs)
 
 
 def make_optimizer(name: str, hp: HParams) -> optax.GradientTransformation:
@@ -142,18 +164,19 @@ def make_optimizer(name: str, hp: HParams) -> optax.GradientTransformation:
 # ------------------------------------------------------------------- the step
 
 
-def _held_partitions(comps: Components, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _held_partitions(comps: Components, b: jax.Array, hp: HParams) -> tuple[jax.Array, jax.Array]:
     """Indices [M, L] and coefficients [M, L] of the partitions each device holds: a
-    deterministic code's support is known before tracing (L = its largest row load);
-    a random code may hold anything (L = K)."""
-    matrix = comps.allocation.matrix
-    if matrix is not None:
-        nz = matrix != 0
-        width = int(nz.sum(axis=1).max())
-        idx = jnp.asarray(np.argsort(~nz, axis=1, kind="stable")[:, :width])
-        return idx, jnp.take_along_axis(b, idx, axis=1)
-    idx = jnp.broadcast_to(jnp.arange(b.shape[1]), b.shape)
-    return idx, b
+    deterministic code's support is known before tracing (L = the largest row load of
+    the group's codes; a shorter row is padded with coefficient 0); a random code may
+    hold anything (L = K)."""
+    if comps.codes[0].matrix is None:
+        idx = jnp.broadcast_to(jnp.arange(b.shape[1]), b.shape)
+        return idx, b
+    supports = [code.matrix != 0 for code in comps.codes]
+    width = max(int(nz.sum(axis=1).max()) for nz in supports)
+    table = np.stack([np.argsort(~nz, axis=1, kind="stable")[:, :width] for nz in supports])  # [C, M, L]
+    idx = jnp.asarray(table[0]) if len(supports) == 1 else jnp.asarray(table)[hp.code_choice]
+    return idx, jnp.take_along_axis(b, idx, axis=1)
 
 
 def all_rows(data: RunData) -> tuple[jax.Array, jax.Array]:
@@ -161,26 +184,26 @@ def all_rows(data: RunData) -> tuple[jax.Array, jax.Array]:
     return data.xp.reshape((-1, *data.xp.shape[2:])), data.yp.reshape(-1)
 
 
-def encode(comps: Components, b: jax.Array, grads: jax.Array) -> jax.Array:
+def encode(comps: Components, b: jax.Array, grads: jax.Array, hp: HParams) -> jax.Array:
     """B @ grads [M, d]. A deterministic code gathers and sums the <= s+1 partitions
     each device holds: O((s+1) M d) instead of the dense O(M K d); same sum, only the
     order of float additions differs. Random codes keep the dense product."""
-    if comps.allocation.matrix is None:
+    if comps.codes[0].matrix is None:
         return b @ grads
-    idx, coef = _held_partitions(comps, b)  # [M, L] static indices, traced coefficients
+    idx, coef = _held_partitions(comps, b, hp)  # [M, L] indices known before tracing, coefficients
     out = coef[:, 0, None] * grads[idx[:, 0]]
     for j in range(1, idx.shape[1]):
         out = out + coef[:, j, None] * grads[idx[:, j]]
     return out
 
 
-def coded_gradients(comps: Components, theta, key, b, data: RunData):
+def coded_gradients(comps: Components, theta, key, b, data: RunData, hp: HParams):
     """Coded gradients [M, d] and, in full-batch mode, ∇F(θ) (else None)."""
     cfg = comps.static.cfg
     grad_fn = jax.grad(comps.task.loss)
     if cfg.batch_size is None:
         grads = jax.vmap(grad_fn, (None, 0, 0))(theta, data.xp, data.yp)  # [K, d]
-        return encode(comps, b, grads), jnp.mean(grads, axis=0)
+        return encode(comps, b, grads, hp), jnp.mean(grads, axis=0)
     n_k = data.xp.shape[1]
 
     def batch(key, k):
@@ -193,9 +216,9 @@ def coded_gradients(comps: Components, theta, key, b, data: RunData):
             return grad_fn(theta, *batch(jax.random.fold_in(key, k), k))
 
         grads = jax.vmap(partition_grad)(jnp.arange(data.xp.shape[0]))  # [K, d]
-        return encode(comps, b, grads), None
+        return encode(comps, b, grads, hp), None
     # faithful: each device samples its own minibatch of every partition it holds
-    idx, coef = _held_partitions(comps, b)  # [M, L]
+    idx, coef = _held_partitions(comps, b, hp)  # [M, L]
     width = idx.shape[1]
 
     def device_partition_grad(m, j):
@@ -211,7 +234,7 @@ def device_messages(comps: Components, key, state: RunState, b, straggles, hp: H
     over devices): what it sends if it delivers, and the memory it keeps (a
     straggler's follows the rule's `hold`)."""
     k_batch, k_comp = jax.random.fold_in(key, 2), jax.random.fold_in(key, 1)
-    coded, true_grad = coded_gradients(comps, state.params, k_batch, b, data)  # [M, d]
+    coded, true_grad = coded_gradients(comps, state.params, k_batch, b, data, hp)  # [M, d]
     rule = comps.feedback
     keys = jax.random.split(k_comp, comps.static.cfg.num_devices)
     messages, comp_in, sent = jax.vmap(rule.send, (0, 0, 0, None))(keys, coded, state.fb_state, hp)
@@ -222,11 +245,12 @@ def device_messages(comps: Components, key, state: RunState, b, straggles, hp: H
     return DeviceOutput(coded, messages, comp_in, fb_state, true_grad)
 
 
-def decoder_weights(comps: Components, b, straggles, rates) -> jax.Array:
+def decoder_weights(comps: Components, b, straggles, rates, hp: HParams) -> jax.Array:
     """The decoder's weights w [M] for this step's straggler set (0 for stragglers)."""
-    cfg = comps.static.cfg
-    r = comps.allocation.replication or 1.0
-    return coding.decode_weights(cfg.decoder, b, straggles, rates, r)
+    r = _pick(comps.codes, hp.code_choice, lambda code: jnp.asarray(code.replication or 1.0, b.dtype))
+    return _pick(
+        comps.decoders, hp.decoder_choice, lambda name: coding.decode_weights(name, b, straggles, rates, r)
+    )
 
 
 def server_update(comps: Components, state: RunState, b, straggles, out: DeviceOutput, consts, hp):
@@ -234,7 +258,7 @@ def server_update(comps: Components, state: RunState, b, straggles, out: DeviceO
     over the straggler mask and the decoder's weights), then the optax update.
     Returns (params, opt_state, ĝ)."""
     server = Server(
-        weights=decoder_weights(comps, b, straggles, consts.rates),
+        weights=decoder_weights(comps, b, straggles, consts.rates, hp),
         full_weights=consts.full_weights,
         delivered=jnp.logical_not(straggles),
         messages=out.messages,
@@ -309,8 +333,11 @@ def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carr
     state = carry.state
     k_t = jax.random.fold_in(carry.step_key, t)
     trace_row = None if data.trace is None else data.trace[t - 1]
-    straggles, dt, s_state = comps.straggler_model.sample(
-        jax.random.fold_in(k_t, 0), state.straggler_state, hp, carry.consts.load, trace_row
+    k_strag = jax.random.fold_in(k_t, 0)
+    straggles, dt, s_state = _pick(
+        comps.straggler_models,
+        hp.straggler_choice,
+        lambda model: model.sample(k_strag, state.straggler_state, hp, carry.consts.load, trace_row),
     )
     out = device_messages(comps, k_t, state, carry.b, straggles, hp, data)
     params, opt_state, g_hat = server_update(comps, state, carry.b, straggles, out, carry.consts, hp)
@@ -347,7 +374,8 @@ def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
     cfg = comps.static.cfg
     dtype = float_dtype(cfg)
     key = jax.random.key(hp.seed)
-    b = comps.allocation.sample(jax.random.fold_in(key, _KEY_CODE), dtype)  # [M, K]
+    k_code, k_strag = jax.random.fold_in(key, _KEY_CODE), jax.random.fold_in(key, _KEY_STRAGGLER)
+    b = _pick(comps.codes, hp.code_choice, lambda code: code.sample(k_code, dtype))  # [M, K]
     theta0 = comps.task.init(jax.random.fold_in(key, _KEY_INIT)).astype(dtype)
     one_fb = comps.feedback.init(comps.task.dim, dtype)
     m_dev = cfg.num_devices
@@ -355,15 +383,19 @@ def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
         params=theta0,
         opt_state=make_optimizer(cfg.optimizer, hp).init(theta0),
         fb_state=jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (m_dev, *a.shape)), one_fb),
-        straggler_state=comps.straggler_model.init(jax.random.fold_in(key, _KEY_STRAGGLER), hp),
+        straggler_state=_pick(
+            comps.straggler_models, hp.straggler_choice, lambda model: model.init(k_strag, hp)
+        ),
         delivered=jnp.zeros((), jnp.int32),
         time=jnp.zeros((), dtype),
         diverged_step=jnp.full((), -1, jnp.int32),
     )
     load = jnp.sum(b != 0, axis=1).astype(dtype)  # [M]
-    rates = comps.straggler_model.marginal_rate(hp, load)  # [M]
+    rates = _pick(
+        comps.straggler_models, hp.straggler_choice, lambda model: model.marginal_rate(hp, load)
+    )  # [M]
     nobody = jnp.zeros((m_dev,), bool)
-    consts = RunConstants(load, rates, decoder_weights(comps, b, nobody, jnp.zeros_like(rates)))
+    consts = RunConstants(load, rates, decoder_weights(comps, b, nobody, jnp.zeros_like(rates), hp))
     zero_metrics = {
         "stragglers": jnp.zeros((), jnp.int32),
         "grad_error_sq": jnp.full((), jnp.nan, dtype),

@@ -438,3 +438,50 @@ def test_parse_bytes():
     for bad in ("lots", "-1", "0", "2XB", True):
         with pytest.raises(ConfigError):
             plan_lib.parse_bytes(bad)
+
+
+# ------------------------------------------------------------------ traced choices
+
+
+def test_cheap_choices_share_one_program_and_equal_run(fresh_programs):
+    """Configurations differing only in code (deterministic), decoder (fixed/received)
+    and straggler model (stateless) share one program; each row equals cj.run."""
+    base = sweep_helper.small_base(task="logreg", partitioning="sorted", steps=6)
+    grid = cj.Grid(
+        base=base,
+        axes={"preset": ["coco-ef", "ef-uncoded"], "seed": [0, 1]},
+        zip_axes={"straggler": ["bernoulli", "fixed_count", "none"], "straggler_count": [1, 2, 1]},
+    )
+    plan = plan_lib.plan_sweep(grid)
+    assert len(plan.groups) == 1 and len(plan.entries) == 12
+    assert dict(plan.groups[0].static.choices) == {
+        "code": (("cyclic", 1), ("uncoded", 0)),
+        "decoder": ("fixed", "received"),
+        "straggler": ("bernoulli", "fixed_count", "none"),
+    }
+    df = cj.sweep(grid, progress=False)
+    assert df.stats.compilations == 1
+    for method, cfg in grid.configs():
+        rows = _rows(df, cfg)
+        res = cj.run(cfg)
+        assert set(rows.method) == {method}
+        for key, values in res.history.items():
+            np.testing.assert_allclose(
+                rows[key].to_numpy(np.float64), values.astype(np.float64), rtol=2e-5, atol=1e-6, err_msg=key
+            )
+
+
+def test_costly_or_incompatible_choices_stay_separate():
+    """The optimal decoder, a random code and a stateful straggler model (markov) keep
+    their own programs; so does a different compressor or feedback rule."""
+    base = sweep_helper.small_base()
+    cases = [
+        ({"decoder": ["fixed", "optimal"]}, 2),
+        ({"allocation": ["cyclic", "bernoulli"], "decoder": ["optimal"]}, 2),
+        ({"straggler": ["bernoulli", "markov"]}, 2),
+        ({"compressor": ["topk", "randk"]}, 2),
+        ({"error_feedback": ["ef", "none"]}, 2),
+        ({"decoder": ["fixed", "received"], "straggler": ["bernoulli", "fixed_count"]}, 1),
+    ]
+    for axes, groups in cases:
+        assert len(plan_lib.plan_sweep(cj.Grid(base=base, axes=axes)).groups) == groups, axes
