@@ -135,7 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.dry_run:
             plan = plan_sweep(grid, memory_budget=args.memory_budget, out=d)
             print(f"grid {part!r} -> {d}")
-            print(plan.describe())
+            print(plan.describe(plan.estimates(args.chunk_steps)))
             continue
         df = sweep(
             grid,

@@ -360,7 +360,31 @@ class SweepPlan:
         """Programs to compile (per process: one per group with pending work there)."""
         return len({self.batches[i].group for i, p in enumerate(self.assignment) if p == jax.process_index()})
 
-    def describe(self) -> str:
+    def estimates(self, chunk_steps: int | None = None) -> dict[int, dict]:
+        """Estimated compile and run seconds of each group with pending work
+        (`coco_jax.costs`: its programs are lowered, not compiled)."""
+        from coco_jax import costs
+        from coco_jax.config import hparams_in_group
+        from coco_jax.program import chunk_steps_of, lower_program
+
+        devices = tuple(jax.local_devices())
+        out = {}
+        for gi, g in enumerate(self.groups):
+            bs = [b for b in self.batches if b.group == gi]
+            if not bs:
+                continue
+            prep = g.prepared
+            steps = chunk_steps_of(g.static.cfg.steps, chunk_steps)
+            low = lower_program(
+                prep.comps, prep.data, hparams_in_group(g.static, g.entries[0].cfg), bs[0].size, devices, steps
+            )
+            config_steps = sum(b.size for b in bs) * g.static.cfg.steps
+            out[gi] = costs.estimate(low.cost, config_steps, bs[0].size)
+        return out
+
+    def describe(self, estimates: dict[int, dict] | None = None) -> str:
+        """The --dry-run text; with `estimates` (see `estimates`) the predicted compile
+        and run seconds of each group and in total."""
         lines = [
             (
                 f"{len(self.entries)} configurations in {len(self.groups)} static groups "
@@ -376,16 +400,29 @@ class SweepPlan:
             methods = sorted({e.method for e in g.entries})
             size = bs[0].size if bs else 0
             per_device = g.data_bytes + g.config_bytes * size // max(self.local_devices, 1)
-            lines.append(
+            text = (
                 f"group {gi}: {len(g.entries)} configs ({pending} pending), methods {', '.join(methods)}\n"
                 f"    {g.label()}\n"
                 f"    {len(bs)} batch(es) of {size} (padded); est. {_fmt_bytes(g.config_bytes)} per config, "
                 f"{_fmt_bytes(g.data_bytes)} shared data, {_fmt_bytes(per_device)} per device"
             )
+            if estimates and gi in estimates:
+                est = estimates[gi]
+                how = "cached" if est["cached"] else "compile"
+                text += f"\n    est. {how} {est['compile_s']:.1f} s, run {est['run_s']:.1f} s"
+            lines.append(text)
         lines.append(
             f"compilations: {self.compilations} (one per static group with pending work: its step "
             "program and its small init program)"
         )
+        if estimates:
+            compile_s = sum(e["compile_s"] for e in estimates.values())
+            run_s = sum(e["run_s"] for e in estimates.values())
+            calibrated = all(e["calibrated"] for e in estimates.values())
+            lines.append(
+                f"estimated: compile {compile_s:.0f} s, run {run_s:.0f} s"
+                + ("" if calibrated else " (uncalibrated defaults: this machine has few measured programs yet)")
+            )
         return "\n".join(lines)
 
     @property

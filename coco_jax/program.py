@@ -54,6 +54,7 @@ class Program:
     replicated: Any  # NamedSharding of shared values
     compile_s: float  # seconds to lower and compile both programs
     timings: dict = dataclasses.field(default_factory=dict)  # lower/compile seconds of each program
+    cost: Any = None  # costs.ProgramCost: fingerprint, size and FLOPs (run times are recorded against it)
 
 
 def chunk_steps_of(steps: int, chunk_steps: int | None) -> int:
@@ -75,15 +76,35 @@ def _abstract(tree, sharding):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, chunk_steps: int) -> Program:
-    """Lower and compile a group's init and chunk programs for batches of `batch_size`
-    configurations on `devices` (`hp_template`: one configuration's HParams)."""
+@dataclasses.dataclass
+class Lowered:
+    """A group's init and chunk programs lowered for one batch size (not compiled)."""
+
+    init: Any  # jax.stages.Lowered
+    chunk: Any  # jax.stages.Lowered
+    chunk_steps: int
+    calls: int
+    batch_size: int
+    sharding: Any
+    replicated: Any
+    timings: dict
+
+    @property
+    def cost(self):
+        from coco_jax.costs import program_cost
+
+        return program_cost(self.init, self.chunk)
+
+
+def lower_program(comps, data, hp_template, batch_size: int, devices: tuple, chunk_steps: int) -> Lowered:
+    """Lower (trace, no XLA compilation) a group's init and chunk programs for batches
+    of `batch_size` configurations on `devices` (`hp_template`: one configuration's
+    HParams)."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from coco_jax.step import advance, init_run
 
-    t_start = time.perf_counter()
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
     sharding, replicated = NamedSharding(mesh, P(MESH_AXIS)), NamedSharding(mesh, P())
     hp_spec = jax.tree_util.tree_map(
@@ -99,9 +120,11 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
         carry = jax.vmap(lambda c, h: advance(comps, c, h, data, t0, chunk_steps))(carry, hp)
         return carry, t0 + chunk_steps
 
-    timings = {}
+    timings: dict = {}
     init = jax.jit(_shard_map(init_batch, mesh, (P(MESH_AXIS), P()), P(MESH_AXIS)))
-    init_c = _timed_compile(init, (hp_spec, data_spec), timings, "init")
+    t0 = time.perf_counter()
+    init_lowered = init.lower(hp_spec, data_spec)
+    timings["init_lower_s"] = time.perf_counter() - t0
     carry_spec = _abstract(jax.eval_shape(init, hp_spec, data_spec), sharding)
     donate = (0,) if devices[0].platform != "cpu" else ()
     chunk = jax.jit(
@@ -109,30 +132,43 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
         donate_argnums=donate,
     )
     t0_spec = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    chunk_c = _timed_compile(chunk, (carry_spec, hp_spec, data_spec, t0_spec), timings, "chunk")
-    steps = comps.static.cfg.steps
+    t0 = time.perf_counter()
+    chunk_lowered = chunk.lower(carry_spec, hp_spec, data_spec, t0_spec)
+    timings["chunk_lower_s"] = time.perf_counter() - t0
+    calls = math.ceil(comps.static.cfg.steps / chunk_steps)
+    return Lowered(init_lowered, chunk_lowered, chunk_steps, calls, batch_size, sharding, replicated, timings)
+
+
+def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, chunk_steps: int) -> Program:
+    """Lower and compile a group's init and chunk programs (see `lower_program`); the
+    lowering and compile seconds of each are in `Program.timings`, and the compile is
+    recorded for `coco_jax.costs` estimates."""
+    from coco_jax import costs
+
+    t_start = time.perf_counter()
+    low = lower_program(comps, data, hp_template, batch_size, devices, chunk_steps)
+    timings = dict(low.timings)
+    t0 = time.perf_counter()
+    init_c = low.init.compile()
+    timings["init_compile_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chunk_c = low.chunk.compile()
+    timings["chunk_compile_s"] = time.perf_counter() - t0
+    cost = low.cost
+    compile_s = time.perf_counter() - t_start
+    costs.record(cost, compile_s=compile_s, batch=batch_size)
     return Program(
         init_c,
         chunk_c,
-        chunk_steps,
-        math.ceil(steps / chunk_steps),
+        low.chunk_steps,
+        low.calls,
         batch_size,
-        sharding,
-        replicated,
-        time.perf_counter() - t_start,
+        low.sharding,
+        low.replicated,
+        compile_s,
         timings,
+        cost,
     )
-
-
-def _timed_compile(fn, specs: tuple, timings: dict, name: str):
-    """`fn.lower(*specs).compile()`, recording both stages' seconds in `timings`."""
-    t0 = time.perf_counter()
-    lowered = fn.lower(*specs)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    timings[f"{name}_lower_s"] = t1 - t0
-    timings[f"{name}_compile_s"] = time.perf_counter() - t1
-    return compiled
 
 
 # ------------------------------------------------------------------ running
@@ -176,6 +212,7 @@ def run_batch(
     hp = jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *hps), prog.sharding)
     data = _placed.get(group.prepared.data, prog.replicated)
     steps = group.static.cfg.steps
+    t_run = time.perf_counter()
     carry = prog.init(hp, data)
     pending = None
     for k in range(prog.calls):
@@ -186,6 +223,10 @@ def run_batch(
         pending = done
     _report(pending, on_chunk, n, steps, prog.chunk_steps)
     records = jax.device_get(carry.records)
+    if prog.cost is not None:
+        from coco_jax import costs
+
+        costs.record(prog.cost, run_s=time.perf_counter() - t_run, config_steps=size * steps, batch=size)
     diverged = np.asarray(jax.device_get(carry.state.diverged_step))
     bits = group.prepared.bits_per_message
     frames = []
