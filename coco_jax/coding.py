@@ -418,7 +418,11 @@ def allocation_of(cfg) -> Allocation:
 
 def check_code(cfg) -> None:
     """Config-time checks of the code: build it (its factory checks M, K, s) and refuse
-    decoders it cannot serve: fixed and received need a common column sum r."""
+    decoders it cannot serve: fixed and received need a common column sum r, and
+    received (an average of what arrives) is unbiased only when every device straggles
+    with the same law, so it is refused with a straggler model whose rates differ."""
+    from coco_jax.registry import STRAGGLER_MODELS
+
     alloc = allocation_of(cfg)
     if cfg.decoder in ("fixed", "received") and alloc.replication is None:
         _fail(
@@ -426,6 +430,20 @@ def check_code(cfg) -> None:
             cfg.decoder,
             f"allocation={cfg.allocation!r} has columns of B with different sums, so no common "
             "replication r exists for the fixed/received weights; use decoder='optimal'",
+        )
+    if cfg.decoder != "received":
+        return
+    exchangeable = STRAGGLER_MODELS.entry(cfg.straggler).option("exchangeable")
+    loads = None if alloc.matrix is None else (alloc.matrix != 0).sum(axis=1)
+    equal_loads = loads is not None and bool(np.all(loads == loads[0]))
+    if exchangeable is False or (exchangeable == "loads" and not equal_loads):
+        why = "devices straggle at different rates" if exchangeable is False else "devices hold unequal loads"
+        _fail(
+            "decoder",
+            "received",
+            f"with straggler={cfg.straggler!r} and allocation={cfg.allocation!r} {why}, so averaging what "
+            "arrives over-weights the reliable devices' partitions (a biased gradient); use decoder='fixed' "
+            "(unbiased: it divides by each device's own rate) or 'optimal'",
         )
 
 

@@ -146,6 +146,8 @@ def prepare(
         components=component_serials(cfg),
     )
     comps = components(static)
+    if comps.feedback.check is not None:
+        comps.feedback.check(cfg)
     y_dtype = dtype if cfg.task == "linreg" else jnp.int32
     run_data = RunData(
         xp=jnp.asarray(xp, dtype),

@@ -22,7 +22,11 @@ Built-in rules (registered like a user's, `cj.register_feedback`):
     ef    classic error feedback (Stich et al. 2018; Karimireddy et al. 2019; COCO-EF):
           v = g + e, c = C(v), e <- v - c; ĝ as for none. A straggler's memory follows
           `straggler_error`: keep (untouched), reset (zeroed) or accumulate (e <- e + g,
-          its late gradient is sent later).
+          its late gradient is sent later). With accumulate every coded gradient is
+          delivered eventually, so the server weights what arrives with the no-straggler
+          weights w̄ (ĝ = Σ_m w̄_m [m delivered] c_m; long-run mean ∇F): dividing by the
+          delivery probability as the fixed decoder does would count the late gradients
+          twice (long-run mean ∇F / (1 − p)).
     ef21  Richtárik et al. 2021, with stragglers: c = C(g - h), h <- h + c. The server
           holds every device's h and aggregates all of them with the no-straggler
           weights w̄: ĝ = Σ_m w̄_m h_m (a straggler's h stays as last received).
@@ -39,6 +43,7 @@ u <- β u + g before the rule, only on steps the device delivers; the rule sees 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -100,6 +105,9 @@ class Feedback(NamedTuple):
             messages).
         memory: (state, g) -> ‖what is left to send‖, a scalar diagnostic (default 0).
         name: registry name (filled in from the registration when None).
+        check: (config) -> None, called with each configuration (dynamic fields
+            included) before anything compiles, to warn about or refuse values the rule
+            cannot serve (default: no check).
     """
 
     init: Callable[[int, Any], State]
@@ -108,6 +116,7 @@ class Feedback(NamedTuple):
     aggregate: Callable[[Server], jax.Array] = sum_delivered
     memory: Callable[[State, jax.Array], jax.Array] = no_memory
     name: str | None = None
+    check: Callable[[Any], None] | None = None
 
 
 # --------------------------------------------------------------------- built-ins
@@ -148,7 +157,11 @@ def error_feedback(compressor: Compressor, straggler_error: str = "keep") -> Fee
     def memory(state, g):
         return jnp.linalg.norm(state["e"])
 
-    return Feedback(init, send, hold, sum_delivered, memory)
+    def sum_delivered_unscaled(server: Server):
+        return sum_delivered(server._replace(weights=server.full_weights))
+
+    aggregate = sum_delivered_unscaled if straggler_error == "accumulate" else sum_delivered
+    return Feedback(init, send, hold, aggregate, memory)
 
 
 def _shift_init(dim, dtype):
@@ -194,7 +207,16 @@ def diana(compressor: Compressor) -> Feedback:
     def aggregate(server: Server):
         return server.full_weights @ server.before["h"] + sum_delivered(server)
 
-    return Feedback(_shift_init, send, keep, aggregate, _shift_memory)
+    def check(cfg):
+        if cfg.diana_alpha is not None and cfg.diana_alpha > default_alpha * (1 + 1e-9):
+            warnings.warn(
+                f"diana_alpha={cfg.diana_alpha} exceeds DIANA's bound 1/(omega+1) = {default_alpha:.4g} of "
+                f"compressor {compressor.name!r} (omega = {compressor.omega:.4g}); the shifts may not converge. "
+                "Leave diana_alpha=None for the bound.",
+                stacklevel=2,
+            )
+
+    return Feedback(_shift_init, send, keep, aggregate, _shift_memory, check=check)
 
 
 def diana_alpha_bound(compressor: Compressor) -> float:
@@ -230,7 +252,7 @@ def with_device_momentum(rule: Feedback) -> Feedback:
     def memory(state, g):
         return rule.memory(state["rule"], g)
 
-    return Feedback(init, send, hold, aggregate, memory, rule.name)
+    return Feedback(init, send, hold, aggregate, memory, rule.name, rule.check)
 
 
 # ---------------------------------------------------------------------- building
@@ -246,6 +268,8 @@ def _check_feedback(rule, entry: Entry, args: dict) -> Feedback:
     for part in ("init", "send", "hold", "aggregate", "memory"):
         if not callable(getattr(rule, part)):
             raise ConfigError(f"feedback {entry.name!r}: {part} is not callable")
+    if rule.check is not None and not callable(rule.check):
+        raise ConfigError(f"feedback {entry.name!r}: check is not callable")
     return rule._replace(name=rule.name or entry.name)
 
 

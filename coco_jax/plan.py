@@ -248,6 +248,8 @@ def prepare_groups(
             else:
                 shared_data[dkey] = prep.data
             by_static_cfg[scfg] = prep
+        elif prep.comps.feedback.check is not None:
+            prep.comps.feedback.check(e.cfg)  # a dynamic field the rule may refuse or warn about
         members.setdefault(_merge_key(prep), []).append((e, prep))
     groups = []
     for items in members.values():

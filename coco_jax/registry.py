@@ -331,7 +331,9 @@ CODES = Registry(
     "code", "allocation", ("num_devices", "num_partitions", "redundancy", "key"), options=("replication",)
 )
 FEEDBACKS = Registry("feedback", "error_feedback", ("compressor", "dim"))
-STRAGGLER_MODELS = Registry("straggler model", "straggler", ("num_devices", "loads", "wait_mode"))
+STRAGGLER_MODELS = Registry(
+    "straggler model", "straggler", ("num_devices", "loads", "wait_mode"), options=("exchangeable",)
+)
 MODELS = Registry("model", "task", ("num_classes", "feature_shape"), options=("images",))
 PRESETS = Registry("preset", "preset", (), options=("summary", "reference"))
 
@@ -368,11 +370,23 @@ def register_feedback(name: str, factory: Callable | None = None, *, overwrite: 
     return FEEDBACKS.register(name, factory, overwrite=overwrite, **bound)
 
 
-def register_straggler_model(name: str, factory: Callable | None = None, *, overwrite: bool = False, **bound):
+def register_straggler_model(
+    name: str,
+    factory: Callable | None = None,
+    *,
+    overwrite: bool = False,
+    exchangeable: bool | str | None = None,
+    **bound,
+):
     """Register a straggler model: a factory returning `cj.StragglerModel`. Provided:
     `num_devices`, `loads` (partitions per device [M], None for a random code),
-    `wait_mode` (latency: wait for the fastest devices); and any static config field."""
-    return STRAGGLER_MODELS.register(name, factory, overwrite=overwrite, **bound)
+    `wait_mode` (latency: wait for the fastest devices); and any static config field.
+    `exchangeable`: True when every device straggles with the same law (the received
+    decoder is then unbiased up to the chance that nobody delivers), False when rates
+    differ (the received decoder is refused), "loads" when that holds exactly for
+    equal loads, None when unknown (accepted, no guarantee)."""
+    extra = {} if exchangeable is None else {"exchangeable": exchangeable}
+    return STRAGGLER_MODELS.register(name, factory, overwrite=overwrite, **extra, **bound)
 
 
 def register_model(

@@ -326,10 +326,17 @@ def _eval_index(comps: Components, t):
     return jnp.where(t == cfg.steps, last, t // cfg.eval_every)
 
 
-def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carry:
-    """Iteration t (1-based): stragglers, device messages, server update, and on
-    evaluated steps (t % eval_every == 0 or the last) the metrics and evaluation."""
-    cfg = comps.static.cfg
+class Update(NamedTuple):
+    """What one iteration produced besides the new state (for metrics and tests)."""
+
+    straggles: jax.Array  # [M] bool, True = did not deliver
+    devices: DeviceOutput
+    g_hat: jax.Array  # [d] the server's gradient estimate
+
+
+def iterate(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> tuple[RunState, Update]:
+    """Iteration t (1-based) of COCO-EF: who straggles, what the devices send, the
+    server's estimate and update. Returns the new state and what the iteration produced."""
     state = carry.state
     k_t = jax.random.fold_in(carry.step_key, t)
     trace_row = None if data.trace is None else data.trace[t - 1]
@@ -353,9 +360,17 @@ def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carr
             (state.diverged_step < 0) & ~finite, jnp.asarray(t, jnp.int32), state.diverged_step
         ),
     )
+    return new, Update(straggles, out, g_hat)
+
+
+def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carry:
+    """`iterate`, then on evaluated steps (t % eval_every == 0 or the last) the
+    metrics and evaluation written into the history buffers (under one `lax.cond`)."""
+    cfg = comps.static.cfg
+    new, update = iterate(comps, carry, t, hp, data)
 
     def write(records):
-        metrics = step_metrics(comps, state.params, straggles, out, g_hat, data)
+        metrics = step_metrics(comps, carry.state.params, update.straggles, update.devices, update.g_hat, data)
         row = _record(comps, new, metrics, t, data)
         i = _eval_index(comps, t)
         return {k: records[k].at[i].set(row[k].astype(records[k].dtype)) for k in records}

@@ -31,7 +31,9 @@ Models (all but ``latency`` take one time unit per step: step_time = 1.0):
   shift else 1 (0 for a device with load 0). Wait mode (``wait_mode=True``): the
   server waits for the ``wait_for`` = n fastest devices; the M - n slowest straggle
   (ties broken by index: the higher index is slower) and the step takes the n-th
-  smallest time; nominal rate (M - n) / M for every device (exact under equal loads).
+  smallest time; nominal rate (M - n) / M for every device under equal loads, and
+  under unequal loads a seeded Monte-Carlo estimate of each device's rate
+  (`wait_mode_rates`), so the fixed decoder stays unbiased.
 - ``trace``: straggles = the given trace row (user array, True = straggles); the
   nominal rate is the user-declared ``straggler_prob``.
 
@@ -83,6 +85,33 @@ def _float_dtype(x) -> Any:
     return dt if jnp.issubdtype(dt, jnp.floating) else jnp.float32
 
 
+WAIT_RATE_SAMPLES = 8192  # Monte-Carlo draws of the wait-for-n rates under unequal loads
+_WAIT_RATE_SEED = 20260301  # fixed: the rates are a property of the model, not of a run
+
+
+def wait_mode_rates(hp, load: jax.Array) -> jax.Array:
+    """P(device m is among the M − n slowest) [M] when the server waits for the n =
+    ``wait_for`` fastest of M devices. Equal loads: exactly (M − n)/M by symmetry.
+    Unequal loads (a device holding more partitions is slower, e.g. a bernoulli code):
+    a seeded Monte-Carlo estimate over `WAIT_RATE_SAMPLES` draws of the compute times
+    (standard error below 0.006), computed once per run inside the program."""
+    load = jnp.asarray(load)
+    m_dev = load.shape[0]
+    dtype = _float_dtype(hp.latency_shift)
+    n = jnp.clip(hp.wait_for, 1, m_dev)
+
+    def exact(_):
+        return jnp.full((m_dev,), (m_dev - n) / m_dev, dtype)
+
+    def estimate(_):
+        keys = jax.random.split(jax.random.key(_WAIT_RATE_SEED), WAIT_RATE_SAMPLES)
+        times = jax.vmap(lambda k: latency_times(k, hp, load))(keys)  # [S, M]
+        slow = jax.vmap(_ranks)(times) >= n  # [S, M]
+        return jnp.mean(slow.astype(dtype), axis=0)
+
+    return jax.lax.cond(jnp.all(load == load[0]), exact, estimate, None)
+
+
 def _ranks(x: jax.Array) -> jax.Array:
     """Rank of each entry in ascending order (0 = smallest; ties: lower index first)."""
     return jnp.argsort(jnp.argsort(x, stable=True), stable=True)
@@ -125,7 +154,7 @@ def _full(hp, value, m_dev: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(value, dtype), (m_dev,))
 
 
-@register_straggler_model("none")
+@register_straggler_model("none", exchangeable=True)
 def no_stragglers(num_devices: int) -> StragglerModel:
     """Nobody straggles; rate 0."""
 
@@ -135,7 +164,7 @@ def no_stragglers(num_devices: int) -> StragglerModel:
     return StragglerModel(_stateless_init, sample, lambda hp, load=None: _full(hp, 0.0, num_devices))
 
 
-@register_straggler_model("bernoulli")
+@register_straggler_model("bernoulli", exchangeable=True)
 def bernoulli(num_devices: int) -> StragglerModel:
     """Each device independently with probability ``straggler_prob``."""
 
@@ -148,7 +177,7 @@ def bernoulli(num_devices: int) -> StragglerModel:
     )
 
 
-@register_straggler_model("fixed_count")
+@register_straggler_model("fixed_count", exchangeable=True)
 def fixed_count(num_devices: int) -> StragglerModel:
     """Exactly ``straggler_count`` devices, uniformly at random; rate count / M."""
 
@@ -162,7 +191,7 @@ def fixed_count(num_devices: int) -> StragglerModel:
     return StragglerModel(_stateless_init, sample, rate)
 
 
-@register_straggler_model("heterogeneous")
+@register_straggler_model("heterogeneous", exchangeable=False)
 def heterogeneous(num_devices: int) -> StragglerModel:
     """Device m independently with probability ``straggler_probs[m]``."""
 
@@ -177,7 +206,7 @@ def heterogeneous(num_devices: int) -> StragglerModel:
     return StragglerModel(_stateless_init, sample, rate)
 
 
-@register_straggler_model("markov")
+@register_straggler_model("markov", exchangeable=True)
 def markov(num_devices: int) -> StragglerModel:
     """Gilbert-Elliott chains started from the stationary law (see the module docstring)."""
 
@@ -211,7 +240,7 @@ def trace(num_devices: int) -> StragglerModel:
     )
 
 
-@register_straggler_model("latency")
+@register_straggler_model("latency", exchangeable="loads")
 def latency(
     num_devices: int, loads: tuple[float, ...] | None = None, wait_mode: bool = False
 ) -> StragglerModel:
@@ -236,7 +265,7 @@ def latency(
             return straggles, step_time.astype(jnp.float32), state
 
         def rate(hp, load=None):
-            return _full(hp, (m_dev - jnp.clip(hp.wait_for, 1, m_dev)) / m_dev, m_dev)
+            return wait_mode_rates(hp, resolve_load(load))
 
     else:
 
