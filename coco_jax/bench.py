@@ -104,70 +104,66 @@ class Plan:
     sections: tuple[str, ...] = ("throughput", "redundancy", "sweep", "roofline")
 
 
+# The sizes of each mode (`make_plan`): tiny is the test suite's, quick about a minute
+# on a 2-core CPU, full the whole grid.
+PLANS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "devices": (4,),
+        "dims": (64,),
+        "rows": 8,
+        "reps": 2,
+        "engine_target_s": 0.01,
+        "engine_max_steps": 50,
+        "numpy_min_rep_s": 0.002,
+        "numpy_budget_s": 5.0,
+        "redundancy_case": ("linreg", 6, 64),
+        "redundancy_levels": (0, 1, 2, 3),
+        "sweep_sizes": (1, 4),
+        "sweep_cases": ((4, 64, 8, 10),),
+        "matmul_n": 256,
+        "bandwidth_bytes": 8 * 2**20,
+    },
+    "quick": {
+        "devices": (16, 64),
+        "dims": (1_000, 10_000),
+        "rows": ROWS,
+        "reps": 5,
+        "engine_target_s": 0.25,
+        "engine_max_steps": 2000,
+        "numpy_min_rep_s": 0.05,
+        "numpy_budget_s": 20.0,
+        "redundancy_case": ("linreg", 64, 10_000),
+        "redundancy_levels": (0, 1, 2, 3, 4, 5),
+        "sweep_sizes": (1, 16, 64),
+        "sweep_cases": SWEEP_CASES,
+        "matmul_n": 2048,
+        "bandwidth_bytes": 256 * 2**20,
+    },
+    "full": {
+        "devices": (16, 64, 256),
+        "dims": (1_000, 10_000, 100_000),
+        "rows": ROWS,
+        "reps": 7,
+        "engine_target_s": 1.0,
+        "engine_max_steps": 5000,
+        "numpy_min_rep_s": 0.05,
+        "numpy_budget_s": 60.0,
+        "redundancy_case": ("linreg", 64, 10_000),
+        "redundancy_levels": (0, 1, 2, 3, 4, 5),
+        "sweep_sizes": (1, 16, 64, 256),
+        "sweep_cases": SWEEP_CASES,
+        "matmul_n": 4096,
+        "bandwidth_bytes": 1024 * 2**20,
+    },
+}
+
+
 def make_plan(mode: str = "quick", **overrides) -> Plan:
-    """The sizes of `mode` (tiny | quick | full), with explicit overrides."""
-    if mode == "tiny":
-        plan = Plan(
-            mode="tiny",
-            tasks=("linreg", "logreg"),
-            devices=(4,),
-            dims=(64,),
-            rows=8,
-            max_x_bytes=MAX_X_BYTES,
-            reps=2,
-            engine_target_s=0.01,
-            engine_max_steps=50,
-            numpy_min_rep_s=0.002,
-            numpy_budget_s=5.0,
-            redundancy_case=("linreg", 6, 64),
-            redundancy_levels=(0, 1, 2, 3),
-            sweep_sizes=(1, 4),
-            sweep_cases=((4, 64, 8, 10),),
-            matmul_n=256,
-            bandwidth_bytes=8 * 2**20,
-        )
-    elif mode == "quick":
-        plan = Plan(
-            mode="quick",
-            tasks=("linreg", "logreg"),
-            devices=(16, 64),
-            dims=(1_000, 10_000),
-            rows=ROWS,
-            max_x_bytes=MAX_X_BYTES,
-            reps=5,
-            engine_target_s=0.25,
-            engine_max_steps=2000,
-            numpy_min_rep_s=0.05,
-            numpy_budget_s=20.0,
-            redundancy_case=("linreg", 64, 10_000),
-            redundancy_levels=(0, 1, 2, 3, 4, 5),
-            sweep_sizes=(1, 16, 64),
-            sweep_cases=SWEEP_CASES,
-            matmul_n=2048,
-            bandwidth_bytes=256 * 2**20,
-        )
-    elif mode == "full":
-        plan = Plan(
-            mode="full",
-            tasks=("linreg", "logreg"),
-            devices=(16, 64, 256),
-            dims=(1_000, 10_000, 100_000),
-            rows=ROWS,
-            max_x_bytes=MAX_X_BYTES,
-            reps=7,
-            engine_target_s=1.0,
-            engine_max_steps=5000,
-            numpy_min_rep_s=0.05,
-            numpy_budget_s=60.0,
-            redundancy_case=("linreg", 64, 10_000),
-            redundancy_levels=(0, 1, 2, 3, 4, 5),
-            sweep_sizes=(1, 16, 64, 256),
-            sweep_cases=SWEEP_CASES,
-            matmul_n=4096,
-            bandwidth_bytes=1024 * 2**20,
-        )
-    else:
+    """The sizes of `mode` (tiny | quick | full), with explicit overrides (None: the
+    mode's value)."""
+    if mode not in PLANS:
         raise ValueError(f"mode={mode!r} is invalid: must be tiny, quick or full")
+    plan = Plan(mode=mode, tasks=("linreg", "logreg"), max_x_bytes=MAX_X_BYTES, **PLANS[mode])
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(plan, **overrides)
 
@@ -468,16 +464,6 @@ class EngineCase:
         self.programs.clear()
         self.data0 = None
         gc.collect()
-
-
-def engine_case(task: str, m: int, d: int, n_k: int, s: int, plan: Plan, memory: bool = False) -> dict:
-    """Step time of the engine on one case (see the module docstring for the method)."""
-    case = EngineCase(task, m, d, n_k, [s], plan)
-    for _ in range(plan.reps):
-        case.time_round(s)
-    out = case.result(s, memory=memory)
-    case.close()
-    return out
 
 
 def _timed(fn, *args) -> float:
@@ -815,82 +801,14 @@ def bench_sweep(plan: Plan, log) -> list[dict]:
 
 def bench_sweep_case(plan: Plan, sweep_case: tuple[int, int, int, int], log) -> dict:
     """Configuration-steps/s: one vmapped program per grid vs `cj.run` one by one."""
-    import jax
-
-    from coco_jax.config import hparams_of
-    from coco_jax.engine import prepare
-    from coco_jax.engine import run as run_one
-    from coco_jax.step import compiled_run, make_run
-
     m, d, n_k, steps = sweep_case
     x, y = make_case_data("linreg", m, d, n_k)
     eval_every = max(1, steps // 10)
-
-    def config(i: int):
-        return engine_config(
-            "linreg",
-            m,
-            REDUNDANCY,
-            steps,
-            straggler="bernoulli",
-            eval_every=eval_every,
-            lr=0.05 * (1 + i % 4),
-            straggler_prob=0.1 * (1 + i % 3),
-            seed=i,
-        )
-
     rows = []
     for size in plan.sweep_sizes:
         log(f"  M={m} d={d}: sweep of {size} configurations ...")
-        cfgs = [config(i) for i in range(size)]
-        prep = prepare(cfgs[0], data=(x, y))
-        if size > 1 and prepare(cfgs[1], data=(x, y)).static != prep.static:
-            raise RuntimeError("the sweep's configurations must share one static group")
-        hps = jax.tree.map(lambda *a: np.stack(a), *[hparams_of(c) for c in cfgs])
-        hps = jax.device_put(hps)
-        run = make_run(prep.static)  # builds code and allocation (eager jax ops, not counted)
-        with CompileCounter() as cc:
-            t0 = _now()
-            vm = jax.jit(jax.vmap(run, in_axes=(0, None))).lower(hps, prep.data).compile()
-            compile_s = _now() - t0
-            _block(vm(hps, prep.data))
-        vm_compiles = cc.count
-        # one by one, as a user would: cj.run per configuration (compiled once, cached)
-        compiled_run.cache_clear()
-        with CompileCounter() as cc:
-            t0 = _now()
-            run_one(cfgs[0], data=(x, y))
-            first_s = _now() - t0
-            times, obo_times = [], []
-            for _ in range(plan.reps):  # alternate: vmapped grid, then the same grid one by one
-                times.append(_timed(vm, hps, prep.data))
-                t0 = _now()
-                for c in cfgs:
-                    run_one(c, data=(x, y))
-                obo_times.append(_now() - t0)
-        vmapped = {
-            "compile_s": compile_s,
-            "compilations": vm_compiles,
-            "run_s": _summary(times),
-            "config_steps_per_s": size * steps / float(np.median(times)),
-        }
-        per_run = float(np.median(obo_times)) / size
-        one_by_one = {
-            "first_run_s": first_s,
-            "compile_s": max(first_s - per_run, 0.0),
-            "compilations": cc.count,
-            "run_s": _summary(obo_times),
-            "config_steps_per_s": size * steps / float(np.median(obo_times)),
-        }
-        rows.append(
-            {
-                "configs": size,
-                "vmapped": vmapped,
-                "one_by_one": one_by_one,
-                "speedup": vmapped["config_steps_per_s"] / one_by_one["config_steps_per_s"],
-            }
-        )
-        del vm
+        cfgs = [_sweep_config(m, steps, eval_every, i) for i in range(size)]
+        rows.append(_sweep_size(plan, cfgs, (x, y)))
         gc.collect()
     return {
         "task": "linreg",
@@ -901,6 +819,85 @@ def bench_sweep_case(plan: Plan, sweep_case: tuple[int, int, int, int], log) -> 
         "eval_every": eval_every,
         "varies": "lr, straggler_prob (bernoulli stragglers), seed",
         "sizes": rows,
+    }
+
+
+def _sweep_config(m: int, steps: int, eval_every: int, i: int):
+    """Configuration i of a sweep grid (lr, straggler_prob and seed vary)."""
+    return engine_config(
+        "linreg",
+        m,
+        REDUNDANCY,
+        steps,
+        straggler="bernoulli",
+        eval_every=eval_every,
+        lr=0.05 * (1 + i % 4),
+        straggler_prob=0.1 * (1 + i % 3),
+        seed=i,
+    )
+
+
+def _sweep_size(plan: Plan, cfgs: list, data: tuple) -> dict:
+    """One grid: compile its vmapped program, then time it against the same
+    configurations run one by one."""
+    import jax
+
+    from coco_jax.config import hparams_of
+    from coco_jax.engine import prepare
+    from coco_jax.step import make_run
+
+    prep = prepare(cfgs[0], data=data)
+    if len(cfgs) > 1 and prepare(cfgs[1], data=data).static != prep.static:
+        raise RuntimeError("the sweep's configurations must share one static group")
+    hps = jax.device_put(jax.tree.map(lambda *a: np.stack(a), *[hparams_of(c) for c in cfgs]))
+    run = make_run(prep.static)  # builds code and allocation (eager jax ops, not counted)
+    with CompileCounter() as cc:
+        t0 = _now()
+        vm = jax.jit(jax.vmap(run, in_axes=(0, None))).lower(hps, prep.data).compile()
+        compile_s = _now() - t0
+        _block(vm(hps, prep.data))
+    times, one_by_one = _time_sweep(plan, vm, (hps, prep.data), cfgs, data)
+    config_steps = len(cfgs) * cfgs[0].steps
+    vmapped = {
+        "compile_s": compile_s,
+        "compilations": cc.count,
+        "run_s": _summary(times),
+        "config_steps_per_s": config_steps / float(np.median(times)),
+    }
+    return {
+        "configs": len(cfgs),
+        "vmapped": vmapped,
+        "one_by_one": one_by_one,
+        "speedup": vmapped["config_steps_per_s"] / one_by_one["config_steps_per_s"],
+    }
+
+
+def _time_sweep(plan: Plan, vm, vm_args: tuple, cfgs: list, data: tuple) -> tuple[list[float], dict]:
+    """Repetitions alternate: the vmapped grid `vm(*vm_args)`, then the same grid one by
+    one with `cj.run`, as a user would (compiled once, cached). Returns the vmapped
+    times and the one-by-one figures."""
+    from coco_jax.engine import run as run_one
+    from coco_jax.step import compiled_run
+
+    compiled_run.cache_clear()
+    with CompileCounter() as cc:
+        t0 = _now()
+        run_one(cfgs[0], data=data)
+        first_s = _now() - t0
+        times, obo_times = [], []
+        for _ in range(plan.reps):
+            times.append(_timed(vm, *vm_args))
+            t0 = _now()
+            for c in cfgs:
+                run_one(c, data=data)
+            obo_times.append(_now() - t0)
+    per_run = float(np.median(obo_times)) / len(cfgs)
+    return times, {
+        "first_run_s": first_s,
+        "compile_s": max(first_s - per_run, 0.0),
+        "compilations": cc.count,
+        "run_s": _summary(obo_times),
+        "config_steps_per_s": len(cfgs) * cfgs[0].steps / float(np.median(obo_times)),
     }
 
 
@@ -1052,10 +1049,9 @@ def evaluate_targets(result: dict) -> list[dict]:
 # ============================================================ the suite
 
 
-def run_suite(plan: Plan, log=print) -> dict:
-    """Run the sections of `plan`; returns the JSON-ready result."""
-    t_start = _now()
-    result: dict[str, Any] = {
+def suite_header(plan: Plan) -> dict:
+    """The result's description of the run: schema, plan, setting and method."""
+    return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": plan.mode,
@@ -1078,6 +1074,12 @@ def run_suite(plan: Plan, log=print) -> dict:
             "ratios": "engine speed / NumPy speed (NumPy step time / engine step time), same run",
         },
     }
+
+
+def run_suite(plan: Plan, log=print) -> dict:
+    """Run the sections of `plan`; returns the JSON-ready result."""
+    t_start = _now()
+    result: dict[str, Any] = suite_header(plan)
     log(f"coco-jax bench ({plan.mode}): machine ...")
     result["machine"] = machine_info()
     calibrations = []
@@ -1085,14 +1087,7 @@ def run_suite(plan: Plan, log=print) -> dict:
         log("[5] roofline calibration (1 of 2)")
         calibrations.append(bench_roofline(plan, log))
     if "throughput" in plan.sections or "redundancy" in plan.sections:
-        with NumpyWorker(plan) as worker:
-            if "throughput" in plan.sections:
-                log("[1] step throughput")
-                result["throughput"] = bench_throughput(plan, worker, log)
-            if "redundancy" in plan.sections:
-                log("[2] cost of redundancy")
-                result["redundancy"] = bench_redundancy(plan, worker, log)
-            result["numpy_blas"] = worker.meta()
+        _run_numpy_sections(plan, result, log)
     if "sweep" in plan.sections:
         log("[3] sweep throughput")
         result["sweep"] = bench_sweep(plan, log)
@@ -1101,35 +1096,58 @@ def run_suite(plan: Plan, log=print) -> dict:
         calibrations.append(bench_roofline(plan, log))
         result["machine"].update(_combine_calibrations(calibrations))
     if "roofline" in plan.sections and "throughput" in plan.sections:
-        result["roofline"] = {
-            "matmul_flops_per_s": result["machine"]["matmul_flops_per_s"],
-            "read_bytes_per_s": result["machine"]["read_bytes_per_s"],
-            "copy_bytes_per_s": result["machine"]["copy_bytes_per_s"],
-            "flops_model": model_flops.__doc__.split("\n\n")[0] if model_flops.__doc__ else "",
-            "cases": roofline_cases(result["throughput"], result["machine"]),
-        }
+        result["roofline"] = roofline_section(result)
     if result.get("throughput"):
-        big = max(result["throughput"], key=_case_size)
-        e = big["engine"]
-        stats = e.get("device_memory_stats")
-        result["memory"] = {
-            "case": big["id"],
-            "x_bytes": e["x_bytes"],
-            "xla_memory_analysis": e.get("memory_analysis"),
-            "device_peak_bytes": (stats or {}).get("peak_bytes_in_use"),
-            "process_peak_rss_bytes": e.get("process_peak_rss_bytes"),
-            "source": "device memory_stats()['peak_bytes_in_use']"
-            if stats and "peak_bytes_in_use" in stats
-            else "no device memory_stats() on this backend: process peak RSS (resource.getrusage ru_maxrss), "
-            "read right after timing the largest case: a high-water mark of the benchmark process so far "
-            "(Python, jax, earlier cases); the XLA memory analysis of the case's program is exact",
-        }
-        nm = result.get("numpy_blas") or {}
-        if nm.get("peak_rss_bytes"):
-            result["memory"]["numpy_process_peak_rss_bytes"] = nm["peak_rss_bytes"]
+        result["memory"] = memory_section(result)
     result["targets"] = evaluate_targets(result)
     result["total_s"] = _now() - t_start
     return result
+
+
+def _run_numpy_sections(plan: Plan, result: dict, log) -> None:
+    """Sections 1 and 2, which share the NumPy subprocess."""
+    with NumpyWorker(plan) as worker:
+        if "throughput" in plan.sections:
+            log("[1] step throughput")
+            result["throughput"] = bench_throughput(plan, worker, log)
+        if "redundancy" in plan.sections:
+            log("[2] cost of redundancy")
+            result["redundancy"] = bench_redundancy(plan, worker, log)
+        result["numpy_blas"] = worker.meta()
+
+
+def roofline_section(result: dict) -> dict:
+    """Section 5: the measured machine rates and the largest-d cases against them."""
+    return {
+        "matmul_flops_per_s": result["machine"]["matmul_flops_per_s"],
+        "read_bytes_per_s": result["machine"]["read_bytes_per_s"],
+        "copy_bytes_per_s": result["machine"]["copy_bytes_per_s"],
+        "flops_model": model_flops.__doc__.split("\n\n")[0] if model_flops.__doc__ else "",
+        "cases": roofline_cases(result["throughput"], result["machine"]),
+    }
+
+
+def memory_section(result: dict) -> dict:
+    """Section 6: peak memory of the largest throughput case."""
+    big = max(result["throughput"], key=_case_size)
+    e = big["engine"]
+    stats = e.get("device_memory_stats")
+    out = {
+        "case": big["id"],
+        "x_bytes": e["x_bytes"],
+        "xla_memory_analysis": e.get("memory_analysis"),
+        "device_peak_bytes": (stats or {}).get("peak_bytes_in_use"),
+        "process_peak_rss_bytes": e.get("process_peak_rss_bytes"),
+        "source": "device memory_stats()['peak_bytes_in_use']"
+        if stats and "peak_bytes_in_use" in stats
+        else "no device memory_stats() on this backend: process peak RSS (resource.getrusage ru_maxrss), "
+        "read right after timing the largest case: a high-water mark of the benchmark process so far "
+        "(Python, jax, earlier cases); the XLA memory analysis of the case's program is exact",
+    }
+    nm = result.get("numpy_blas") or {}
+    if nm.get("peak_rss_bytes"):
+        out["numpy_process_peak_rss_bytes"] = nm["peak_rss_bytes"]
+    return out
 
 
 # ============================================================ table
@@ -1172,193 +1190,219 @@ def _ref_ms(ref: dict) -> str:
 
 
 def format_report(result: dict) -> str:
-    """The benchmark's text table."""
+    """The benchmark's text table: the machine header, then one block per section the
+    run measured, then the total time."""
+    blocks = [format_machine(result)]
+    for section in SECTION_FORMATTERS:
+        text = section(result)
+        if text:
+            blocks.append(text)
+    blocks.append(f"total {result['total_s']:.0f} s")
+    return "\n\n".join(blocks)
+
+
+def format_machine(result: dict) -> str:
+    """The header: machine, versions, NumPy's BLAS and the COCO-EF setting."""
     mc = result["machine"]
-    out = []
     blas = result.get("numpy_blas") or {}
     blas_lib = (blas.get("blas") or [{}])[0] if blas.get("blas") else {}
-    out.append(
-        f"coco-jax bench ({result['mode']}) - {mc['cpu_model']}, {mc['cpu_affinity']} cores, "
-        f"{mc['device_count']} x {mc['device_kind']} ({mc['jax_backend']}); "
-        f"jax {mc['jax']}, numpy {mc['numpy']}"
-        + (
-            f" (BLAS {blas_lib.get('internal_api', '?')} {blas_lib.get('architecture', '?')}"
-            f", env {blas.get('env_mode', '?')})"
-            if blas_lib
-            else ""
-        )
+    blas_text = (
+        f" (BLAS {blas_lib.get('internal_api', '?')} {blas_lib.get('architecture', '?')}"
+        f", env {blas.get('env_mode', '?')})"
+        if blas_lib
+        else ""
     )
     st = result["setting"]
-    out.append(
+    return (
+        f"coco-jax bench ({result['mode']}) - {mc['cpu_model']}, {mc['cpu_affinity']} cores, "
+        f"{mc['device_count']} x {mc['device_kind']} ({mc['jax_backend']}); "
+        f"jax {mc['jax']}, numpy {mc['numpy']}{blas_text}\n"
         f"setting: {st['batch']}; {st['allocation']}; {st['compressor']}; {st['stragglers']}; "
-        f"{st['decoder']}; "
-        f"rows per partition n_k = {st['rows_per_partition']}"
+        f"{st['decoder']}; rows per partition n_k = {st['rows_per_partition']}"
     )
-    if result.get("throughput"):
-        out.append("")
-        out.append(
-            "[1] step throughput - median step time (ms); x = engine speed / NumPy speed; compile separate"
-        )
-        rows = []
-        for r in result["throughput"]:
-            e = r["engine"]
-            rows.append(
-                [
-                    r["task"],
-                    str(r["M"]),
-                    f"{r['d']:,}",
-                    str(r["n_k"]),
-                    _fmt_ms(e["step_s"]),
-                    f"[{_fmt_ms(e['step_s_min'])}-{_fmt_ms(e['step_s_max'])}]",
-                    _fmt_rate(e["steps_per_s"]),
-                    _fmt_rate(e["device_steps_per_s"]),
-                    _ref_ms(r["numpy_vectorized"]),
-                    _ref_ms(r["numpy_loop"]),
-                    _fmt_x(r["x_vectorized"]),
-                    _fmt_x(r["x_loop"]),
-                    f"{e['compile_s']:.2f}",
-                ]
-            )
-        out.append(
-            _table(
-                [
-                    "task",
-                    "M",
-                    "d",
-                    "n_k",
-                    "engine",
-                    "spread",
-                    "steps/s",
-                    "dev-steps/s",
-                    "numpy vec",
-                    "numpy loop",
-                    "x vec",
-                    "x loop",
-                    "compile s",
-                ],
-                rows,
-                "llrrrrrrrrrrr",
-            )
-        )
-        skipped = [
-            f"{r['id']} {name}: {r[key]['skipped']}"
-            for r in result["throughput"]
-            for key, name in (("numpy_vectorized", "vec"), ("numpy_loop", "loop"))
-            if "skipped" in r[key]
+
+
+THROUGHPUT_HEADER = (
+    "task",
+    "M",
+    "d",
+    "n_k",
+    "engine",
+    "spread",
+    "steps/s",
+    "dev-steps/s",
+    "numpy vec",
+    "numpy loop",
+    "x vec",
+    "x loop",
+    "compile s",
+)
+
+
+def _throughput_row(r: dict) -> list[str]:
+    e = r["engine"]
+    return [
+        r["task"],
+        str(r["M"]),
+        f"{r['d']:,}",
+        str(r["n_k"]),
+        _fmt_ms(e["step_s"]),
+        f"[{_fmt_ms(e['step_s_min'])}-{_fmt_ms(e['step_s_max'])}]",
+        _fmt_rate(e["steps_per_s"]),
+        _fmt_rate(e["device_steps_per_s"]),
+        _ref_ms(r["numpy_vectorized"]),
+        _ref_ms(r["numpy_loop"]),
+        _fmt_x(r["x_vectorized"]),
+        _fmt_x(r["x_loop"]),
+        f"{e['compile_s']:.2f}",
+    ]
+
+
+def format_throughput(result: dict) -> str:
+    """[1] step throughput: engine and NumPy step times per case, and what was skipped."""
+    if not result.get("throughput"):
+        return ""
+    rows = [_throughput_row(r) for r in result["throughput"]]
+    skipped = [
+        f"  skipped {r['id']} {name}: {r[key]['skipped']}"
+        for r in result["throughput"]
+        for key, name in (("numpy_vectorized", "vec"), ("numpy_loop", "loop"))
+        if "skipped" in r[key]
+    ]
+    title = "[1] step throughput - median step time (ms); x = engine speed / NumPy speed; compile separate"
+    return "\n".join([title, _table(THROUGHPUT_HEADER, rows, "llrrrrrrrrrrr"), *skipped])
+
+
+def format_redundancy(result: dict) -> str:
+    """[2] cost of redundancy: step time per s, relative to s = 0."""
+    red = result.get("redundancy")
+    if not red:
+        return ""
+    rows = [
+        [
+            str(r["s"]),
+            _fmt_ms(r["engine"]["step_s"]),
+            f"{r['engine_rel']:.2f}",
+            _ref_ms(r["loop"]),
+            "-" if r["loop_rel"] is None else f"{r['loop_rel']:.2f}",
+            f"{r['engine']['compile_s']:.2f}",
         ]
-        for s in skipped:
-            out.append(f"  skipped {s}")
-    if result.get("redundancy"):
-        red = result["redundancy"]
-        out.append("")
-        out.append(
-            f"[2] cost of redundancy - {red['task']} M={red['M']} d={red['d']:,} n_k={red['n_k']}: "
-            "step time (ms) and relative to s=0"
-        )
-        rows = [
-            [
-                str(r["s"]),
-                _fmt_ms(r["engine"]["step_s"]),
-                f"{r['engine_rel']:.2f}",
-                _ref_ms(r["loop"]),
-                "-" if r["loop_rel"] is None else f"{r['loop_rel']:.2f}",
-                f"{r['engine']['compile_s']:.2f}",
-            ]
-            for r in red["levels"]
+        for r in red["levels"]
+    ]
+    title = (
+        f"[2] cost of redundancy - {red['task']} M={red['M']} d={red['d']:,} n_k={red['n_k']}: "
+        "step time (ms) and relative to s=0"
+    )
+    return title + "\n" + _table(["s", "engine", "engine/s0", "numpy loop", "loop/s0", "compile s"], rows)
+
+
+SWEEP_HEADER = (
+    "configs",
+    "vmapped cfg-steps/s",
+    "one-by-one cfg-steps/s",
+    "speedup",
+    "vmap compile s",
+    "compiles",
+    "one-by-one compile s",
+    "compiles",
+)
+
+
+def _format_sweep_case(sw: dict) -> str:
+    rows = [
+        [
+            str(r["configs"]),
+            _fmt_rate(r["vmapped"]["config_steps_per_s"]),
+            _fmt_rate(r["one_by_one"]["config_steps_per_s"]),
+            _fmt_x(r["speedup"]),
+            f"{r['vmapped']['compile_s']:.2f}",
+            str(r["vmapped"]["compilations"]),
+            f"{r['one_by_one']['compile_s']:.2f}",
+            str(r["one_by_one"]["compilations"]),
         ]
-        out.append(_table(["s", "engine", "engine/s0", "numpy loop", "loop/s0", "compile s"], rows))
-    for sw in result.get("sweep", []):
-        out.append("")
-        out.append(
-            f"[3] sweep throughput - {sw['task']} M={sw['M']} d={sw['d']:,} n_k={sw['n_k']}, "
-            f"{sw['steps']} steps (eval every {sw['eval_every']}); configurations differ in {sw['varies']}"
-        )
-        rows = [
-            [
-                str(r["configs"]),
-                _fmt_rate(r["vmapped"]["config_steps_per_s"]),
-                _fmt_rate(r["one_by_one"]["config_steps_per_s"]),
-                _fmt_x(r["speedup"]),
-                f"{r['vmapped']['compile_s']:.2f}",
-                str(r["vmapped"]["compilations"]),
-                f"{r['one_by_one']['compile_s']:.2f}",
-                str(r["one_by_one"]["compilations"]),
-            ]
-            for r in sw["sizes"]
+        for r in sw["sizes"]
+    ]
+    title = (
+        f"[3] sweep throughput - {sw['task']} M={sw['M']} d={sw['d']:,} n_k={sw['n_k']}, "
+        f"{sw['steps']} steps (eval every {sw['eval_every']}); configurations differ in {sw['varies']}"
+    )
+    return title + "\n" + _table(SWEEP_HEADER, rows)
+
+
+def format_sweep(result: dict) -> str:
+    """[3] sweep throughput: one table per sweep case."""
+    return "\n\n".join(_format_sweep_case(sw) for sw in result.get("sweep", []))
+
+
+def format_roofline(result: dict) -> str:
+    """[5] roofline: the largest-d cases against the measured matmul rate and bandwidth."""
+    rf = result.get("roofline")
+    if not rf:
+        return ""
+    rows = [
+        [
+            c["task"],
+            str(c["M"]),
+            f"{c['d']:,}",
+            str(c["n_k"]),
+            _fmt_rate(c["flops_per_s"]),
+            f"{100 * c['flops_fraction']:.1f}%",
+            _fmt_rate(c["x_bytes_per_s"]),
+            f"{100 * c['read_fraction']:.1f}%",
+            f"{100 * c['copy_fraction']:.1f}%",
         ]
-        out.append(
-            _table(
-                [
-                    "configs",
-                    "vmapped cfg-steps/s",
-                    "one-by-one cfg-steps/s",
-                    "speedup",
-                    "vmap compile s",
-                    "compiles",
-                    "one-by-one compile s",
-                    "compiles",
-                ],
-                rows,
+        for c in rf["cases"]
+    ]
+    title = (
+        f"[5] roofline - measured here (best of run start/end): float32 matmul {_fmt_rate(rf['matmul_flops_per_s'])}FLOP/s, "
+        f"read {_fmt_rate(rf['read_bytes_per_s'])}B/s, copy {_fmt_rate(rf['copy_bytes_per_s'])}B/s (jax)"
+    )
+    header = ["task", "M", "d", "n_k", "FLOP/s", "of matmul", "X B/s", "of read", "of copy"]
+    return title + "\n" + _table(header, rows, "llrrrrrrr")
+
+
+def format_memory(result: dict) -> str:
+    """[6] peak memory of the largest case: device or process peak, XLA's analysis."""
+    mem = result.get("memory")
+    if not mem:
+        return ""
+    ma = mem.get("xla_memory_analysis") or {}
+    parts = [f"[6] peak memory - largest case {mem['case']} (X {mem['x_bytes'] / 2**20:.0f} MiB):"]
+    if mem.get("device_peak_bytes"):
+        parts.append(f"device peak {mem['device_peak_bytes'] / 2**20:.0f} MiB;")
+    if mem.get("process_peak_rss_bytes"):
+        parts.append(f"process peak RSS {mem['process_peak_rss_bytes'] / 2**20:.0f} MiB;")
+    if ma:
+        parts.append(
+            "XLA program: arguments {:.0f} MiB + temporaries {:.0f} MiB + outputs {:.2f} MiB".format(
+                ma.get("argument_size_in_bytes", 0) / 2**20,
+                ma.get("temp_size_in_bytes", 0) / 2**20,
+                ma.get("output_size_in_bytes", 0) / 2**20,
             )
         )
-    if result.get("roofline"):
-        rf = result["roofline"]
-        out.append("")
-        out.append(
-            f"[5] roofline - measured here (best of run start/end): float32 matmul {_fmt_rate(rf['matmul_flops_per_s'])}FLOP/s, "
-            f"read {_fmt_rate(rf['read_bytes_per_s'])}B/s, copy {_fmt_rate(rf['copy_bytes_per_s'])}B/s (jax)"
-        )
-        rows = [
-            [
-                c["task"],
-                str(c["M"]),
-                f"{c['d']:,}",
-                str(c["n_k"]),
-                _fmt_rate(c["flops_per_s"]),
-                f"{100 * c['flops_fraction']:.1f}%",
-                _fmt_rate(c["x_bytes_per_s"]),
-                f"{100 * c['read_fraction']:.1f}%",
-                f"{100 * c['copy_fraction']:.1f}%",
-            ]
-            for c in rf["cases"]
-        ]
-        out.append(
-            _table(
-                ["task", "M", "d", "n_k", "FLOP/s", "of matmul", "X B/s", "of read", "of copy"],
-                rows,
-                "llrrrrrrr",
-            )
-        )
-    if result.get("memory"):
-        mem = result["memory"]
-        ma = mem.get("xla_memory_analysis") or {}
-        parts = [f"[6] peak memory - largest case {mem['case']} (X {mem['x_bytes'] / 2**20:.0f} MiB):"]
-        if mem.get("device_peak_bytes"):
-            parts.append(f"device peak {mem['device_peak_bytes'] / 2**20:.0f} MiB;")
-        if mem.get("process_peak_rss_bytes"):
-            parts.append(f"process peak RSS {mem['process_peak_rss_bytes'] / 2**20:.0f} MiB;")
-        if ma:
-            parts.append(
-                "XLA program: arguments {:.0f} MiB + temporaries {:.0f} MiB + outputs {:.2f} MiB".format(
-                    ma.get("argument_size_in_bytes", 0) / 2**20,
-                    ma.get("temp_size_in_bytes", 0) / 2**20,
-                    ma.get("output_size_in_bytes", 0) / 2**20,
-                )
-            )
-        out.append("")
-        out.append(" ".join(parts))
-    if result.get("targets"):
-        out.append("")
-        out.append("[7] targets (issue 6)")
-        rows = []
-        for t in result["targets"]:
-            vals = ", ".join(f"{k} {v:.3g}" for k, v in t["measured"].items()) or "not measured in this mode"
-            met = {True: "met", False: "MISSED", None: "-"}[t["met"]]
-            rows.append([t["description"], t["target"], vals, met])
-        out.append(_table(["target", "goal", "measured", ""], rows, "llll"))
-    out.append("")
-    out.append(f"total {result['total_s']:.0f} s")
-    return "\n".join(out)
+    return " ".join(parts)
+
+
+def format_targets(result: dict) -> str:
+    """[7] the issue's targets: goal, figures of this run, met or missed."""
+    if not result.get("targets"):
+        return ""
+    rows = []
+    for t in result["targets"]:
+        vals = ", ".join(f"{k} {v:.3g}" for k, v in t["measured"].items()) or "not measured in this mode"
+        met = {True: "met", False: "MISSED", None: "-"}[t["met"]]
+        rows.append([t["description"], t["target"], vals, met])
+    return "[7] targets (issue 6)\n" + _table(["target", "goal", "measured", ""], rows, "llll")
+
+
+SECTION_FORMATTERS = (
+    format_throughput,
+    format_redundancy,
+    format_sweep,
+    format_roofline,
+    format_memory,
+    format_targets,
+)
 
 
 # ============================================================ command line
