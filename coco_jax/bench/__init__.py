@@ -16,7 +16,10 @@ Sections (every figure also goes to the JSON file with the machine description):
    64, 256 configurations against the same configurations run one by one with
    `cj.run`; the number of compilations of each. Two grids: a medium one (M=16,
    d=1,000) and ExperimentConfig's default size (M=8, d=32).
-4. Compile time, reported beside every run time (never inside it).
+4. Compile time, reported beside every run time (never inside it), and its own section:
+   the seconds to lower and compile one single run and one sweep group (init + chunk
+   programs), cold and read back from the persistent cache, in a subprocess with a
+   fresh cache directory (`compile_time`).
 5. Roofline: the engine's model FLOP/s against a large float32 jnp matmul, and the
    bytes of X it reads once per step against jax-measured read and copy bandwidth
    (calibrated at the start and at the end of the run; the better figure counts).
@@ -39,9 +42,10 @@ kernel it detects for this CPU (the JSON records which, via threadpoolctl);
 
 Modules: `plan` (sizes, setting), `cases` (data, code, decoder, configuration: the same
 on both sides), `engine_side` and `numpy_side` (the two sides of a throughput case),
-`throughput`, `sweeps`, `roofline`, `targets` (the sections), `suite` (`run_suite`),
-`report` (one formatter per section), `command` (`coco-jax bench`). `python -m
-coco_jax.bench --numpy-worker` is the NumPy subprocess.
+`throughput`, `sweeps`, `compile_time`, `roofline`, `targets` (the sections), `suite`
+(`run_suite`), `report` (one formatter per section), `command` (`coco-jax bench`).
+`python -m coco_jax.bench --numpy-worker` is the NumPy subprocess, `--compile-worker`
+the compile-time one.
 """
 
 from __future__ import annotations

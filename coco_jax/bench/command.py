@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from coco_jax.bench.plan import Plan, make_plan
+from coco_jax.bench.plan import SECTIONS, Plan, make_plan
 from coco_jax.bench.report import format_report
 from coco_jax.bench.suite import run_suite
 from coco_jax.bench.util import json_default
@@ -41,7 +41,7 @@ def plan_from_args(args) -> Plan:
 def cli_bench(args) -> int:
     """`coco-jax bench`: run the suite, print the table, optionally write JSON."""
     plan = plan_from_args(args)
-    unknown = set(plan.sections) - {"throughput", "redundancy", "sweep", "roofline"}
+    unknown = set(plan.sections) - set(SECTIONS)
     if unknown:
         print(f"coco-jax: error: unknown --sections {sorted(unknown)}", file=sys.stderr)
         return 2

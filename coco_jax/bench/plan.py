@@ -25,6 +25,9 @@ SWEEP_CASES = ((16, 1_000, 64, 100), (8, 32, 128, 200))
 ROWS = 32
 MAX_X_BYTES = 512 * 2**20
 
+# The sections of a run, all on by default (`--sections`).
+SECTIONS = ("throughput", "redundancy", "sweep", "compile", "roofline")
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -47,8 +50,11 @@ class Plan:
     sweep_cases: tuple[tuple[int, int, int, int], ...]  # (M, d, rows per partition, steps) each
     matmul_n: int
     bandwidth_bytes: int
+    compile_case: tuple[str, int, int, int]  # task, M, d, steps of the compile-time section
+    compile_batch: int  # configurations in its sweep group
+    compile_reps: int  # repetitions of the cached compilation
     numpy_env: str = "clean"
-    sections: tuple[str, ...] = ("throughput", "redundancy", "sweep", "roofline")
+    sections: tuple[str, ...] = SECTIONS
 
 
 # The sizes of each mode (`make_plan`): tiny is the test suite's, quick about a minute
@@ -69,6 +75,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "sweep_cases": ((4, 64, 8, 10),),
         "matmul_n": 256,
         "bandwidth_bytes": 8 * 2**20,
+        "compile_case": ("linreg", 4, 64, 10),
+        "compile_batch": 4,
+        "compile_reps": 2,
     },
     "quick": {
         "devices": (16, 64),
@@ -85,6 +94,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "sweep_cases": SWEEP_CASES,
         "matmul_n": 2048,
         "bandwidth_bytes": 256 * 2**20,
+        "compile_case": ("linreg", 16, 1_000, 200),
+        "compile_batch": 16,
+        "compile_reps": 5,
     },
     "full": {
         "devices": (16, 64, 256),
@@ -101,6 +113,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "sweep_cases": SWEEP_CASES,
         "matmul_n": 4096,
         "bandwidth_bytes": 1024 * 2**20,
+        "compile_case": ("linreg", 64, 10_000, 200),
+        "compile_batch": 16,
+        "compile_reps": 5,
     },
 }
 

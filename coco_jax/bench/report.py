@@ -186,6 +186,60 @@ def format_sweep(result: dict) -> str:
     return "\n\n".join(_format_sweep_case(sw) for sw in result.get("sweep", []))
 
 
+COMPILE_HEADER = (
+    "program",
+    "HLO lines",
+    "cold lower s",
+    "compile s",
+    "total s",
+    "programs",
+    "cached lower s",
+    "compile s",
+    "total s",
+    "programs",
+    "cold/cached",
+)
+
+
+def _programs(p: dict) -> str:
+    """Programs obtained (read back from the cache) per measurement."""
+    reps = p.get("reps", 1)
+    return f"{p['count'] / reps:g} ({p['loaded'] / reps:g} read)"
+
+
+def _compile_row(c: dict) -> list[str]:
+    cold, cached = c["cold"], c["cached"]
+    return [
+        c["label"],
+        f"{c['hlo_lines']:,}",
+        f"{cold['lower_s']:.2f}",
+        f"{cold['compile_s']:.2f}",
+        f"{cold['total_s']:.2f}",
+        _programs(cold["programs"]),
+        f"{cached['lower_s']:.2f}",
+        f"{cached['compile_s']:.3f}",
+        f"{cached['total_s']:.2f}",
+        _programs(cached["programs"]),
+        _fmt_x(c["cold_over_cached"]),
+    ]
+
+
+def format_compile(result: dict) -> str:
+    """[4] compile time: the single run and a sweep group, cold and from the cache."""
+    cp = result.get("compile")
+    if not cp:
+        return ""
+    title = (
+        f"[4] compile time (s) - {cp['task']} M={cp['M']} d={cp['d']:,} n_k={cp['n_k']}, {cp['steps']} steps "
+        f"(sweep chunks of {cp['chunk_steps']}), in a subprocess with a fresh persistent cache "
+        f"({cp['process_s']:.0f} s in all)\n"
+        f"cold: first compilation, one measurement; cached: after jax.clear_caches(), read back from the "
+        f"cache, median of {cp['reps']}; lower = trace + lower; programs: obtained (read from the cache)"
+    )
+    rows = [_compile_row(cp[name]) for name in ("single", "group")]
+    return title + "\n" + _table(COMPILE_HEADER, rows, "lrrrrrrrrrr")
+
+
 def format_roofline(result: dict) -> str:
     """[5] roofline: the largest-d cases against the measured matmul rate and bandwidth."""
     rf = result.get("roofline")
@@ -251,6 +305,7 @@ SECTION_FORMATTERS = (
     format_throughput,
     format_redundancy,
     format_sweep,
+    format_compile,
     format_roofline,
     format_memory,
     format_targets,

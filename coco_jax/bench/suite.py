@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 from typing import Any
 
+from coco_jax.bench.compile_time import bench_compile
 from coco_jax.bench.machine import machine_info
 from coco_jax.bench.numpy_side import NumpyWorker
 from coco_jax.bench.plan import COMPRESS_RATIO, LR, REDUNDANCY, SCHEMA, STRAGGLER_PROB, Plan
@@ -58,6 +59,9 @@ def run_suite(plan: Plan, log=print) -> dict:
     if "sweep" in plan.sections:
         log("[3] sweep throughput")
         result["sweep"] = bench_sweep(plan, log)
+    if "compile" in plan.sections:
+        log("[4] compile time (subprocess, fresh persistent cache)")
+        result["compile"] = bench_compile(plan, log)
     if calibrations:
         log("[5] roofline calibration (2 of 2)")
         calibrations.append(bench_roofline(plan, log))
