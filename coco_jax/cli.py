@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_list = sub.add_parser("list", help="list the experiment modules")
     p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
 
-    # --- bench (coco_jax/bench.py) ---
+    # --- bench (coco_jax/bench/) ---
     p_bench = sub.add_parser("bench", help="benchmark the engine against NumPy references and machine limits")
     p_bench.add_argument("--quick", action="store_true", help="small sizes (about a minute on a 2-core CPU)")
     p_bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--dims", help="comma list of d for the throughput grid (e.g. 1000,10000,100000)")
     p_bench.add_argument("--rows", type=int, help="rows per partition before the X-size cap (default 32)")
     p_bench.add_argument("--reps", type=int, help="timing repetitions")
-    p_bench.add_argument("--sections", help="comma list of throughput,redundancy,sweep,roofline (all)")
+    p_bench.add_argument("--sections", help="comma list: throughput,redundancy,sweep,compile,roofline (all)")
     p_bench.add_argument(
         "--numpy-env",
         choices=("clean", "inherit"),

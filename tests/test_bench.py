@@ -119,11 +119,76 @@ def test_rows_per_partition_cap():
     assert bench.rows_per_partition(10**6, 10**6) == 1
 
 
-def test_cli_bench_tiny_writes_json(tmp_path, capsys):
-    path = tmp_path / "bench.json"
-    assert cli.main(["bench", "--tiny", "--json", str(path)]) == 0
-    printed = capsys.readouterr().out
-    for heading in ("[1] step throughput", "[2] cost of redundancy", "[3] sweep throughput", "[5] roofline"):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`coco-jax bench --tiny --json FILE`, run once for the tests below: (table, JSON path)."""
+    import contextlib
+    import io
+
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["bench", "--tiny", "--json", str(path)]) == 0
+    return printed.getvalue(), path
+
+
+def test_compile_section_tiny(tiny_run):
+    """[4] compile time: a single run and a sweep group compiled cold in a subprocess with a
+    fresh persistent cache, then again after jax.clear_caches(), read back from that cache.
+    The one timing assertion of this file: reading back is faster than compiling (by ~5-30x
+    here; asserted without a factor)."""
+    printed, path = tiny_run
+    result = json.loads(path.read_text())
+    assert "compile" in result["plan"]["sections"]
+    cp = result["compile"]
+    plan = bench.make_plan("tiny")
+    assert [cp["task"], cp["M"], cp["d"], cp["steps"]] == list(plan.compile_case)
+    assert cp["batch"] == plan.compile_batch and cp["reps"] == plan.compile_reps
+    for name, least in (("single", 1), ("group", 2)):  # the group: init and chunk programs
+        c = cp[name]
+        cold, cached = c["cold"], c["cached"]
+        for key in ("lower_s", "compile_s", "total_s"):
+            assert cold[key] > 0 and cached[key] > 0
+        assert cached["compile_s"] < cold["compile_s"] and cached["total_s"] < cold["total_s"]
+        n = cold["programs"]["count"]
+        assert n >= least and cold["programs"] == {"count": n, "loaded": 0, "compiled": n}  # really cold
+        assert cached["programs"]["count"] == cached["programs"]["loaded"] == n * cp["reps"]
+        assert [r["programs"]["loaded"] for r in cached["runs"]] == [n] * cp["reps"]
+        assert c["hlo_lines"] == sum(c["hlo_lines_by_program"].values()) > 0
+        assert c["label"] in printed
+    assert set(cp["group"]["hlo_lines_by_program"]) == {"init", "chunk"}
+    assert cp["cache_files_written"] >= 3
+    table = printed[printed.index("[4] compile time") :].split("\n\n")[0].splitlines()
+    assert table[2].split()[:2] == ["program", "HLO"] and len(table) == 6  # title, note, header, rule, 2 rows
+
+
+def test_compile_subprocess_cache_is_fresh(monkeypatch, tmp_path):
+    """Whatever cache the user configured, the compile subprocess uses the fresh directory."""
+    from coco_jax.bench.compile_time import fresh_cache_env
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "5")
+    monkeypatch.setenv("COCO_JAX_CACHE_DIR", "off")
+    env = fresh_cache_env(str(tmp_path))
+    assert env["COCO_JAX_CACHE_DIR"] == str(tmp_path)
+    assert not [k for k in env if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))]
+
+
+def test_bench_sections(capsys):
+    assert "compile" in bench.make_plan("tiny").sections and "compile" in bench.make_plan("quick").sections
+    assert cli.main(["bench", "--tiny", "--sections", "compile,nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+def test_cli_bench_tiny_writes_json(tiny_run):
+    printed, path = tiny_run
+    for heading in (
+        "[1] step throughput",
+        "[2] cost of redundancy",
+        "[3] sweep throughput",
+        "[4] compile time",
+        "[5] roofline",
+    ):
         assert heading in printed
     result = json.loads(path.read_text())  # valid JSON (no NaN: strict parse below)
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
