@@ -15,13 +15,6 @@ from coco_jax.reference import gradient_descent
 from coco_jax.step import make_run
 
 
-def _linreg_data(n=48, d=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    y = (x @ rng.normal(size=d) + 0.1 * rng.normal(size=n)).astype(np.float32)
-    return x, y
-
-
 def test_hand_computed_example():
     """M = K = 3, s = 1 cyclic, top-1 with error feedback, fixed decoder, lr 0.5,
     device 1 straggles at step 1 and device 0 at step 2 (worked by hand)."""
@@ -75,8 +68,10 @@ def test_hand_computed_example():
     ],
 )
 @pytest.mark.parametrize("error_feedback", ["none", "ef", "ef21"])
-def test_identity_without_stragglers_is_gradient_descent(allocation, redundancy, decoder, error_feedback):
-    x, y = _linreg_data()
+def test_identity_without_stragglers_is_gradient_descent(
+    allocation, redundancy, decoder, error_feedback, linreg_data
+):
+    x, y = linreg_data()
     cfg = cj.ExperimentConfig(
         num_devices=6,
         redundancy=redundancy,
@@ -92,9 +87,9 @@ def test_identity_without_stragglers_is_gradient_descent(allocation, redundancy,
     np.testing.assert_allclose(res.params, gradient_descent(x, y, 0.3, 15), rtol=2e-4, atol=2e-5)
 
 
-def test_optimal_decoder_recovers_gradient_with_decodable_stragglers():
+def test_optimal_decoder_recovers_gradient_with_decodable_stragglers(linreg_data):
     """gc with ≤ s stragglers (cyclic) or one survivor per frc group is exactly GD."""
-    x, y = _linreg_data(n=60)
+    x, y = linreg_data(n=60)
     rng = np.random.default_rng(1)
     steps, m = 12, 6
     cyclic_trace = np.zeros((steps, m), bool)
@@ -261,7 +256,7 @@ def test_invalid_config_names_field(changes, field):
     assert repr(next(iter(changes.values()))) in str(info.value) or field in str(info.value)
 
 
-def test_data_dependent_errors_before_compiling(monkeypatch):
+def test_data_dependent_errors_before_compiling(monkeypatch, linreg_data):
     from coco_jax import step
 
     def boom(*a, **k):
@@ -269,7 +264,7 @@ def test_data_dependent_errors_before_compiling(monkeypatch):
 
     monkeypatch.setattr(step, "compiled_run", boom)
     monkeypatch.setattr(cj.engine, "compiled_run", boom)
-    x, y = _linreg_data(n=50)
+    x, y = linreg_data(n=50)
     with pytest.raises(cj.ConfigError, match="data"):
         cj.run(cj.ExperimentConfig(num_devices=8), data=(x, y))  # 50 rows, K = 8
     with pytest.raises(cj.ConfigError, match="compress_k"):
