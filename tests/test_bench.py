@@ -1,6 +1,6 @@
 """The benchmark's NumPy references agree with each other and use the engine's code
-(that, with tests/test_engine.py's check that they equal the engine, is what makes the
-ratios honest), and `coco-jax bench` runs end to end at a tiny size. No timing is
+matrix (with tests/test_engine.py's check that they equal the engine, that is what makes
+the ratios honest), and `coco-jax bench` runs end to end at a tiny size. No timing is
 asserted anywhere."""
 
 from __future__ import annotations
