@@ -12,21 +12,7 @@ import argparse
 import sys
 import time
 
-
-def small_base(**over):
-    import coco_jax as cj
-
-    fields = {
-        "task": "linreg",
-        "num_devices": 4,
-        "num_samples": 64,
-        "num_test": 16,
-        "num_features": 8,
-        "steps": 6,
-        "eval_every": 2,
-    }
-    fields.update(over)
-    return cj.ExperimentConfig(**fields)
+from conftest import small_base  # the one definition; tests/ is on sys.path here and in pytest
 
 
 def grid(name: str):

@@ -12,12 +12,6 @@ from coco_jax.reference import gradient_descent
 from coco_jax.step import make_run
 
 
-def _data(n=48, d=5, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    return x, (x @ rng.normal(size=d)).astype(np.float32)
-
-
 def _vmapped_over_seeds(cfg, seeds, data=None):
     prep = prepare(cfg, data=data)
     hps = [config_lib.hparams_of(cfg.replace(seed=s)) for s in seeds]
@@ -27,10 +21,10 @@ def _vmapped_over_seeds(cfg, seeds, data=None):
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_minibatch_gradients_are_unbiased(shared):
+def test_minibatch_gradients_are_unbiased(shared, linreg_data):
     """One step from θ = 0: the mean of θ1 over seeds is the full-gradient step, for
     shared and independent (faithful) minibatches alike."""
-    x, y = _data(n=48)
+    x, y = linreg_data(d=5, noise=0.0)
     cfg = cj.ExperimentConfig(
         num_devices=4,
         redundancy=1,
@@ -50,8 +44,8 @@ def test_minibatch_gradients_are_unbiased(shared):
     np.testing.assert_array_less(np.abs(params.mean(axis=0) - expected), 5 * stderr + 1e-6)
 
 
-def test_shared_and_faithful_minibatches_differ_per_draw():
-    x, y = _data(n=48)
+def test_shared_and_faithful_minibatches_differ_per_draw(linreg_data):
+    x, y = linreg_data(d=5, noise=0.0)
     base = cj.ExperimentConfig(
         num_devices=4, straggler="none", compressor="identity", error_feedback="none", batch_size=3, steps=3
     )
@@ -60,8 +54,8 @@ def test_shared_and_faithful_minibatches_differ_per_draw():
     assert not np.allclose(a, b)
 
 
-def test_more_partitions_than_devices():
-    x, y = _data(n=48)
+def test_more_partitions_than_devices(linreg_data):
+    x, y = linreg_data(d=5, noise=0.0)
     for allocation, s in (("cyclic", 1), ("frc", 1), ("uncoded", 0)):
         cfg = cj.ExperimentConfig(
             num_devices=4,
@@ -82,8 +76,8 @@ def test_more_partitions_than_devices():
         cj.ExperimentConfig(num_devices=4, num_partitions=6, allocation="cyclic")
 
 
-def test_device_momentum_without_compression_is_heavy_ball():
-    x, y = _data()
+def test_device_momentum_without_compression_is_heavy_ball(linreg_data):
+    x, y = linreg_data(d=5, noise=0.0)
     cfg = cj.ExperimentConfig(
         num_devices=4,
         straggler="none",
@@ -111,8 +105,8 @@ def test_device_momentum_without_compression_is_heavy_ball():
     )
 
 
-def test_diana_with_identity_is_gradient_descent():
-    x, y = _data()
+def test_diana_with_identity_is_gradient_descent(linreg_data):
+    x, y = linreg_data(d=5, noise=0.0)
     cfg = cj.preset("gc-diana", num_devices=4, straggler="none", compressor="identity", lr=0.2, steps=10)
     np.testing.assert_allclose(
         cj.run(cfg, data=(x, y)).params, gradient_descent(x, y, 0.2, 10), rtol=1e-4, atol=1e-5

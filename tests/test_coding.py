@@ -340,10 +340,10 @@ def test_fixed_weights_formula():
 
 
 @pytest.mark.parametrize("decoder", DECODER_NAMES)
-@pytest.mark.parametrize("name", ["cyclic", "bernoulli", "frc"])
+@pytest.mark.parametrize("name", ALLOCATION_NAMES)
 def test_stragglers_zero_weight_and_jit_matches(decoder, name):
     m_dev = 6
-    alloc = make_allocation(name, m_dev, m_dev, 1)
+    alloc = make_allocation(name, m_dev, m_dev, 0 if name == "uncoded" else 1)
     key_b, key_s, key_r = jax.random.split(_fresh_key(4), 3)
     B = alloc.sample(key_b)
     masks = jax.random.bernoulli(key_s, 0.4, (64, m_dev))

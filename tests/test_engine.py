@@ -2,24 +2,17 @@
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import coco_jax as cj
+from coco_jax import bench, reference
 from coco_jax import config as config_lib
-from coco_jax import feedback
 from coco_jax.compressors import make_compressor
 from coco_jax.engine import prepare
 from coco_jax.reference import gradient_descent
+from coco_jax.registry import FEEDBACKS, PRESETS
 from coco_jax.step import make_run
-
-
-def _linreg_data(n=48, d=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, d)).astype(np.float32)
-    y = (x @ rng.normal(size=d) + 0.1 * rng.normal(size=n)).astype(np.float32)
-    return x, y
 
 
 def test_hand_computed_example():
@@ -74,9 +67,11 @@ def test_hand_computed_example():
         ("cyclic_mds", 2, "optimal"),
     ],
 )
-@pytest.mark.parametrize("error_feedback", ["none", "ef", "ef21"])
-def test_identity_without_stragglers_is_gradient_descent(allocation, redundancy, decoder, error_feedback):
-    x, y = _linreg_data()
+@pytest.mark.parametrize("error_feedback", FEEDBACKS.builtin_names())
+def test_identity_without_stragglers_is_gradient_descent(
+    allocation, redundancy, decoder, error_feedback, linreg_data
+):
+    x, y = linreg_data()
     cfg = cj.ExperimentConfig(
         num_devices=6,
         redundancy=redundancy,
@@ -92,9 +87,9 @@ def test_identity_without_stragglers_is_gradient_descent(allocation, redundancy,
     np.testing.assert_allclose(res.params, gradient_descent(x, y, 0.3, 15), rtol=2e-4, atol=2e-5)
 
 
-def test_optimal_decoder_recovers_gradient_with_decodable_stragglers():
+def test_optimal_decoder_recovers_gradient_with_decodable_stragglers(linreg_data):
     """gc with ≤ s stragglers (cyclic) or one survivor per frc group is exactly GD."""
-    x, y = _linreg_data(n=60)
+    x, y = linreg_data(n=60)
     rng = np.random.default_rng(1)
     steps, m = 12, 6
     cyclic_trace = np.zeros((steps, m), bool)
@@ -194,36 +189,6 @@ def test_divergence_is_recorded_not_raised():
     assert not np.isfinite(res.history["loss"][-1])
 
 
-def test_error_feedback_conserves_mass():
-    """Per device: Σ sent messages + final error = Σ coded inputs of delivered steps
-    (keep); = Σ of all coded inputs (accumulate); reset zeroes the error."""
-    d, steps = 40, 30
-    comp = make_compressor("topk", d, k=3)
-    hp = config_lib.hparams_of(cj.ExperimentConfig())
-    rng = np.random.default_rng(0)
-    gs = rng.normal(size=(steps, d)).astype(np.float32)
-    straggles = rng.random(steps) < 0.3
-    for mode in ("keep", "accumulate", "reset"):
-        fb = feedback.make_feedback("ef", comp, fields={"straggler_error": mode})
-        state = fb.init(d, jnp.float32)
-        sent = np.zeros(d, np.float32)
-        for t in range(steps):
-            before = np.asarray(state["e"])
-            g = jnp.asarray(gs[t])
-            if straggles[t]:
-                state = fb.hold(g, state, hp)
-                after = np.asarray(state["e"])
-                expected = {"keep": before, "reset": np.zeros(d), "accumulate": before + gs[t]}[mode]
-                np.testing.assert_allclose(after, expected, atol=1e-6)
-            else:
-                msg, _, state = fb.send(jax.random.key(t), g, state, hp)
-                sent += np.asarray(msg)
-                assert np.count_nonzero(np.asarray(msg)) == 3
-        total = gs.sum(0) if mode == "accumulate" else gs[~straggles].sum(0)
-        if mode != "reset":
-            np.testing.assert_allclose(sent + np.asarray(state["e"]), total, atol=1e-4)
-
-
 def test_float64_without_x64_falls_back_to_float32():
     res = cj.run(cj.ExperimentConfig(dtype="float64", steps=2))
     assert res.history["loss"].dtype == np.float32
@@ -261,7 +226,7 @@ def test_invalid_config_names_field(changes, field):
     assert repr(next(iter(changes.values()))) in str(info.value) or field in str(info.value)
 
 
-def test_data_dependent_errors_before_compiling(monkeypatch):
+def test_data_dependent_errors_before_compiling(monkeypatch, linreg_data):
     from coco_jax import step
 
     def boom(*a, **k):
@@ -269,7 +234,7 @@ def test_data_dependent_errors_before_compiling(monkeypatch):
 
     monkeypatch.setattr(step, "compiled_run", boom)
     monkeypatch.setattr(cj.engine, "compiled_run", boom)
-    x, y = _linreg_data(n=50)
+    x, y = linreg_data(n=50)
     with pytest.raises(cj.ConfigError, match="data"):
         cj.run(cj.ExperimentConfig(num_devices=8), data=(x, y))  # 50 rows, K = 8
     with pytest.raises(cj.ConfigError, match="compress_k"):
@@ -284,7 +249,7 @@ def test_data_dependent_errors_before_compiling(monkeypatch):
 
 
 def test_presets_build_and_learn():
-    for name in cj.PRESETS:
+    for name in PRESETS.builtin_names():
         res = cj.run(cj.preset(name, task="logreg", steps=30, num_devices=6))
         assert res.history["loss"][-1] < res.history["loss"][0], name
     with pytest.raises(cj.ConfigError, match="preset"):
@@ -375,3 +340,78 @@ def test_given_trace_is_the_straggler_pattern():
     np.testing.assert_array_equal(res.params, explicit.params)
     with pytest.raises(cj.ConfigError, match="shape"):
         cj.run(cfg, data=(x, y), straggler_trace=trace[:5])
+
+
+# ------------------------------------------------- the engine equals the NumPy references
+# coco_jax.reference implements the COCO-EF step as a per-device loop and fully
+# vectorised in NumPy (the benchmark's baselines); both must equal the engine.
+
+M, N_K, D, S, K, STEPS, P, LR = 6, 5, 20, 2, 3, 12, 0.2, 0.1
+
+
+def _case(task: str):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((M * N_K, D)).astype(np.float32) / np.float32(np.sqrt(D))
+    z = x @ rng.standard_normal(D).astype(np.float32)
+    y = z if task == "linreg" else (z > 0).astype(np.float32)
+    trace = rng.random((STEPS, M)) < P
+    return x, y.astype(np.float32), trace
+
+
+def _engine(task: str, x, y, trace):
+    cfg = cj.ExperimentConfig(
+        task=task,
+        num_devices=M,
+        redundancy=S,
+        allocation="cyclic",
+        decoder="fixed",
+        straggler="trace",
+        straggler_prob=P,
+        compressor="topk",
+        compress_k=K,
+        error_feedback="ef",
+        optimizer="sgd",
+        lr=LR,
+        steps=STEPS,
+        eval_every=1,
+    )
+    y_engine = y if task == "linreg" else y.astype(np.int32)
+    return cj.run(cfg, data=(x, y_engine), straggler_trace=trace)
+
+
+@pytest.mark.parametrize("task", ["linreg", "logreg"])
+@pytest.mark.parametrize(
+    "step_fn", [reference.loop_step, reference.vectorized_step], ids=["loop", "vectorized"]
+)
+def test_references_match_engine(task, step_fn):
+    x, y, trace = _case(task)
+    assert trace.any() and not trace.all()
+    res = _engine(task, x, y, trace)
+    b = bench.code_matrix(M, S)
+    w = np.tile(bench.decode_weights(M, S, P), (STEPS, 1))  # 1/(K(1-p)(s+1)); stragglers zeroed by the step
+    np.testing.assert_allclose(w[0], 1.0 / (M * (1 - P) * (S + 1)), rtol=1e-6)
+    theta, losses = reference.reference_run(step_fn, task, x, y, b, trace, w, K, LR, True)
+    assert theta.dtype == np.float32
+    np.testing.assert_allclose(res.history["loss"], losses, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(res.params, theta, rtol=1e-4, atol=2e-6)
+    assert losses[-1] < losses[0]
+
+
+def _stable_argsort_topk(v, k):
+    out = np.zeros_like(v)
+    idx = np.argsort(-np.abs(v), kind="stable")[:k]
+    out[idx] = v[idx]
+    return out
+
+
+def test_reference_topk_ties_match_engine_compressor():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        d = int(rng.integers(1, 30))
+        k = int(rng.integers(1, d + 1))
+        v = (rng.integers(-3, 4, size=(4, d)) * 0.5).astype(np.float32)  # many ties, zeros, both signs
+        comp = make_compressor("topk", d, k=k)
+        engine = np.stack([np.asarray(comp.compress(jax.random.key(0), jax.numpy.asarray(r))) for r in v])
+        np.testing.assert_array_equal(reference.topk(v, k), engine)
+        np.testing.assert_array_equal(reference._topk_rows(v, k), engine)
+        np.testing.assert_array_equal(np.stack([_stable_argsort_topk(r, k) for r in v]), engine)

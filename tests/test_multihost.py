@@ -3,7 +3,6 @@ devices each) gathers on process 0 exactly the table a single process computes."
 
 from __future__ import annotations
 
-import os
 import pathlib
 import socket
 import subprocess
@@ -24,25 +23,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(devices: int) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(var, None)
-    return env
-
-
 def _helper(*args: str) -> list[str]:
     return [sys.executable, str(HERE / "sweep_helper.py"), "run", *args]
 
 
-def test_two_processes_gather_the_single_process_table(tmp_path):
+def test_two_processes_gather_the_single_process_table(tmp_path, subprocess_env):
     single = tmp_path / "single.parquet"
     one = subprocess.run(
         _helper("--grid", "mixed", "--table", str(single)),
-        env=_env(1),
+        env=subprocess_env(1),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -70,7 +59,7 @@ def test_two_processes_gather_the_single_process_table(tmp_path):
                 "--process-id",
                 str(i),
             ),
-            env=_env(2),
+            env=subprocess_env(2),
             cwd=ROOT,
             stdout=logs[i],
             stderr=subprocess.STDOUT,

@@ -38,14 +38,6 @@ HISTORY = ["step", "loss", "grad_norm_sq", "test_loss", "bits", "time", "deliver
 HISTORY += ["grad_error_sq", "ef_error_norm", "contraction", "diverged"]
 
 
-def _env(devices: int = 1) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _rows(df: pd.DataFrame, cfg) -> pd.DataFrame:
     return df[df.config_id == res_lib.config_id(cfg)].sort_values("step").reset_index(drop=True)
 
@@ -101,9 +93,9 @@ def test_mixed_grid_equals_run_one_compilation_per_group(tmp_path, fresh_program
         )
 
 
-def test_chunking_and_tail_interval_equal_run(fresh_programs):
+def test_chunking_and_tail_interval_equal_run(fresh_programs, small_base):
     # steps = 7 is not a multiple of eval_every = 2: the last interval is 1 step
-    grid = cj.Grid(base=sweep_helper.small_base(steps=7), axes={"lr": [0.05, 0.2], "seed": [0, 3]})
+    grid = cj.Grid(base=small_base(steps=7), axes={"lr": [0.05, 0.2], "seed": [0, 3]})
     tables = [cj.sweep(grid, progress=False, chunk_steps=c) for c in (None, 2, 3, 100)]
     assert [t.stats.compilations for t in tables] == [1, 1, 1, 1]  # one per chunk length
     for t in tables[1:]:
@@ -116,9 +108,9 @@ def test_chunking_and_tail_interval_equal_run(fresh_programs):
         np.testing.assert_array_equal(rows.bits.to_numpy(), res.history["bits"])
 
 
-def test_permuted_grid_and_other_batching_give_same_rows(fresh_programs):
+def test_permuted_grid_and_other_batching_give_same_rows(fresh_programs, small_base):
     a = cj.sweep(sweep_helper.grid("six"), progress=False)
-    permuted = cj.Grid(base=sweep_helper.small_base(), axes={"seed": [1, 0], "lr": [0.2, 0.05, 0.1]})
+    permuted = cj.Grid(base=small_base(), axes={"seed": [1, 0], "lr": [0.2, 0.05, 0.1]})
     b = cj.sweep(permuted, progress=False, memory_budget=1)  # and 1-configuration batches
     assert b.stats.batches == [(1, 1)] * 6
     assert b.stats.compilations == 1  # batches of one size reuse one program
@@ -139,7 +131,7 @@ def test_memory_budget_batches_do_not_change_results(fresh_programs):
     _assert_same_rows(whole, split, rtol=1e-6)
 
 
-def test_dataset_loaded_once_and_prepared_once_per_static_configuration(monkeypatch):
+def test_dataset_loaded_once_and_prepared_once_per_static_configuration(monkeypatch, small_base):
     from coco_jax import data as data_lib
     from coco_jax import engine
 
@@ -149,24 +141,20 @@ def test_dataset_loaded_once_and_prepared_once_per_static_configuration(monkeypa
     monkeypatch.setattr(
         engine, "prepare", lambda cfg, *a, **k: prepares.append(cfg) or real_prepare(cfg, *a, **k)
     )
-    grid = cj.Grid(
-        base=sweep_helper.small_base(), axes={"lr": [0.01 * i for i in range(1, 9)], "seed": range(4)}
-    )
+    grid = cj.Grid(base=small_base(), axes={"lr": [0.01 * i for i in range(1, 9)], "seed": range(4)})
     plan = plan_lib.plan_sweep(grid)
     assert (len(loads), len(prepares), len(plan.groups), len(plan.entries)) == (1, 1, 1, 32)
     loads.clear(), prepares.clear()
-    three = cj.Grid(
-        base=sweep_helper.small_base(), axes={"preset": ["coco-ef", "gc", "gc-compressed"], "seed": range(4)}
-    )
+    three = cj.Grid(base=small_base(), axes={"preset": ["coco-ef", "gc", "gc-compressed"], "seed": range(4)})
     plan = plan_lib.plan_sweep(three)
     assert (len(loads), len(prepares), len(plan.groups), plan.data_loads) == (1, 3, 3, 1)
     assert plan.groups[0].prepared.data is plan.groups[1].prepared.data  # shared arrays
     loads.clear()
-    assert len(plan_lib.plan_sweep(cj.Grid(base=sweep_helper.small_base(), axes={"data_seed": [0, 1]})).groups) == 2
+    assert len(plan_lib.plan_sweep(cj.Grid(base=small_base(), axes={"data_seed": [0, 1]})).groups) == 2
     assert len(loads) == 2
 
 
-def test_dynamic_fields_never_split_groups(fresh_programs):
+def test_dynamic_fields_never_split_groups(fresh_programs, small_base):
     axes = {
         "lr": [0.05, 0.1],
         "straggler_prob": [0.1, 0.4],
@@ -175,20 +163,20 @@ def test_dynamic_fields_never_split_groups(fresh_programs):
         "straggler_count": [1, 2],
         "diana_alpha": [0.3, 0.6],
     }
-    grid = cj.Grid(base=sweep_helper.small_base(steps=2, eval_every=1, optimizer="momentum"), axes=axes)
+    grid = cj.Grid(base=small_base(steps=2, eval_every=1, optimizer="momentum"), axes=axes)
     assert len(plan_lib.plan_sweep(grid).groups) == 1
     df = cj.sweep(grid, progress=False)
     assert df.stats.compilations == 1 and df.config_id.nunique() == 64
     assert set(axes) < set(DYNAMIC_FIELDS)
 
 
-def test_padding_on_four_devices_equals_one_device(tmp_path):
+def test_padding_on_four_devices_equals_one_device(tmp_path, subprocess_env):
     """6 configurations on 4 host devices: padded to 8, padding dropped, same rows."""
     one = cj.sweep(sweep_helper.grid("six"), progress=False)
     table = tmp_path / "four.parquet"
     proc = subprocess.run(
         [sys.executable, str(HERE / "sweep_helper.py"), "run", "--grid", "six", "--table", str(table)],
-        env=_env(4),
+        env=subprocess_env(4),
         capture_output=True,
         text=True,
         timeout=120,
@@ -211,8 +199,8 @@ def _no_compile(fn, match):
     assert cc.count == 0
 
 
-def test_bad_grids_fail_before_compiling(tmp_path):
-    base = sweep_helper.small_base()
+def test_bad_grids_fail_before_compiling(tmp_path, small_base):
+    base = small_base()
     err = None
     try:
         cj.Grid(base=base, axes={"learning_rate": [0.1]})
@@ -240,18 +228,18 @@ def test_bad_grids_fail_before_compiling(tmp_path):
     )
 
 
-def test_other_grid_in_out_dir_is_refused(tmp_path, fresh_programs):
+def test_other_grid_in_out_dir_is_refused(tmp_path, fresh_programs, small_base):
     out = tmp_path / "out"
     cj.sweep(sweep_helper.grid("six"), out=out, progress=False)
-    other = cj.Grid(base=sweep_helper.small_base(), axes={"lr": [0.3]})
+    other = cj.Grid(base=small_base(), axes={"lr": [0.3]})
     _no_compile(lambda: cj.sweep(other, out=out, progress=False), "another grid.*overwrite")
     df = cj.sweep(other, out=out, progress=False, overwrite=True)
     assert len(df) == 4 and set(df.lr) == {0.3}
     assert len(cj.load_results(out)) == 4
 
 
-def test_grid_modes_exclude_and_labels():
-    base = sweep_helper.small_base()
+def test_grid_modes_exclude_and_labels(small_base):
+    base = small_base()
     g = cj.Grid(
         base=base,
         axes={"preset": ["coco-ef", "gc"], "lr": [0.1, 0.2]},
@@ -275,9 +263,9 @@ def test_grid_modes_exclude_and_labels():
 # ------------------------------------------------------------------ results
 
 
-def test_load_results_round_trip_and_sidecar(tmp_path, fresh_programs):
+def test_load_results_round_trip_and_sidecar(tmp_path, fresh_programs, small_base):
     out = tmp_path / "out"
-    grid = cj.Grid(base=sweep_helper.small_base(), axes={"preset": ["coco-ef", "gc"], "seed": [0, 1]})
+    grid = cj.Grid(base=small_base(), axes={"preset": ["coco-ef", "gc"], "seed": [0, 1]})
     df = cj.sweep(grid, out=out, progress=False)
     loaded = cj.load_results(out)
     pd.testing.assert_frame_equal(df, loaded)
@@ -304,7 +292,7 @@ def test_load_results_round_trip_and_sidecar(tmp_path, fresh_programs):
         cj.load_results(tmp_path)
 
 
-def test_resume_after_sigkill(tmp_path, monkeypatch):
+def test_resume_after_sigkill(tmp_path, monkeypatch, subprocess_env):
     """Kill a sweep after its first batch file, resume, compare to an uninterrupted one."""
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -321,7 +309,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
             "--slow",
             "30",
         ],
-        env=_env(1),
+        env=subprocess_env(1),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -365,8 +353,8 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
     )
 
 
-def test_progress_bar_counts_configuration_steps(capsys):
-    grid = cj.Grid(base=sweep_helper.small_base(), axes={"seed": [0, 1, 2]})
+def test_progress_bar_counts_configuration_steps(capsys, small_base):
+    grid = cj.Grid(base=small_base(), axes={"seed": [0, 1, 2]})
     cj.sweep(grid, progress=True, chunk_steps=2)
     err = capsys.readouterr().err
     assert "cfg-step/s" in err and "100%" in err and "18.0/18.0" in err

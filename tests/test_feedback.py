@@ -1,0 +1,388 @@
+"""Tests of coco_jax.feedback: each built-in error-feedback rule's init / send / hold /
+aggregate on its own, without the engine.
+
+Generic properties (shapes, dtypes, jit, vmap over devices) run over every built-in
+rule; the rest pins each rule's semantics: error feedback conserves what it does not
+send, EF21's server uses every device's shift with the no-straggler weights, DIANA's
+partial-participation estimate is unbiased under an unbiased decoder (Monte Carlo, with
+a negative control), and device momentum wraps a rule as documented.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import coco_jax as cj
+from coco_jax import config as config_lib
+from coco_jax.coding import decode_weights, make_allocation
+from coco_jax.compressors import make_compressor
+from coco_jax.feedback import (
+    Server,
+    diana_alpha_bound,
+    make_feedback,
+    sum_delivered,
+    with_device_momentum,
+)
+from coco_jax.registry import FEEDBACKS
+
+FEEDBACK_NAMES = FEEDBACKS.builtin_names()
+D, M, K = 12, 5, 3  # vector dimension, devices, kept entries of top-k / rand-k
+SEED = int(np.random.SeedSequence().entropy % (2**31))  # fresh inputs each run; shown on failure
+KEY = jax.random.key(SEED)
+
+
+def _key(tag: int) -> jax.Array:
+    return jax.random.fold_in(KEY, tag)
+
+
+def _hp(**changes):
+    """One configuration's HParams (numpy scalars in the config's float dtype)."""
+    return config_lib.hparams_of(cj.ExperimentConfig(**changes))
+
+
+def _compressor(rule: str, dtype=jnp.float32):
+    """top-k for every rule but DIANA, which needs an unbiased (here random) compressor."""
+    name = "randk_unbiased" if rule == "diana" else "topk"
+    return make_compressor(name, D, k=K, dtype=dtype)
+
+
+def _rule(name: str, dtype=jnp.float32, **fields):
+    return make_feedback(name, _compressor(name, dtype), dim=D, fields=fields)
+
+
+def _stack(tree, n: int):
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), tree)
+
+
+def _random_state(rule, dtype, tag: int, n: int = M):
+    """n device memories with random values (the rule's init structure)."""
+    state = _stack(rule.init(D, dtype), n)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    keys = jax.random.split(_key(tag), max(len(leaves), 1))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(k, a.shape, dtype) for k, a in zip(keys, leaves)]
+    )
+
+
+def _row(tree, m: int):
+    return jax.tree_util.tree_map(lambda a: a[m], tree)
+
+
+# ---------------------------------------------------------------------- generic
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", FEEDBACK_NAMES)
+def test_shapes_and_dtypes(name, dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        rule = _rule(name, dtype)
+        hp = _hp(dtype="float64" if dtype == jnp.float64 else "float32")
+        assert rule.name == name
+        one = rule.init(D, dtype)
+        for leaf in jax.tree_util.tree_leaves(one):
+            assert leaf.shape == (D,) and leaf.dtype == dtype
+        state = _random_state(rule, dtype, 1)
+        g = jax.random.normal(_key(2), (M, D), dtype)
+        msg, comp_in, sent = rule.send(_key(3), g[0], _row(state, 0), hp)
+        chex.assert_shape([msg, comp_in], (D,))
+        assert msg.dtype == dtype and comp_in.dtype == dtype
+        chex.assert_trees_all_equal_shapes_and_dtypes(sent, one)
+        chex.assert_trees_all_equal_shapes_and_dtypes(rule.hold(g[0], _row(state, 0), hp), one)
+        memory = rule.memory(_row(state, 0), g[0])
+        assert jnp.shape(memory) == () and jnp.issubdtype(jnp.asarray(memory).dtype, jnp.floating)
+        w = jnp.full((M,), 0.1, dtype)
+        server = Server(w, w, jnp.ones(M, bool), g, state, state)
+        g_hat = rule.aggregate(server)
+        chex.assert_shape(g_hat, (D,))
+        assert g_hat.dtype == dtype
+
+
+@pytest.mark.parametrize("name", FEEDBACK_NAMES)
+def test_jit_equals_no_jit(name):
+    rule = _rule(name)
+    hp = _hp()
+    state = _random_state(rule, jnp.float32, 4)
+    g = jax.random.normal(_key(5), (M, D))
+    one = _row(state, 1)
+    chex.assert_trees_all_close(
+        jax.jit(rule.send)(_key(6), g[1], one, hp), rule.send(_key(6), g[1], one, hp), rtol=1e-6, atol=1e-6
+    )
+    chex.assert_trees_all_close(jax.jit(rule.hold)(g[1], one, hp), rule.hold(g[1], one, hp), rtol=1e-6)
+    delivered = jnp.array([True, False, True, True, False])
+    w = jnp.where(delivered, 0.3, 0.0)
+    server = Server(w, jnp.full((M,), 0.2), delivered, g, state, _random_state(rule, jnp.float32, 7))
+    chex.assert_trees_all_close(jax.jit(rule.aggregate)(server), rule.aggregate(server), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FEEDBACK_NAMES)
+def test_vmap_over_devices_equals_loop(name):
+    rule = _rule(name)
+    hp = _hp()
+    state = _random_state(rule, jnp.float32, 8)
+    g = jax.random.normal(_key(9), (M, D))
+    keys = jax.random.split(_key(10), M)
+    msgs, comp_in, sent = jax.vmap(rule.send, (0, 0, 0, None))(keys, g, state, hp)
+    held = jax.vmap(rule.hold, (0, 0, None))(g, state, hp)
+    for m in range(M):
+        one = rule.send(keys[m], g[m], _row(state, m), hp)
+        chex.assert_trees_all_close(one, (msgs[m], comp_in[m], _row(sent, m)), rtol=1e-6, atol=1e-6)
+        chex.assert_trees_all_close(rule.hold(g[m], _row(state, m), hp), _row(held, m), rtol=1e-6)
+
+
+def test_make_feedback_passes_static_fields_and_checks_them():
+    comp = make_compressor("topk", D, k=K)
+    reset = make_feedback("ef", comp, fields={"straggler_error": "reset"})
+    state = {"e": jnp.ones(D)}
+    np.testing.assert_array_equal(reset.hold(jnp.ones(D), state, _hp())["e"], 0.0)
+    with pytest.raises(cj.ConfigError, match="straggler_error"):
+        make_feedback("ef", comp, fields={"straggler_error": "forget"})
+    with pytest.raises(cj.ConfigError, match="error_feedback"):
+        make_feedback("ef3", comp)
+
+
+# ---------------------------------------------------------------------- none
+
+
+def test_none_sends_the_compressed_gradient_and_sums_what_arrives():
+    rule = _rule("none")
+    comp = _compressor("none")
+    g = jax.random.normal(_key(11), (M, D))
+    msg, comp_in, state = rule.send(_key(12), g[0], {}, _hp())
+    np.testing.assert_array_equal(msg, comp.compress(_key(12), g[0]))
+    np.testing.assert_array_equal(comp_in, g[0])
+    assert state == {} and rule.init(D, jnp.float32) == {}
+    assert float(rule.memory({}, g[0])) == 0.0
+    delivered = jnp.array([True, False, True, False, True])
+    weights = jnp.arange(1.0, M + 1)  # a straggler's weight is ignored: it delivered nothing
+    server = Server(weights, jnp.zeros(M), delivered, g, {}, {})
+    expected = sum(float(weights[m]) * np.asarray(g[m]) for m in (0, 2, 4))
+    np.testing.assert_allclose(rule.aggregate(server), expected, rtol=1e-6)
+    np.testing.assert_allclose(sum_delivered(server), expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------- ef
+
+
+def test_error_feedback_send_keeps_what_it_did_not_send():
+    rule = _rule("ef")
+    comp = _compressor("ef")
+    g, e = jax.random.normal(_key(13), (2, D))
+    msg, comp_in, state = rule.send(_key(14), g, {"e": e}, _hp())
+    np.testing.assert_allclose(comp_in, g + e, rtol=1e-6)
+    np.testing.assert_allclose(msg, comp.compress(_key(14), g + e), rtol=1e-6)
+    np.testing.assert_allclose(state["e"], g + e - msg, rtol=1e-6, atol=1e-7)
+    assert np.count_nonzero(np.asarray(msg)) == K
+    np.testing.assert_allclose(rule.memory(state, g), np.linalg.norm(np.asarray(state["e"])), rtol=1e-6)
+
+
+def test_error_feedback_conserves_mass():
+    """Per device: Σ sent messages + final error = Σ coded inputs of delivered steps
+    (keep); = Σ of all coded inputs (accumulate); reset zeroes the error."""
+    d, steps = 40, 30
+    comp = make_compressor("topk", d, k=3)
+    hp = config_lib.hparams_of(cj.ExperimentConfig())
+    rng = np.random.default_rng(0)
+    gs = rng.normal(size=(steps, d)).astype(np.float32)
+    straggles = rng.random(steps) < 0.3
+    for mode in ("keep", "accumulate", "reset"):
+        fb = make_feedback("ef", comp, fields={"straggler_error": mode})
+        state = fb.init(d, jnp.float32)
+        sent = np.zeros(d, np.float32)
+        for t in range(steps):
+            before = np.asarray(state["e"])
+            g = jnp.asarray(gs[t])
+            if straggles[t]:
+                state = fb.hold(g, state, hp)
+                after = np.asarray(state["e"])
+                expected = {"keep": before, "reset": np.zeros(d), "accumulate": before + gs[t]}[mode]
+                np.testing.assert_allclose(after, expected, atol=1e-6)
+            else:
+                msg, _, state = fb.send(jax.random.key(t), g, state, hp)
+                sent += np.asarray(msg)
+                assert np.count_nonzero(np.asarray(msg)) == 3
+        total = gs.sum(0) if mode == "accumulate" else gs[~straggles].sum(0)
+        if mode != "reset":
+            np.testing.assert_allclose(sent + np.asarray(state["e"]), total, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- ef21
+
+
+def test_ef21_send_moves_the_shift_by_the_message():
+    rule = _rule("ef21")
+    comp = _compressor("ef21")
+    g, h = jax.random.normal(_key(15), (2, D))
+    msg, comp_in, state = rule.send(_key(16), g, {"h": h}, _hp())
+    np.testing.assert_allclose(comp_in, g - h, rtol=1e-6)
+    np.testing.assert_allclose(msg, comp.compress(_key(16), g - h), rtol=1e-6)
+    np.testing.assert_allclose(state["h"], h + msg, rtol=1e-6)
+    assert rule.hold(g, {"h": h}, _hp())["h"] is h  # a straggler's shift stays as last received
+    np.testing.assert_allclose(rule.memory(state, g), np.linalg.norm(np.asarray(g - state["h"])), rtol=1e-6)
+
+
+def test_ef21_aggregate_uses_every_shift_with_the_no_straggler_weights():
+    """ĝ = Σ_m w̄_m h_m over ALL devices (stragglers' shifts as last received), whatever
+    this step's decoder weights, delivered set and messages; with the shifts at the
+    coded gradients it is exactly the mean partition gradient, stragglers or not."""
+    m_dev, s = 6, 1
+    alloc = make_allocation("cyclic", m_dev, m_dev, s)
+    B = alloc.sample(jax.random.key(0))  # [M, K]
+    nobody = jnp.zeros(m_dev, bool)
+    w_bar = decode_weights("fixed", B, nobody, jnp.zeros(m_dev), alloc.replication)
+    np.testing.assert_allclose(B.T @ w_bar, 1.0 / m_dev, rtol=1e-6)
+    rule = _rule("ef21")
+    partition_grads = jax.random.normal(_key(17), (m_dev, D))
+    h_after = {"h": B @ partition_grads}  # every device's shift equals its coded gradient
+    rng = np.random.default_rng(SEED)
+    for _ in range(5):
+        straggles = jnp.asarray(rng.random(m_dev) < 0.5)
+        weights = decode_weights("fixed", B, straggles, jnp.full(m_dev, 0.5), alloc.replication)
+        messages = jax.random.normal(_key(int(rng.integers(1 << 30))), (m_dev, D))
+        before = {"h": jnp.zeros((m_dev, D))}
+        server = Server(weights, w_bar, ~straggles, messages, before, h_after)
+        g_hat = rule.aggregate(server)
+        np.testing.assert_allclose(g_hat, w_bar @ h_after["h"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(g_hat, partition_grads.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- diana
+
+
+def test_diana_send_alpha_and_refusal_of_biased_compressors():
+    comp = make_compressor("qsgd", D, qsgd_levels=2)
+    rule = make_feedback("diana", comp, dim=D)
+    g, h = jax.random.normal(_key(18), (2, D))
+    default = diana_alpha_bound(comp)
+    assert math.isclose(default, 1.0 / (1.0 + comp.omega))
+    msg, comp_in, state = rule.send(_key(19), g, {"h": h}, _hp())
+    np.testing.assert_allclose(comp_in, g - h, rtol=1e-6)
+    np.testing.assert_allclose(msg, comp.compress(_key(19), g - h), rtol=1e-6)
+    np.testing.assert_allclose(state["h"], h + default * msg, rtol=1e-5, atol=1e-6)
+    _, _, state = rule.send(_key(19), g, {"h": h}, _hp(diana_alpha=0.25))
+    np.testing.assert_allclose(state["h"], h + 0.25 * msg, rtol=1e-5, atol=1e-6)
+    with pytest.raises(cj.ConfigError, match="unbiased"):
+        make_feedback("diana", make_compressor("topk", D, k=K))
+
+
+def _diana_estimates(rule, B, g, h, p, n, *, correct_weights: bool):
+    """n draws of DIANA's ĝ: Bernoulli(p) stragglers, the fixed decoder's weights
+    1/(K(1-p)r) (or, as a negative control, 1/(K r) without the 1/(1-p) correction)."""
+    m_dev = B.shape[0]
+    r = float(jnp.sum(B[:, 0]))
+    w_bar = decode_weights("fixed", B, jnp.zeros(m_dev, bool), jnp.zeros(m_dev), r)
+    rates = jnp.full(m_dev, p if correct_weights else 0.0)
+    hp = _hp()
+
+    def one(key):
+        k_mask, k_comp = jax.random.split(key)
+        straggles = jax.random.uniform(k_mask, (m_dev,)) < p
+        before = {"h": h}
+        msgs, _, sent = jax.vmap(rule.send, (0, 0, 0, None))(jax.random.split(k_comp, m_dev), g, before, hp)
+        held = jax.vmap(rule.hold, (0, 0, None))(g, before, hp)
+        after = jax.tree_util.tree_map(lambda a, b: jnp.where(straggles[:, None], a, b), held, sent)
+        weights = decode_weights("fixed", B, straggles, rates, r)
+        return rule.aggregate(Server(weights, w_bar, ~straggles, msgs, before, after))
+
+    return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(_key(20), n)), np.float64), w_bar
+
+
+def test_diana_partial_participation_aggregate_is_unbiased():
+    """Monte Carlo over straggler masks and compressor keys: mean ĝ ≈ Σ_m w̄_m g_m (the
+    full gradient when g_m are the coded gradients), within 5 standard errors per
+    coordinate; the same check catches the bias of uncorrected weights."""
+    m_dev, s, p, n = 6, 1, 0.3, 20_000
+    B = make_allocation("cyclic", m_dev, m_dev, s).sample(jax.random.key(0))
+    rule = make_feedback("diana", make_compressor("qsgd", D, qsgd_levels=2), dim=D)
+    g = B @ jax.random.normal(_key(21), (m_dev, D))  # coded gradients
+    h = 3.0 * jax.random.normal(_key(22), (m_dev, D))  # shifts far from them
+    est, w_bar = _diana_estimates(rule, B, g, h, p, n, correct_weights=True)
+    target = np.asarray(w_bar @ g, np.float64)
+    se = est.std(axis=0, ddof=1) / math.sqrt(n)
+    assert np.all(se > 0)  # really random
+    np.testing.assert_array_less(np.abs(est.mean(axis=0) - target), 5 * se + 1e-6)
+    # negative control: weights without 1/(1-p) scale the corrections by (1-p): biased
+    biased, _ = _diana_estimates(rule, B, g, h, p, n, correct_weights=False)
+    se_b = biased.std(axis=0, ddof=1) / math.sqrt(n)
+    assert np.any(np.abs(biased.mean(axis=0) - target) > 5 * se_b + 1e-6)
+
+
+# ---------------------------------------------------------------------- device momentum
+
+
+def _recording_rule() -> cj.Feedback:
+    """A rule that records what it was given: `seen` on delivering steps, `held` on
+    straggling steps; it sends 2·g and aggregates the `seen` values with w̄."""
+
+    def init(dim, dtype):
+        return {"seen": jnp.zeros(dim, dtype), "held": jnp.zeros(dim, dtype)}
+
+    def send(key, g, state, hp):
+        return 2.0 * g, g, {"seen": g, "held": state["held"]}
+
+    def hold(g, state, hp):
+        return {"seen": state["seen"], "held": g}
+
+    def aggregate(server):
+        return server.full_weights @ server.after["seen"]
+
+    def memory(state, g):
+        return jnp.sum(state["seen"])
+
+    return cj.Feedback(init, send, hold, aggregate, memory, name="recording")
+
+
+def test_device_momentum_semantics():
+    """u <- β u + g only on delivering steps, the rule sees u; a straggler keeps u and its
+    rule's hold sees the would-be β u + g; aggregate, memory and name pass through."""
+    beta = 0.5
+    hp = _hp(device_momentum=beta)
+    inner = _recording_rule()
+    rule = with_device_momentum(inner)
+    assert rule.name == "recording"
+    state = rule.init(D, jnp.float32)
+    assert set(state) == {"rule", "u"}
+    np.testing.assert_array_equal(state["u"], 0.0)
+    rng = np.random.default_rng(SEED)
+    u = np.zeros(D, np.float32)
+    for t, delivers in enumerate([True, True, False, True, False, False, True]):
+        g = rng.normal(size=D).astype(np.float32)
+        if delivers:
+            msg, comp_in, state = rule.send(_key(30 + t), jnp.asarray(g), state, hp)
+            u = beta * u + g
+            np.testing.assert_allclose(msg, 2 * u, rtol=1e-6)
+            np.testing.assert_allclose(comp_in, u, rtol=1e-6)
+            np.testing.assert_allclose(state["rule"]["seen"], u, rtol=1e-6)
+        else:
+            state = rule.hold(jnp.asarray(g), state, hp)
+            np.testing.assert_allclose(state["rule"]["held"], beta * u + g, rtol=1e-6)
+        np.testing.assert_allclose(state["u"], u, rtol=1e-6)
+        np.testing.assert_allclose(
+            rule.memory(state, jnp.asarray(g)), inner.memory(state["rule"], g), rtol=1e-6
+        )
+    states = _stack(state, M)
+    w_bar = jnp.linspace(0.1, 0.5, M)
+    server = Server(w_bar, w_bar, jnp.ones(M, bool), jnp.zeros((M, D)), states, states)
+    inner_server = server._replace(before=states["rule"], after=states["rule"])
+    np.testing.assert_allclose(rule.aggregate(server), inner.aggregate(inner_server), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", FEEDBACK_NAMES)
+def test_device_momentum_with_beta_zero_is_the_rule(name):
+    inner = _rule(name)
+    rule = with_device_momentum(inner)
+    hp = _hp()  # device_momentum = 0
+    assert float(hp.device_momentum) == 0.0
+    state = rule.init(D, jnp.float32)
+    state = {"rule": _row(_random_state(inner, jnp.float32, 40), 0), "u": jax.random.normal(_key(41), (D,))}
+    g = jax.random.normal(_key(42), (D,))
+    msg, comp_in, new = rule.send(_key(43), g, state, hp)
+    msg0, comp_in0, new0 = inner.send(_key(43), g, state["rule"], hp)
+    chex.assert_trees_all_close((msg, comp_in, new["rule"]), (msg0, comp_in0, new0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(new["u"], g, rtol=1e-6)
+    chex.assert_trees_all_close(rule.hold(g, state, hp)["rule"], inner.hold(g, state["rule"], hp), rtol=1e-6)
