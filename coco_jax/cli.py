@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.set_defaults(func=cmd_run)
 
     p_pre = sub.add_parser("presets", help="list the method presets")
+    _add_plugins_flag(p_pre)
     p_pre.set_defaults(func=cmd_presets)
 
     # --- sweep (coco_jax/sweep.py) ---
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- experiments: plot, list (coco_jax/experiment.py) ---
     p_plot = sub.add_parser("plot", help="redraw an experiment's figures from saved results")
     p_plot.add_argument("results_dir")
+    _add_plugins_flag(p_plot)
     p_plot.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_plot(a))
     p_list = sub.add_parser("list", help="list the experiment modules")
     p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))

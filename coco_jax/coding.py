@@ -425,12 +425,17 @@ def check_code(cfg) -> None:
 
     alloc = allocation_of(cfg)
     if cfg.decoder in ("fixed", "received") and alloc.replication is None:
-        _fail(
-            "decoder",
-            cfg.decoder,
-            f"allocation={cfg.allocation!r} has columns of B with different sums, so no common "
-            "replication r exists for the fixed/received weights; use decoder='optimal'",
-        )
+        if alloc.random:
+            why = (
+                f"allocation={cfg.allocation!r} is a random code registered without its expected column "
+                "sum: register it with cj.register_code(name, factory, replication=lambda M, K, s: ...)"
+            )
+        else:
+            why = (
+                f"allocation={cfg.allocation!r} has columns of B with different sums, so no common "
+                "replication r exists"
+            )
+        _fail("decoder", cfg.decoder, f"{why} for the fixed/received weights; or use decoder='optimal'")
     if cfg.decoder != "received":
         return
     exchangeable = STRAGGLER_MODELS.entry(cfg.straggler).option("exchangeable")

@@ -510,17 +510,24 @@ def _adopt_sweep_directory(out: pathlib.Path) -> None:
             f"{str(out)!r} holds no {META}, and no experiment module named "
             f"{' or '.join(repr(c) for c in candidates) or '?'} was found: run it with `coco-jax run`"
         )
-    parts = parts_of(exp, quick)
+    try:
+        names = [pname for pname, _ in parts_of(exp, quick)]
+    except ConfigError:  # its grid names components of plugins not loaded here: read the layout on disk
+        names = (
+            [exp.name]
+            if (out / SIDECAR).is_file()
+            else sorted(d.name for d in out.iterdir() if (d / SIDECAR).is_file())
+        )
     meta_parts, grids, sidecars = {}, {}, []
-    for pname, g in parts:
-        d = _part_dir(out, exp.name, pname, len(parts))
+    for pname in names:
+        d = _part_dir(out, exp.name, pname, len(names))
         side = read_json(d / SIDECAR)
         if side is None:
             raise ConfigError(f"{str(d)!r} holds no {SIDECAR}: the sweep of part {pname!r} is missing")
         sidecars.append(side)
         rel = str(d.relative_to(out)) if d != out else "."
         meta_parts[pname] = {"dir": rel, "configs": side.get("num_configs"), "compilations": 0}
-        grids[pname] = side.get("grid", g.describe())
+        grids[pname] = side.get("grid", {})
     first = sidecars[0]
     started = [inv.get("started") for s in sidecars for inv in s.get("invocations", []) if inv.get("started")]
     meta = {

@@ -378,7 +378,12 @@ class SweepPlan:
             prep = g.prepared
             steps = chunk_steps_of(g.static.cfg.steps, chunk_steps)
             low = lower_program(
-                prep.comps, prep.data, hparams_in_group(g.static, g.entries[0].cfg), bs[0].size, devices, steps
+                prep.comps,
+                prep.data,
+                hparams_in_group(g.static, g.entries[0].cfg),
+                bs[0].size,
+                devices,
+                steps,
             )
             config_steps = sum(b.size for b in bs) * g.static.cfg.steps
             out[gi] = costs.estimate(low.cost, config_steps, bs[0].size)
@@ -423,7 +428,11 @@ class SweepPlan:
             calibrated = all(e["calibrated"] for e in estimates.values())
             lines.append(
                 f"estimated: compile {compile_s:.0f} s, run {run_s:.0f} s"
-                + ("" if calibrated else " (uncalibrated defaults: this machine has few measured programs yet)")
+                + (
+                    ""
+                    if calibrated
+                    else " (uncalibrated defaults: this machine has few measured programs yet)"
+                )
             )
         return "\n".join(lines)
 

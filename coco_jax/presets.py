@@ -8,7 +8,6 @@ from typing import NamedTuple
 
 from coco_jax.config import ExperimentConfig
 from coco_jax.registry import PRESETS as _REGISTRY
-from coco_jax.registry import register_preset
 
 
 class Preset(NamedTuple):
@@ -100,8 +99,15 @@ _BUILTIN: dict[str, Preset] = {
 }
 
 
+def _builtin_preset(fields: dict):
+    frozen = tuple(fields.items())
+    return lambda: dict(frozen)
+
+
 for _name, _p in _BUILTIN.items():
-    register_preset(_name, summary=_p.summary, reference=_p.reference, **_p.fields)
+    _REGISTRY.register(
+        _name, _builtin_preset(_p.fields), builtin=True, summary=_p.summary, reference=_p.reference
+    )
 
 
 class _Presets(Mapping):

@@ -129,12 +129,21 @@ class Registry:
         self._built: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------- registration
-    def register(self, name: str, factory: Callable | None = None, *, overwrite: bool = False, **kwargs):
+    def register(
+        self,
+        name: str,
+        factory: Callable | None = None,
+        *,
+        overwrite: bool = False,
+        builtin: bool | None = None,
+        **kwargs,
+    ):
         """Register `factory` under `name`; usable as a decorator (`@reg.register(name)`).
 
         Keyword arguments that are options of this registry are stored with the entry;
         all others are bound to the factory. Registering a taken name raises unless
-        `overwrite=True`.
+        `overwrite=True`. `builtin` marks coco_jax's own components (default: whether
+        the factory is defined in a coco_jax module).
         """
         if not isinstance(name, str) or not name or name != name.strip():
             raise ConfigError(f"{self.kind} name {name!r} is invalid: must be a non-empty string")
@@ -163,8 +172,10 @@ class Registry:
                         f"({type(value).__name__}); factory arguments identify the compiled program: "
                         "use a tuple, a number or a string"
                     )
-            builtin = fn.__module__.startswith("coco_jax.") if hasattr(fn, "__module__") else False
-            self._entries[name] = Entry(name, fn, bound, info, next(_serials), builtin)
+            is_builtin = (
+                builtin if builtin is not None else getattr(fn, "__module__", "").startswith("coco_jax.")
+            )
+            self._entries[name] = Entry(name, fn, bound, info, next(_serials), is_builtin)
             return fn
 
         return add if factory is None else add(factory)
@@ -195,9 +206,14 @@ class Registry:
         register = {"model": "register_model", "preset": "register_preset"}.get(
             self.kind, f"register_{self.kind.replace(' ', '_')}"
         )
+        how = (
+            f"cj.{register}({name!r}, field=value, ...)"
+            if self.kind == "preset"
+            else f"@cj.{register}({name!r})"
+        )
         return (
             f"{self.field}={name!r} is invalid: must be one of {', '.join(self.names())} "
-            f"(registered {self.kind}s); add your own with @cj.{register}({name!r}) in your code or "
+            f"(registered {self.kind}s); add your own with {how} in your code or "
             "in a plugin file loaded with --plugins FILE.py"
         )
 
@@ -217,7 +233,7 @@ class Registry:
                 args[pname] = bound[pname]
             elif pname in provided:
                 args[pname] = provided[pname]
-            elif pname in DYNAMIC_FIELDS and param.default is param.empty:
+            elif pname in DYNAMIC_FIELDS:
                 raise ConfigError(
                     f"{self.kind} {name!r}: factory argument {pname!r} is a dynamic config field; "
                     "it changes without recompiling, so read it at run time from the HParams the "
@@ -417,4 +433,6 @@ def register_preset(
     def preset_fields() -> dict:
         return dict(frozen)
 
-    PRESETS.register(name, preset_fields, overwrite=overwrite, summary=summary, reference=reference)
+    PRESETS.register(
+        name, preset_fields, overwrite=overwrite, builtin=False, summary=summary, reference=reference
+    )

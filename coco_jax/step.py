@@ -370,7 +370,9 @@ def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carr
     new, update = iterate(comps, carry, t, hp, data)
 
     def write(records):
-        metrics = step_metrics(comps, carry.state.params, update.straggles, update.devices, update.g_hat, data)
+        metrics = step_metrics(
+            comps, carry.state.params, update.straggles, update.devices, update.g_hat, data
+        )
         row = _record(comps, new, metrics, t, data)
         i = _eval_index(comps, t)
         return {k: records[k].at[i].set(row[k].astype(records[k].dtype)) for k in records}

@@ -179,10 +179,18 @@ def make_task(cfg, x_shape: tuple[int, ...], num_classes: int, dtype) -> Task:
     return Task(cfg.task, int(flat.size), init, loss, acc, segments, unravel)
 
 
-@functools.lru_cache(maxsize=128)
 def task_of(fields: tuple, feature_shape: tuple[int, ...], num_classes: int, dtype) -> Task:
     """`make_task` of a configuration's static fields (`config.static_fields`), cached:
-    one task per static configuration and data shape."""
+    one task per static configuration, data shape and model registration (a model
+    re-registered with overwrite=True is rebuilt)."""
+    task = dict(fields)["task"]
+    serial = MODELS.entry(task).serial if task in MODELS else 0
+    return _task_of(fields, feature_shape, num_classes, dtype, serial)
+
+
+@functools.lru_cache(maxsize=128)
+def _task_of(fields: tuple, feature_shape: tuple[int, ...], num_classes: int, dtype, serial: int) -> Task:
     from coco_jax.config import StaticFields
 
+    del serial  # part of the cache key only
     return make_task(StaticFields(dict(fields)), (1, *feature_shape), num_classes, dtype)

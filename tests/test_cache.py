@@ -30,8 +30,12 @@ print(json.dumps({"compiled": cc.compiled, "loaded": cc.loaded, "count": cc.coun
 
 
 def _probe(env_changes: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("COCO_JAX_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")}
-    env.update(env_changes, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("COCO_JAX_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR")
+    }
+    env.update(
+        env_changes, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    )
     proc = subprocess.run(
         [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300, check=False
     )

@@ -292,7 +292,7 @@ def test_mnist_subset_shapes_range_and_label(no_data_dir, task, shape):
     # pixels / 255 exactly, same rows as the file
     images, labels = data.read_mnist_subset_csv(data.mnist_subset_path())
     row = ds.x_train[0].reshape(28, 28)
-    match = np.flatnonzero((np.abs(images / np.float32(255.0) - row).reshape(5000, -1).max(1) == 0))
+    match = np.flatnonzero(np.abs(images / np.float32(255.0) - row).reshape(5000, -1).max(1) == 0)
     assert match.size == 1 and labels[match[0]] == ds.y_train[0]
 
 

@@ -332,7 +332,7 @@ def _shuffled_cyclic(num_devices: int, num_partitions: int, redundancy: int, key
 def test_user_random_code():
     cj.register_code("shuffled", _shuffled_cyclic)
     cfg = cj.preset("gc", **SMALL, allocation="shuffled")  # optimal decoder
-    alloc = prepare(cfg).comps.allocation
+    alloc = prepare(cfg).comps.codes[0]
     assert alloc.random and alloc.replication is None
     b0, b1 = alloc.sample(jax.random.key(0)), alloc.sample(jax.random.key(1))
     assert b0.shape == (6, 6) and not np.array_equal(b0, b1)
@@ -590,7 +590,7 @@ OVERWRITES = {
             "swap", lambda num_devices: np.roll(np.eye(num_devices), 1, axis=1), overwrite=True
         ),
         {"allocation": "swap", "redundancy": 0},
-        lambda prep: int(np.argmax(prep.comps.allocation.matrix[0])),
+        lambda prep: int(np.argmax(prep.comps.codes[0].matrix[0])),
     ),
     "feedback": (
         lambda: cj.register_feedback("swap", lambda compressor: _decaying_ef(compressor, 0.5)),
@@ -604,7 +604,7 @@ OVERWRITES = {
         lambda: cj.register_straggler_model("swap", _odd_devices_on_odd_steps),
         lambda: cj.register_straggler_model("swap", _everyone_at_ten_percent, overwrite=True),
         {"straggler": "swap"},
-        lambda prep: float(prep.comps.straggler_model.marginal_rate(None)[1]),
+        lambda prep: float(prep.comps.straggler_models[0].marginal_rate(None)[1]),
     ),
     "model": (
         lambda: cj.register_model("swap", _model_v1),

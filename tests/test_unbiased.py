@@ -70,7 +70,9 @@ def _config(allocation, decoder, straggler, fb, seed=0):
     strag = dict(STRAGGLERS[straggler])
     name = "latency" if straggler.startswith("latency") else straggler
     if straggler == "latency":
-        strag["deadline"] = DEADLINE_PER_LOAD * max(ALLOCATIONS[allocation] + 1, 2 if allocation == "bernoulli" else 1)
+        strag["deadline"] = DEADLINE_PER_LOAD * max(
+            ALLOCATIONS[allocation] + 1, 2 if allocation == "bernoulli" else 1
+        )
     return cj.ExperimentConfig(
         task="linreg",
         num_devices=M,
@@ -132,7 +134,11 @@ def _mean_estimates(cfgs: list) -> dict:
             b = np.asarray(bs[i], np.float64)
             code = comps.codes[int(hps.code_choice[i])]
             k_parts = b.shape[1]
-            weights = b.sum(axis=0) / (k_parts * code.replication) if code.replication else np.full(k_parts, 1 / k_parts)
+            weights = (
+                b.sum(axis=0) / (k_parts * code.replication)
+                if code.replication
+                else np.full(k_parts, 1 / k_parts)
+            )
             target = weights @ np.asarray(parts[i], np.float64)  # ∇F for a deterministic code
             on_decodable = None
             if e.cfg.decoder == "optimal":  # an independent float64 check, per step
