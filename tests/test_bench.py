@@ -65,9 +65,8 @@ def tiny_run(tmp_path_factory):
 
 def test_compile_section_tiny(tiny_run):
     """[4] compile time: a single run and a sweep group compiled cold in a subprocess with a
-    fresh persistent cache, then again after jax.clear_caches(), read back from that cache.
-    The one timing assertion of this file: reading back is faster than compiling (by ~5-30x
-    here; asserted without a factor)."""
+    fresh persistent cache, then again after jax.clear_caches(), read back from that cache
+    (every program loaded, none compiled). Speed itself is measured, not asserted."""
     printed, path = tiny_run
     result = json.loads(path.read_text())
     assert "compile" in result["plan"]["sections"]
@@ -80,7 +79,6 @@ def test_compile_section_tiny(tiny_run):
         cold, cached = c["cold"], c["cached"]
         for key in ("lower_s", "compile_s", "total_s"):
             assert cold[key] > 0 and cached[key] > 0
-        assert cached["compile_s"] < cold["compile_s"] and cached["total_s"] < cold["total_s"]
         n = cold["programs"]["count"]
         assert n >= least and cold["programs"] == {"count": n, "loaded": 0, "compiled": n}  # really cold
         assert cached["programs"]["count"] == cached["programs"]["loaded"] == n * cp["reps"]
