@@ -826,6 +826,38 @@ def _dirichlet_indices(labels: np.ndarray, k: int, alpha: float, rng: np.random.
     return out
 
 
+def _check_partition_input(x, y, num_partitions, scheme: str, alpha: float):
+    """(K, x, y) as arrays once the arguments of `partition` are valid."""
+    if scheme not in SCHEMES:
+        raise _error("partitioning", repr(scheme), f"must be one of {', '.join(SCHEMES)}")
+    if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)):
+        raise _error("num_partitions", repr(num_partitions), "must be an integer >= 1")
+    k = int(num_partitions)
+    if k < 1:
+        raise _error("num_partitions", repr(k), "must be an integer >= 1")
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ConfigError(
+            f"data={_describe(x, y)} is invalid: partition needs x [n, ...] and y [n] with the same n"
+        )
+    n = x.shape[0]
+    if n % k != 0 or n == 0:
+        raise ConfigError(
+            f"data={_describe(x, y)} is invalid: n={n} training rows are not divisible into "
+            f"K={k} equal partitions; named datasets are truncated to a multiple of K with "
+            f"truncate_to_multiple, user data is not (pass n divisible by K)"
+        )
+    if scheme in ("sorted", "dirichlet") and not (y.dtype == bool or np.issubdtype(y.dtype, np.integer)):
+        raise ConfigError(
+            f"data={_describe(x, y)} is invalid: partitioning={scheme!r} needs integer class "
+            f"labels, found {y.dtype} targets (regression?)"
+        )
+    if scheme == "dirichlet" and (isinstance(alpha, bool) or not np.isfinite(alpha) or alpha <= 0):
+        raise _error("dirichlet_alpha", repr(alpha), "must be a finite number > 0")
+    return k, x, y
+
+
 def partition(
     x: np.ndarray,
     y: np.ndarray,
@@ -856,33 +888,8 @@ def partition(
         ConfigError: bad scheme (field ``partitioning``), bad K, n not divisible by K or
         regression targets for a label-based scheme (field ``data``).
     """
-    if scheme not in SCHEMES:
-        raise _error("partitioning", repr(scheme), f"must be one of {', '.join(SCHEMES)}")
-    if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)):
-        raise _error("num_partitions", repr(num_partitions), "must be an integer >= 1")
-    k = int(num_partitions)
-    if k < 1:
-        raise _error("num_partitions", repr(k), "must be an integer >= 1")
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise ConfigError(
-            f"data={_describe(x, y)} is invalid: partition needs x [n, ...] and y [n] with the same n"
-        )
+    k, x, y = _check_partition_input(x, y, num_partitions, scheme, alpha)
     n = x.shape[0]
-    if n % k != 0 or n == 0:
-        raise ConfigError(
-            f"data={_describe(x, y)} is invalid: n={n} training rows are not divisible into "
-            f"K={k} equal partitions; named datasets are truncated to a multiple of K with "
-            f"truncate_to_multiple, user data is not (pass n divisible by K)"
-        )
-    if scheme in ("sorted", "dirichlet") and not (y.dtype == bool or np.issubdtype(y.dtype, np.integer)):
-        raise ConfigError(
-            f"data={_describe(x, y)} is invalid: partitioning={scheme!r} needs integer class "
-            f"labels, found {y.dtype} targets (regression?)"
-        )
-    if scheme == "dirichlet" and (isinstance(alpha, bool) or not np.isfinite(alpha) or alpha <= 0):
-        raise _error("dirichlet_alpha", repr(alpha), "must be a finite number > 0")
     n_k = n // k
     if scheme == "contiguous":
         idx = np.arange(n).reshape(k, n_k)
