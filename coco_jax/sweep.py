@@ -392,14 +392,14 @@ def sweep(
             )
         except KeyboardInterrupt:
             if outp is None:
-                raise KeyboardInterrupt("sweep interrupted: nothing was saved (no out directory)") from None
+                raise KeyboardInterrupt("interrupted: nothing was saved (the sweep has no out directory)") from None
             try:
                 entries = entries_of(grid)
                 saved = f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
             except Exception:  # noqa: BLE001 - the message must not fail
                 saved = f"finished batches are saved in {outp}"
             raise KeyboardInterrupt(
-                f"sweep interrupted: {saved}; the same sweep with the same out resumes from there"
+                f"interrupted: {saved}; the same sweep with the same out resumes from there"
             ) from None
 
 
