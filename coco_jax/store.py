@@ -75,6 +75,10 @@ def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # name the file (a full disk, ...)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -168,11 +172,11 @@ def _holder_text(fd: int) -> str:
 @contextlib.contextmanager
 def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
     """Hold the directory `out` for one run: an exclusive OS advisory lock
-    (`fcntl.flock`) on out/.lock, which records the holder's pid and command. A second
-    run is refused at once with a ConfigError naming the holder; a lock left by a
-    killed process is released by the OS and never blocks. Re-entrant within a process
-    (an experiment locks its directory, then each of its sweeps). Creates `out`.
-    Where `fcntl` is missing (Windows) no lock is taken."""
+    (`fcntl.flock`) on out/.lock, which records the holder's pid and command and is
+    removed on release. A second run is refused at once with a ConfigError naming the
+    holder; the lock of a killed process is released by the OS and never blocks.
+    Re-entrant within a process (an experiment locks its directory, then each of its
+    sweeps). Creates `out`. Where `fcntl` is missing (Windows) no lock is taken."""
     path = check_directory(out, what)
     path.mkdir(parents=True, exist_ok=True)
     key = str(path.resolve())
@@ -192,16 +196,26 @@ def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
     except ImportError:  # pragma: no cover - Windows
         yield path
         return
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    lock_path = path / LOCK
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder_text(fd)
+            os.close(fd)
             raise ConfigError(
                 f"{what}={str(out)!r} is in use by {holder}: two runs must not write one directory; "
                 "wait for it to finish (or stop it), or choose another directory"
             ) from None
+        try:  # the file may have been removed by a holder releasing it meanwhile: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -218,10 +232,9 @@ def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
             with _HELD_GUARD:
                 _HELD.pop(key, None)
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+                lock_path.unlink()  # before unlocking: a waiting opener then sees another inode
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------- quarantine

@@ -77,10 +77,10 @@ def command(*args) -> list[str]:
     return [sys.executable, "-m", "coco_jax.cli", *map(str, args)]
 
 
-def cli(*args, cwd, timeout=180, extra_env=None, **kwargs) -> subprocess.CompletedProcess:
-    """Run `coco-jax ARGS` in `cwd` and wait."""
+def cli(*args, cwd, timeout=180, extra_env=None, prefix=(), **kwargs) -> subprocess.CompletedProcess:
+    """Run `coco-jax ARGS` in `cwd` (behind the command `prefix`, if any) and wait."""
     return subprocess.run(
-        command(*args),
+        [*prefix, *command(*args)],
         cwd=cwd,
         env=env(**(extra_env or {})),
         capture_output=True,
