@@ -323,9 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p_run.add_argument(
-        "experiment", nargs="?", help="an experiment module path or name (see `coco-jax list`); omit for one run"
+        "experiment",
+        nargs="?",
+        help="an experiment module path or name (see `coco-jax list`); omit for one run",
     )
-    p_run.add_argument("--preset", metavar="NAME", help="single run: a method preset (see `coco-jax presets`)")
+    p_run.add_argument(
+        "--preset", metavar="NAME", help="single run: a method preset (see `coco-jax presets`)"
+    )
     p_run.add_argument("--quick", action="store_true", help="experiment: the small variant")
     _add_common_flags(p_run)
     add_config_flags(p_run)
@@ -399,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- experiments: plot, list (coco_jax/experiment.py) ---
     p_plot = _subparser(
-        sub, "plot", help="redraw the figures and report of an experiment or sweep directory from saved results"
+        sub,
+        "plot",
+        help="redraw the figures and report of an experiment or sweep directory from saved results",
     )
     p_plot.add_argument("results_dir")
     _add_common_flags(p_plot)
@@ -409,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
 
     # --- bench (coco_jax/bench.py) ---
-    p_bench = _subparser(sub, "bench", help="benchmark the engine against NumPy references and machine limits")
+    p_bench = _subparser(
+        sub, "bench", help="benchmark the engine against NumPy references and machine limits"
+    )
     p_bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p_bench.add_argument("--quick", action="store_true", help="small sizes (about a minute on a 2-core CPU)")
     p_bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size

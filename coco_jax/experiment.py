@@ -516,7 +516,9 @@ def _finish(exp: Experiment, df, out: pathlib.Path, meta: dict, redraw: bool) ->
     return meta
 
 
-def _accept(exp: Experiment, parts, out: pathlib.Path, quick: bool, overrides: dict, overwrite: bool) -> list[str]:
+def _accept(
+    exp: Experiment, parts, out: pathlib.Path, quick: bool, overrides: dict, overwrite: bool
+) -> list[str]:
     """Everything that can refuse the run, read-only: the experiment recorded in `out`,
     and every part's directory (another grid, a missing sidecar). Returns the parts'
     states ('new', 'resume', 'complete')."""
@@ -597,9 +599,7 @@ def _adopt_sweep_directory(out: pathlib.Path) -> None:
     it holds (found by the grid's name in the sidecar or by the directory's name,
     <name>[-quick]), or else as a plain grid (a YAML/JSON file, `cj.sweep`) drawn with
     the standard curves."""
-    from coco_jax.store import SIDECAR, read_json
-
-    from coco_jax.store import TABLE, part_files
+    from coco_jax.store import SIDECAR, TABLE, part_files, read_json
 
     try:
         root = read_json(out / SIDECAR)
@@ -657,7 +657,8 @@ def _adopt_module(out: pathlib.Path, root: dict) -> dict:
         "description": exp.description,
         "module": str(exp.path),
         "quick": quick,
-        "command": first.get("command") or f"coco-jax sweep experiments/{exp.name}.py{' --quick' if quick else ''}",
+        "command": first.get("command")
+        or f"coco-jax sweep experiments/{exp.name}.py{' --quick' if quick else ''}",
         "started": min(started) if started else "?",
         "grids": grids,
         "parts": meta_parts,
@@ -710,7 +711,9 @@ def _grid_experiment(meta: dict) -> Experiment:
         f"The sweep of the grid {name!r}, drawn with the standard curves (loss against steps and uploaded "
         "bits, test accuracy where there is a test split); no experiment module defines its figures."
     )
-    return Experiment(name, str(meta.get("description") or module.__doc__), pathlib.Path(f"{name}.yaml"), module)
+    return Experiment(
+        name, str(meta.get("description") or module.__doc__), pathlib.Path(f"{name}.yaml"), module
+    )
 
 
 def plot_directory(directory: str | os.PathLike) -> dict:

@@ -323,7 +323,6 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-
 def load_grid_file(path: pathlib.Path, quick: bool = False) -> Grid:
     """A grid from a YAML/JSON file: {"base": {...} | preset name, "preset": name,
     "axes": {...}, "zip": {...} | [...], "exclude": [{...}], "mode": ..., "name": ...,

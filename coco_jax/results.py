@@ -175,7 +175,7 @@ def load_results(directory: str | os.PathLike, *, partial: bool = False) -> pd.D
     if table.exists():
         try:
             return read_table(table)
-        except Exception as err:  # noqa: BLE001 - truncated or corrupt: say which file and how to repair
+        except Exception as err:
             raise ConfigError(unreadable_message(d, table, read_error(err))) from err
     if partial:
         parts = read_parts(d)

@@ -130,7 +130,9 @@ def check_directory(out: str | os.PathLike, what: str = "out") -> pathlib.Path:
     a file there is a ConfigError."""
     path = pathlib.Path(out)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what}={str(out)!r} is invalid: it is a file, not a directory; give a directory path")
+        raise ConfigError(
+            f"{what}={str(out)!r} is invalid: it is a file, not a directory; give a directory path"
+        )
     return path
 
 

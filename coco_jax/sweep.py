@@ -299,7 +299,8 @@ def _saved_configs(outp: pathlib.Path | None, entries: list[Entry]) -> int:
     """How many of `entries` have their rows saved in `outp` (table or parts)."""
     if outp is None:
         return 0
-    if (outp / store.TABLE).exists() and (store.read_json(outp / store.SIDECAR) or {}).get("status") == "complete":
+    side = store.read_json(outp / store.SIDECAR) or {}
+    if (outp / store.TABLE).exists() and side.get("status") == "complete":
         return len(entries)
     done, _ = store.read_parts_checked(outp)
     if done is None:
@@ -388,14 +389,27 @@ def sweep(
     with contextlib.ExitStack() as held:
         try:
             return _sweep(
-                grid, outp, held, memory_budget, overwrite, progress, chunk_steps, data, test_data, straggler_trace
+                grid,
+                outp,
+                held,
+                memory_budget,
+                overwrite,
+                progress,
+                chunk_steps,
+                data,
+                test_data,
+                straggler_trace,
             )
         except KeyboardInterrupt:
             if outp is None:
-                raise KeyboardInterrupt("interrupted: nothing was saved (the sweep has no out directory)") from None
+                raise KeyboardInterrupt(
+                    "interrupted: nothing was saved (the sweep has no out directory)"
+                ) from None
             try:
                 entries = entries_of(grid)
-                saved = f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
+                saved = (
+                    f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
+                )
             except Exception:  # noqa: BLE001 - the message must not fail
                 saved = f"finished batches are saved in {outp}"
             raise KeyboardInterrupt(
@@ -437,7 +451,9 @@ def _sweep(
                 stats.resumed = True
                 return _result(table, stats)
             status = "resume"
-        previous = (store.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
+        previous = (
+            (store.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
+        )
         sidecar = _sidecar(grid, ghash, groups, "running", None, previous)
         if comm.index == 0:
             store.write_json(outp / store.SIDECAR, sidecar)

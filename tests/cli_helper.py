@@ -43,6 +43,7 @@ TINY_MODULE = '''"""A tiny experiment for the tests.
 Question: does it run? Expected: yes. Command: coco-jax run {name}.py --quick
 """
 import coco_jax as cj
+from coco_jax import plots
 
 NAME = "{name}"
 DESCRIPTION = "tiny test experiment {name}"
@@ -52,6 +53,10 @@ def grid(quick=False):
     base = cj.ExperimentConfig(task="linreg", num_devices=4, num_samples=64, num_test=16, num_features=8,
                                steps=4, eval_every=2)
     return cj.Grid(base=base, axes={axes})
+
+
+def figures(df):
+    return {{"loss": plots.curves_figure(df, [("step", "loss")])}}
 '''
 
 

@@ -24,9 +24,20 @@ from coco_jax.config import FIELDS, GROUPS, allowed_values
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import cli_helper as ch  # noqa: E402
+import cli_helper as ch
 
-TINY_RUN = ("--task", "linreg", "--num-devices", "4", "--num-samples", "64", "--num-features", "8", "--steps", "4")
+TINY_RUN = (
+    "--task",
+    "linreg",
+    "--num-devices",
+    "4",
+    "--num-samples",
+    "64",
+    "--num-features",
+    "8",
+    "--steps",
+    "4",
+)
 
 
 # ------------------------------------------------------------------ 8. --help
@@ -37,11 +48,13 @@ def test_run_help_groups_every_field_with_its_doc_default_and_allowed_values(tmp
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     flat = " ".join(text.split())
-    headers = [ln.rstrip(":") for ln in text.splitlines() if ln and not ln.startswith(" ") and ln.endswith(":")]
+    headers = [
+        ln.rstrip(":") for ln in text.splitlines() if ln and not ln.startswith(" ") and ln.endswith(":")
+    ]
     assert [h for h in headers if h in (*GROUPS, "output")] == [*GROUPS, "output"]  # in this order
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        m = re.search(rf"^  {re.escape(flag)} (\S+)", text, re.M)
+        m = re.search(rf"^  {re.escape(flag)} (\S+)", text, re.MULTILINE)
         assert m, f"{flag} missing"
         assert m.group(1) in ("INT", "FLOAT", "NAME", "BOOL", "N,N,...", "X,X,...", "TEXT", "DIR"), m.group(1)
         assert " ".join(f.metadata["doc"].split()) in flat, name
@@ -75,7 +88,10 @@ def test_run_help_groups_every_field_with_its_doc_default_and_allowed_values(tmp
 def test_abbreviations_and_bad_numbers_are_refused(tmp_path, capsys):
     (tmp_path / "grid.yaml").write_text(ch.TINY_YAML)
     abbrev, budget = ch.cli_many(
-        [("run", *TINY_RUN, "--num-device", "2"), ("sweep", "grid.yaml", "--memory-budget", "1000", "--out", "o")],
+        [
+            ("run", *TINY_RUN, "--num-device", "2"),
+            ("sweep", "grid.yaml", "--memory-budget", "1000", "--out", "o"),
+        ],
         cwd=tmp_path,
     )
     assert abbrev.returncode == 2 and "Traceback" not in abbrev.stderr and abbrev.stdout == "", abbrev.stderr
@@ -106,10 +122,17 @@ def test_grid_file_and_module_errors_are_one_line(tmp_path, capsys, monkeypatch)
     (tmp_path / "list.yaml").write_text(base + "axes:\n  - lr: [0.1]\n")
     (tmp_path / "empty.yaml").write_text(base + "axes: {}\n")
     (tmp_path / "none.yaml").write_text(base)
-    (tmp_path / "syntax.py").write_text("import coco_jax as cj\n\ndef grid(quick=False):\n    return cj.Grid(\n")
+    (tmp_path / "syntax.py").write_text(
+        "import coco_jax as cj\n\ndef grid(quick=False):\n    return cj.Grid(\n"
+    )
     (tmp_path / "imports.py").write_text("import coco_jax as cj\nimport no_such_module_here\n")
     procs = ch.cli_many(
-        [("sweep", "list.yaml"), ("run", "syntax.py"), ("sweep", "imports.py"), ("--debug", "sweep", "list.yaml")],
+        [
+            ("sweep", "list.yaml"),
+            ("run", "syntax.py"),
+            ("sweep", "imports.py"),
+            ("--debug", "sweep", "list.yaml"),
+        ],
         cwd=tmp_path,
     )
     lines = [ch.one_line_error(p) for p in procs[:3]]
@@ -134,7 +157,9 @@ def test_grid_file_and_module_errors_are_one_line(tmp_path, capsys, monkeypatch)
 
 
 def test_yaml_name_sets_the_output_folder_and_plot_draws_the_sweep(tmp_path):
-    (tmp_path / "grid.yaml").write_text("name: lr_study\n" + ch.TINY_YAML.replace("lr: [", "preset: [coco-ef], lr: ["))
+    (tmp_path / "grid.yaml").write_text(
+        "name: lr_study\n" + ch.TINY_YAML.replace("lr: [", "preset: [coco-ef], lr: [")
+    )
     proc = ch.cli("sweep", "grid.yaml", "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "results" / "lr_study"
@@ -176,10 +201,17 @@ def test_experiment_applies_config_flags_to_every_grid_and_records_them(tmp_path
         assert set(df.num_devices) == {2} and set(df.lr) == {0.3} and set(df.steps) == {4}, part
     assert set(pd.read_parquet(out / "a" / "results.parquet").method) == {"coco-ef"}
     report = (out / "report.md").read_text()
-    assert "- Overrides of every grid's base: " in report and "`num_devices=2`" in report and "`lr=0.3`" in report
+    assert (
+        "- Overrides of every grid's base: " in report
+        and "`num_devices=2`" in report
+        and "`lr=0.3`" in report
+    )
 
     (tmp_path / "presets.py").write_text(
-        mod.replace('"a": cj.Grid(base="coco-ef", axes={"seed": [0, 1]})', '"a": cj.Grid(base=base, axes={"preset": ["gc"]})')
+        mod.replace(
+            '"a": cj.Grid(base="coco-ef", axes={"seed": [0, 1]})',
+            '"a": cj.Grid(base=base, axes={"preset": ["gc"]})',
+        )
     )
     varied, preset_sets, preset_flag, other_flags = ch.cli_many(
         [
@@ -294,6 +326,8 @@ def test_softmax_class_count_must_match_the_user_labels(tmp_path):
         [sys.executable, "-c", script], env=ch.env(), capture_output=True, text=True, timeout=180, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "refused: num_classes=3 is invalid: the labels of data=(X, y) (and test_data) run 0..4" in proc.stdout
+    assert (
+        "refused: num_classes=3 is invalid: the labels of data=(X, y) (and test_data) run 0..4" in proc.stdout
+    )
     assert "set num_classes=5" in proc.stdout
     assert "ran: 5 (4, 5)" in proc.stdout

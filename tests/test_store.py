@@ -26,13 +26,15 @@ from coco_jax.config import ConfigError
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import cli_helper as ch  # noqa: E402
+import cli_helper as ch
 
 
 def _files(d: pathlib.Path) -> dict[str, bytes]:
     """Every file under `d` (but the lock file) with its bytes."""
     return {
-        str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != store.LOCK
+        str(p.relative_to(d)): p.read_bytes()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name != ".lock"
     }
 
 
@@ -224,9 +226,8 @@ def test_lock_names_its_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
             line = ch.one_line_error(proc)
             assert f"is in use by process {holder.pid} (coco-jax sweep holder.yaml)" in line
         assert not (out / "experiment.json").exists() and not (out / store.SIDECAR).exists()
-        with pytest.raises(ConfigError, match=f"process {holder.pid}"):
-            with store.lock(out):
-                pass
+        with pytest.raises(ConfigError, match=f"process {holder.pid}"), store.lock(out):
+            pass
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     finally:
