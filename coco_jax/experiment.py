@@ -422,14 +422,15 @@ def sweep_parts(
     return pd.concat(frames, ignore_index=True), info
 
 
-def load_tables(out: str | os.PathLike):
-    """The table of a finished experiment directory (with `part`), from experiment.json."""
+def load_tables(out: str | os.PathLike, meta: dict | None = None):
+    """The table of a finished experiment directory (with `part`), from experiment.json
+    (or the given `meta`)."""
     import pandas as pd
 
     from coco_jax.results import load_results
 
     out = pathlib.Path(out)
-    meta = _read_meta(out)
+    meta = meta if meta is not None else _read_meta(out)
     if meta is None:
         raise ConfigError(
             f"{str(out)!r} holds no {META}: it is not the output of `coco-jax run experiments/<name>.py`"
@@ -522,10 +523,10 @@ def _accept(
     """Everything that can refuse the run, read-only: the experiment recorded in `out`,
     and every part's directory (another grid, a missing sidecar). Returns the parts'
     states ('new', 'resume', 'complete')."""
-    from coco_jax.sweep import check_directory
+    from coco_jax.sweep import out_status
 
     _check_meta(out, exp, quick, overrides, overwrite)
-    return [check_directory(g, _part_dir(out, exp.name, pname, len(parts)), overwrite) for pname, g in parts]
+    return [out_status(g, _part_dir(out, exp.name, pname, len(parts)), overwrite) for pname, g in parts]
 
 
 def run_experiment(
@@ -593,9 +594,10 @@ def _run_accepted(exp, parts, out, quick, overwrite, progress, meta, t_start) ->
     return 0
 
 
-def _adopt_sweep_directory(out: pathlib.Path) -> None:
-    """Write experiment.json for a directory that `coco-jax sweep` filled (the tables,
-    no figures yet), so that `plot` can draw it: with the experiment module whose grids
+def _adopt_sweep_directory(out: pathlib.Path) -> dict:
+    """The experiment.json for a directory that `coco-jax sweep` filled (the tables,
+    no figures yet), so that `plot` can draw it (written once the figures are drawn):
+    with the experiment module whose grids
     it holds (found by the grid's name in the sidecar or by the directory's name,
     <name>[-quick]), or else as a plain grid (a YAML/JSON file, `cj.sweep`) drawn with
     the standard curves."""
@@ -616,12 +618,12 @@ def _adopt_sweep_directory(out: pathlib.Path) -> None:
         if root is None:
             raise
         meta = _adopt_grid(out, root)
-    _write_meta(out, meta)
+    return meta
 
 
 def _adopt_module(out: pathlib.Path, root: dict) -> dict:
     from coco_jax.store import SIDECAR, read_json
-    from coco_jax.sweep import check_directory
+    from coco_jax.sweep import out_status
 
     quick = out.name.endswith("-quick")
     candidates = [c for c in ((root.get("grid") or {}).get("name"), out.name.removesuffix("-quick")) if c]
@@ -644,7 +646,7 @@ def _adopt_module(out: pathlib.Path, root: dict) -> dict:
         side = read_json(d / SIDECAR)
         if side is None:
             raise ConfigError(f"{str(d)!r} holds no {SIDECAR}: the sweep of part {pname!r} is missing")
-        if check_directory(g, d) != "complete":  # the module's grid, finished (raises for another grid)
+        if out_status(g, d) != "complete":  # the module's grid, finished (raises for another grid)
             raise ConfigError(f"{str(d)!r}: the sweep of part {pname!r} has not finished: run it again")
         sidecars.append(side)
         rel = str(d.relative_to(out)) if d != out else "."
@@ -723,9 +725,8 @@ def plot_directory(directory: str | os.PathLike) -> dict:
     out = pathlib.Path(directory)
     if not out.is_dir():
         raise ConfigError(f"{str(out)!r} is not a results directory (it does not exist or is a file)")
-    if not (out / META).is_file():
-        _adopt_sweep_directory(out)
-    df, meta = load_tables(out)
+    adopted = None if (out / META).is_file() else _adopt_sweep_directory(out)
+    df, meta = load_tables(out, adopted)  # nothing is written before the tables have loaded
     if meta.get("module") is None:
         exp = _grid_experiment(meta)
     else:

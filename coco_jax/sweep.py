@@ -224,7 +224,7 @@ def _sidecar(grid, ghash, groups, status, invocation, previous=(), rows=None) ->
 _REFUSED = ("conflict", "orphan")
 
 
-def check_directory(grid: Grid, out: str | os.PathLike, overwrite: bool = False) -> str:
+def out_status(grid: Grid, out: str | os.PathLike, overwrite: bool = False) -> str:
     """What `sweep(grid, out=out)` would find in `out` ('new', 'resume', 'complete'),
     read-only: raises the ConfigError the sweep would raise (a file in place of the
     directory, another grid's results, results without their sidecar) unless

@@ -171,6 +171,7 @@ def test_corrupt_table_names_the_file_and_the_rerun_rebuilds_it(tmp_path, finish
     line = ch.one_line_error(ch.cli("plot", "done", cwd=tmp_path))
     assert "done/results.parquet is unreadable" in line
     assert "`coco-jax sweep grid.yaml --out done --no-progress`" in line and "quarantine" in line
+    assert not (out / "experiment.json").exists()  # the failed plot wrote nothing
     rerun = ch.cli("sweep", "grid.yaml", "--out", "done", "--overwrite", "--no-progress", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "results.parquet is unreadable" in rerun.stderr and "moved it to" in rerun.stderr
@@ -187,7 +188,7 @@ def test_missing_sidecar_is_reported_as_missing_not_as_another_grid(tmp_path, fi
         line = ch.one_line_error(proc)
         assert "results.json is missing" in line and "another grid" not in line, line
     assert "--overwrite" in ch.one_line_error(rerun)
-    assert not (out / store.SIDECAR).exists()  # refused: nothing written
+    assert not (out / store.SIDECAR).exists() and not (out / "experiment.json").exists()  # nothing written
 
 
 # ------------------------------------------------------------------ 7. the lock
