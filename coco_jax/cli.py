@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run one configuration given by the field flags below (prints the final metrics; --out writes "
             "history.csv and config.json), or an experiment module: its sweep (resumable), figures and "
             "report. With an experiment, the field flags override the base of every grid of the experiment "
-            "(recorded in experiment.json and report.md); a field a grid varies on an axis is refused."
+            "(recorded in experiment.json and report.md); a field a grid varies (an axis, a zip, a method preset) is refused."
         ),
     )
     p_run.add_argument(
@@ -392,10 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_dist = p_sweep.add_argument_group("several hosts (jax.distributed)")
     p_dist.add_argument(
-        "--coordinator-address", help="host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)"
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help="host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)",
     )
-    p_dist.add_argument("--num-processes", type=int, help="number of processes (else $JAX_NUM_PROCESSES)")
-    p_dist.add_argument("--process-id", type=int, help="this process's index (else $JAX_PROCESS_ID)")
+    p_dist.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        metavar="N",
+        help="number of processes (else $JAX_NUM_PROCESSES)",
+    )
+    p_dist.add_argument(
+        "--process-id", type=int, metavar="I", help="this process's index (else $JAX_PROCESS_ID)"
+    )
     p_dist.add_argument(
         "--distributed", action="store_true", help="jax.distributed with cluster auto-detection"
     )

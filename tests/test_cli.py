@@ -286,18 +286,17 @@ def test_read_only_and_full_disk_end_in_one_line_and_leave_no_partial_file(tmp_p
             assert "choose" in line and proc.stdout == ""  # before anything was computed
         assert list(ro.iterdir()) == []
 
-    import resource
-
-    def small_files(limit):
-        return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    def small_files(limit):  # run the command with a file size limit (RLIMIT_FSIZE)
+        setlimit = "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0}))"
+        return (sys.executable, "-c", setlimit.format(limit) + "; os.execv(sys.argv[1], sys.argv[1:])")
 
     # a write that the file system refuses half-way (a file size limit: EFBIG, as ENOSPC)
-    full_run = ch.cli("run", *TINY_RUN, "--out", "full", cwd=tmp_path, preexec_fn=small_files(200))
+    full_run = ch.cli("run", *TINY_RUN, "--out", "full", cwd=tmp_path, prefix=small_files(200))
     line = ch.one_line_error(full_run, code=1)
     assert "history.csv: File too large" in line, line
     assert [p.name for p in (tmp_path / "full").iterdir()] == []  # no partial file, no temporary, no lock
     full_sweep = ch.cli("sweep", "grid.yaml", "--out", "fs", "--no-progress", cwd=tmp_path,
-                        preexec_fn=small_files(6000))  # fmt: skip
+                        prefix=small_files(6000))  # fmt: skip
     line = ch.one_line_error(full_sweep, code=1)
     assert "File too large" in line and "parts" in line, line
     assert sorted(p.name for p in (tmp_path / "fs").rglob("*") if p.is_file()) == ["results.json"]
