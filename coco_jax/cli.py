@@ -1,25 +1,38 @@
 """The `coco-jax` command.
 
     coco-jax run --preset coco-ef --task logreg --num-devices 20 --straggler-prob 0.2 [--out DIR]
+    coco-jax run experiments/methods.py --quick [--num-devices 100 ...]
     coco-jax sweep experiments/methods.py --quick [--dry-run]
+    coco-jax plot results/methods-quick
     coco-jax presets
 
 `--plugins FILE.py` (repeatable) imports FILE before the configuration is built, so
-the compressors, codes, ... it registers are valid names. Every ExperimentConfig field is a flag (`--num-devices`, `--compress-ratio`, ...);
-tuples are comma lists (`--hidden-sizes 64,32`), `none` clears an optional field.
+the compressors, codes, ... it registers are valid names. Every ExperimentConfig field
+is a flag of `coco-jax run` (`--num-devices`, `--compress-ratio`, ...), grouped and
+documented from the field's own declaration (`config.FIELDS`); tuples are comma lists
+(`--hidden-sizes 64,32`), `none` clears an optional field. With an experiment module,
+the field flags override the base of every grid of the experiment (recorded in
+experiment.json and the report); a field that a grid varies is refused.
+
+Errors end in one line on stderr and a non-zero exit, without a traceback unless
+`--debug` is given: 2 for bad input (a ConfigError, a bad flag), 1 for a file system
+error (read-only, full disk), 130 for Ctrl-C (finished work is kept; the same command
+resumes). Flags are never abbreviated.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import contextlib
+import errno
 import pathlib
+import shlex
 import sys
 
-from coco_jax.config import ConfigError, ExperimentConfig
+from coco_jax.config import FIELDS, GROUPS, ConfigError, ExperimentConfig, allowed_values
 
-_FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
+_FIELDS = FIELDS
+OUTPUT_GROUP = "output"
 
 
 def _parse_value(name: str, text: str):
@@ -44,32 +57,99 @@ def _parse_value(name: str, text: str):
         if ann.startswith("float"):
             return float(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is invalid: expected {ann}") from None
+        raise ConfigError(f"{name}={text!r} is invalid: expected {_kind_words(name)}") from None
     return text
 
 
+def _kind_words(name: str) -> str:
+    ann = str(_FIELDS[name].type)
+    words = {
+        "tuple[int": "a comma list of integers",
+        "tuple[float": "a comma list of numbers",
+        "bool": "true or false",
+        "int": "an integer",
+        "float": "a number",
+    }
+    for prefix, text in words.items():
+        if ann.startswith(prefix):
+            return text + (" or none" if "None" in ann else "")
+    return "a name"
+
+
+def _metavar(name: str) -> str:
+    ann = str(_FIELDS[name].type)
+    meta = _FIELDS[name].metadata
+    if meta.get("choices") is not None or meta.get("registry") is not None:
+        return "NAME"
+    if ann.startswith("tuple[int"):
+        return "N,N,..."
+    if ann.startswith("tuple[float"):
+        return "X,X,..."
+    for prefix, var in (("bool", "BOOL"), ("int", "INT"), ("float", "FLOAT")):
+        if ann.startswith(prefix):
+            return var
+    return "DIR" if name.endswith("_dir") else "TEXT"
+
+
+def _default_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def field_help(name: str) -> str:
+    """A field's help line: its documentation, default and allowed values."""
+    f = _FIELDS[name]
+    extra = [f"default: {_default_text(f.default)}"]
+    allowed = allowed_values(name)
+    if allowed:
+        extra.append("one of: " + ", ".join(allowed))
+    elif str(f.type).startswith("bool"):
+        extra.append("true or false")
+    return f"{f.metadata['doc']} ({'; '.join(extra)})".replace("%", "%%")
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--field-name VALUE` flag per ExperimentConfig field (default: unset)."""
-    group = parser.add_argument_group("configuration fields (see ExperimentConfig)")
+    """One `--field-name VALUE` flag per ExperimentConfig field (default: unset), in one
+    argument group per `config.GROUPS` entry, with the field's documentation, default
+    and allowed values as help."""
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
     for name, f in _FIELDS.items():
-        group.add_argument(
-            "--" + name.replace("_", "-"),
-            dest="field_" + name,
-            metavar=str(f.type).upper().replace(" ", "")[:12],
+        groups[f.metadata["group"]].add_argument(
+            "--" + name.replace("_", "-"), dest="field_" + name, metavar=_metavar(name), help=field_help(name)
         )
+
+
+def field_overrides(args: argparse.Namespace) -> dict:
+    """The config fields given as flags, parsed."""
+    return {
+        name: _parse_value(name, getattr(args, "field_" + name))
+        for name in _FIELDS
+        if getattr(args, "field_" + name, None) is not None
+    }
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     from coco_jax.presets import preset
 
-    overrides = {
-        name: _parse_value(name, getattr(args, "field_" + name))
-        for name in _FIELDS
-        if getattr(args, "field_" + name, None) is not None
-    }
+    overrides = field_overrides(args)
     if getattr(args, "preset", None):
         return preset(args.preset, **overrides)
     return ExperimentConfig(**overrides)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _format_table(rows: list[tuple[str, str]]) -> str:
@@ -77,41 +157,86 @@ def _format_table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+RUN_FILES = ("history.csv", "config.json")
+_RESULT_FILES = (*RUN_FILES, "results.json", "results.parquet", "experiment.json")
+
+
+def check_run_directory(out: pathlib.Path, overwrite: bool) -> None:
+    """Refuse a directory that already holds a run's (or a sweep's) results unless
+    `overwrite`: a single run never silently replaces an earlier history."""
+    found = [n for n in _RESULT_FILES if (out / n).exists()]
+    if found and not overwrite:
+        raise ConfigError(
+            f"out={str(out)!r} already holds results ({', '.join(found)}): choose another --out, "
+            "or pass --overwrite to replace history.csv and config.json"
+        )
+
+
 def write_run(result, out: pathlib.Path) -> None:
-    """history.csv (one row per evaluated step) and config.json in `out`."""
+    """history.csv (one row per evaluated step) and config.json in `out`, each written
+    atomically (a temporary file renamed over the target)."""
+    import io
+
     import numpy as np
+
+    from coco_jax import store
 
     out.mkdir(parents=True, exist_ok=True)
     keys = list(result.history)
     table = np.column_stack([result.history[k].astype(np.float64) for k in keys])
-    np.savetxt(out / "history.csv", table, delimiter=",", header=",".join(keys), comments="", fmt="%.10g")
+    buf = io.StringIO()
+    np.savetxt(buf, table, delimiter=",", header=",".join(keys), comments="", fmt="%.10g")
     meta = {
         "config": result.config.to_dict(),
         "diverged_step": result.diverged_step,
         "bits_per_message": result.bits_per_message,
     }
-    (out / "config.json").write_text(json.dumps(meta, indent=2, default=list))
+    store.atomic_write_bytes(out / "history.csv", buf.getvalue().encode())
+    store.write_json(out / "config.json", meta)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from coco_jax import store
+
     if args.experiment is not None:
         from coco_jax.experiment import run_experiment
 
-        return run_experiment(args.experiment, quick=args.quick, out=args.out, overwrite=args.overwrite)
+        if args.preset:
+            raise ConfigError(
+                f"--preset {args.preset} is for a single run: an experiment's grids choose their methods "
+                "(field flags such as --num-devices override every grid's base)"
+            )
+        return run_experiment(
+            args.experiment,
+            quick=args.quick,
+            out=args.out,
+            overwrite=args.overwrite,
+            overrides=field_overrides(args),
+        )
+    if args.quick:
+        raise ConfigError("--quick selects an experiment's small variant: give an experiment module to run")
     from coco_jax.engine import run
 
     cfg = config_from_args(args)
-    result = run(cfg)
-    final = result.final()
-    rows = [("steps", str(cfg.steps))]
-    for key in ("loss", "accuracy", "test_accuracy", "grad_norm_sq", "bits", "time", "ef_error_norm"):
-        if key in final:
-            rows.append((key, f"{final[key]:.6g}"))
-    rows.append(("diverged", "no" if result.diverged_step is None else f"at step {result.diverged_step}"))
-    print(_format_table(rows))
-    if args.out:
-        write_run(result, pathlib.Path(args.out))
-        print(f"wrote {args.out}/history.csv and {args.out}/config.json")
+    out = store.check_directory(args.out) if args.out else None
+    with store.lock(out) if out is not None else contextlib.nullcontext():
+        if out is not None:  # before computing: refuse an earlier run, fail now on a read-only place
+            check_run_directory(out, args.overwrite)
+            store.ensure_writable(out)
+        try:
+            result = run(cfg)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("interrupted: a single run keeps nothing; run it again") from None
+        final = result.final()
+        rows = [("steps", str(cfg.steps))]
+        for key in ("loss", "accuracy", "test_accuracy", "grad_norm_sq", "bits", "time", "ef_error_norm"):
+            if key in final:
+                rows.append((key, f"{final[key]:.6g}"))
+        rows.append(("diverged", "no" if result.diverged_step is None else f"at step {result.diverged_step}"))
+        print(_format_table(rows))
+        if out is not None:
+            write_run(result, out)
+            print(f"wrote {out}/history.csv and {out}/config.json")
     return 0
 
 
@@ -123,7 +248,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from coco_jax.grid import load_grids
     from coco_jax.plan import plan_sweep
     from coco_jax.store import TABLE
-    from coco_jax.sweep import sweep
+    from coco_jax.sweep import check_memory_budget, sweep
 
     use_cpu_devices(args.cpu_devices)
     init_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
@@ -134,6 +259,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         d = out if len(parts) == 1 and part == name else out / part
         if args.dry_run:
             plan = plan_sweep(grid, memory_budget=args.memory_budget, out=d)
+            check_memory_budget(args.memory_budget, plan.groups)
             print(f"grid {part!r} -> {d}")
             print(plan.describe(plan.estimates(args.chunk_steps)))
             continue
@@ -162,7 +288,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_plugins_flag(parser: argparse.ArgumentParser) -> None:
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plugins",
         action="append",
@@ -170,41 +296,75 @@ def _add_plugins_flag(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.py",
         help="import this Python file first (it registers compressors, codes, ...); repeatable",
     )
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
+
+
+def _subparser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, allow_abbrev=False, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coco-jax", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="coco-jax", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    # --- run: one configuration, or an experiment module (issue: experiments) ---
-    p_run = sub.add_parser(
-        "run", help="run one configuration (flags) or an experiment module (experiments/<name>.py)"
+    # --- run: one configuration, or an experiment module ---
+    p_run = _subparser(
+        sub,
+        "run",
+        help="run one configuration (flags) or an experiment module (experiments/<name>.py)",
+        usage="coco-jax run [EXPERIMENT] [--quick] [--preset NAME] [--FIELD VALUE ...] [--out DIR] [--overwrite]",
+        description=(
+            "Run one configuration given by the field flags below (prints the final metrics; --out writes "
+            "history.csv and config.json), or an experiment module: its sweep (resumable), figures and "
+            "report. With an experiment, the field flags override the base of every grid of the experiment "
+            "(recorded in experiment.json and report.md); a field a grid varies (an axis, a zip, a method preset) is refused."
+        ),
     )
-    p_run.add_argument("experiment", nargs="?", help="an experiment module path or name; omit for one run")
-    p_run.add_argument("--preset", help="a method preset (see `coco-jax presets`)")
     p_run.add_argument(
-        "--out", help="one run: write history.csv and config.json here; experiment: results dir"
+        "experiment",
+        nargs="?",
+        help="an experiment module path or name (see `coco-jax list`); omit for one run",
+    )
+    p_run.add_argument(
+        "--preset", metavar="NAME", help="single run: a method preset (see `coco-jax presets`)"
     )
     p_run.add_argument("--quick", action="store_true", help="experiment: the small variant")
-    p_run.add_argument("--overwrite", action="store_true", help="experiment: replace results of another grid")
-    _add_plugins_flag(p_run)
+    _add_common_flags(p_run)
     add_config_flags(p_run)
+    p_out = p_run.add_argument_group(OUTPUT_GROUP)
+    p_out.add_argument(
+        "--out",
+        metavar="DIR",
+        help="single run: write history.csv and config.json here (refused if DIR holds results); "
+        "experiment: its results directory (default results/<name>[-quick]; resumes)",
+    )
+    p_out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="single run: replace the results in --out; experiment: replace results of another grid",
+    )
     p_run.set_defaults(func=cmd_run)
 
-    p_pre = sub.add_parser("presets", help="list the method presets")
-    _add_plugins_flag(p_pre)
+    p_pre = _subparser(sub, "presets", help="list the method presets")
+    _add_common_flags(p_pre)
     p_pre.set_defaults(func=cmd_presets)
 
     # --- sweep (coco_jax/sweep.py) ---
-    p_sweep = sub.add_parser(
-        "sweep", help="run a grid (experiment module or YAML/JSON file) as vmapped programs"
+    p_sweep = _subparser(
+        sub, "sweep", help="run a grid (experiment module or YAML/JSON file) as vmapped programs"
     )
     p_sweep.add_argument("target", help="experiments/<module>.py or a .yaml/.json grid file")
-    _add_plugins_flag(p_sweep)
+    _add_common_flags(p_sweep)
     p_sweep.add_argument(
         "--quick", action="store_true", help="the experiment's small variant (grid(quick=True))"
     )
     p_sweep.add_argument(
-        "--out", help="results directory (default results/<name>; results/<name>-quick with --quick)"
+        "--out",
+        metavar="DIR",
+        help="results directory (default results/<name>; results/<name>-quick with --quick); resumes, "
+        "one run at a time (a lock in DIR)",
     )
     p_sweep.add_argument(
         "--dry-run",
@@ -212,39 +372,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="print groups, configurations, compilations, memory; compile nothing",
     )
     p_sweep.add_argument(
-        "--memory-budget", help="bytes per device, e.g. 2GB or 512MiB (default: from the device)"
+        "--memory-budget",
+        metavar="BYTES",
+        help="bytes per device, e.g. 2GB or 512MiB, at least one configuration (default: from the device)",
     )
     p_sweep.add_argument(
-        "--chunk-steps", type=int, help="steps per progress update (a multiple of eval_every)"
+        "--chunk-steps",
+        type=_positive_int,
+        metavar="N",
+        help="steps per progress update, a positive integer (default: about 1/16 of a run)",
     )
     p_sweep.add_argument("--overwrite", action="store_true", help="replace results of another grid in --out")
     p_sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_sweep.add_argument(
         "--cpu-devices",
-        type=int,
+        type=_positive_int,
+        metavar="N",
         help="on CPU: split the cores into this many JAX devices (default: one device)",
     )
     p_dist = p_sweep.add_argument_group("several hosts (jax.distributed)")
     p_dist.add_argument(
-        "--coordinator-address", help="host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)"
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help="host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)",
     )
-    p_dist.add_argument("--num-processes", type=int, help="number of processes (else $JAX_NUM_PROCESSES)")
-    p_dist.add_argument("--process-id", type=int, help="this process's index (else $JAX_PROCESS_ID)")
+    p_dist.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        metavar="N",
+        help="number of processes (else $JAX_NUM_PROCESSES)",
+    )
+    p_dist.add_argument(
+        "--process-id", type=int, metavar="I", help="this process's index (else $JAX_PROCESS_ID)"
+    )
     p_dist.add_argument(
         "--distributed", action="store_true", help="jax.distributed with cluster auto-detection"
     )
     p_sweep.set_defaults(func=cmd_sweep)
 
     # --- experiments: plot, list (coco_jax/experiment.py) ---
-    p_plot = sub.add_parser("plot", help="redraw an experiment's figures from saved results")
+    p_plot = _subparser(
+        sub,
+        "plot",
+        help="redraw the figures and report of an experiment or sweep directory from saved results",
+    )
     p_plot.add_argument("results_dir")
-    _add_plugins_flag(p_plot)
+    _add_common_flags(p_plot)
     p_plot.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_plot(a))
-    p_list = sub.add_parser("list", help="list the experiment modules")
+    p_list = _subparser(sub, "list", help="list the experiment modules")
+    p_list.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
 
     # --- bench (coco_jax/bench/) ---
-    p_bench = sub.add_parser("bench", help="benchmark the engine against NumPy references and machine limits")
+    p_bench = _subparser(
+        sub, "bench", help="benchmark the engine against NumPy references and machine limits"
+    )
+    p_bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p_bench.add_argument("--quick", action="store_true", help="small sizes (about a minute on a 2-core CPU)")
     p_bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test-suite size
     p_bench.add_argument("--json", metavar="FILE", help="write every figure and the machine description here")
@@ -264,18 +447,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _preparse(argv: list[str]) -> argparse.Namespace:
+    """--plugins and --debug wherever they are, before the real parser is built (plugins
+    register names that the help lists)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugins", action="append", default=[])
+    pre.add_argument("--debug", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    return known
+
+
+_OS_HINTS = {
+    errno.EROFS: "the file system is read-only: choose another output directory",
+    errno.EACCES: "permission denied: choose an output directory you can write",
+    errno.EPERM: "permission denied: choose an output directory you can write",
+    errno.ENOSPC: "the disk is full: free space and run the same command again (finished work is kept)",
+    errno.EDQUOT: "the disk quota is exhausted: free space and run the same command again (finished work is kept)",
+    errno.EFBIG: "the file is too large for this file system or limit: free space or raise the limit and run again",
+}
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a file system error: the file, what failed and what to do."""
+    what = err.strerror or str(err)
+    text = f"{err.filename}: {what}" if getattr(err, "filename", None) else what
+    hint = _OS_HINTS.get(err.errno)
+    return f"{text} ({hint})" if hint else text
+
+
+def _say(text: str) -> None:
+    print(f"coco-jax: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from coco_jax import store
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = _preparse(argv)
+    command = "coco-jax " + shlex.join(argv)
+    previous, store.invoked_as = store.invoked_as, command
     try:
         from coco_jax.registry import load_plugin
 
-        for path in getattr(args, "plugins", []):
+        for path in pre.plugins:
             load_plugin(path)
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except ConfigError as err:
-        print(f"coco-jax: error: {err}", file=sys.stderr)
+        if pre.debug:
+            raise
+        _say(f"error: {err}")
         return 2
+    except KeyboardInterrupt as err:
+        if pre.debug:
+            raise
+        detail = str(err).strip() or "interrupted"
+        if "resumes" in detail:  # a sweep: say what was kept and the command that resumes it
+            detail = f"{detail.split(';')[0]}; run `{command}` again to resume"
+        _say(detail if detail.startswith("interrupted") else f"interrupted: {detail}")
+        return 130
+    except OSError as err:
+        if pre.debug:
+            raise
+        _say(f"error: {os_error_message(err)}")
+        return 1
+    finally:
+        store.invoked_as = previous
 
 
 if __name__ == "__main__":

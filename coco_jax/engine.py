@@ -132,6 +132,12 @@ def prepare(
     num_classes = ds.num_classes
     if cfg.task == "logreg" and num_classes not in (0, 2):
         raise ConfigError(f"data has {num_classes} classes: task='logreg' needs labels in {{0, 1}}")
+    if data is not None and cfg.task != "linreg" and cfg.task != "logreg" and num_classes != cfg.num_classes:
+        # user labels set the class count: the config must say the same (it is what the results record)
+        raise ConfigError(
+            f"num_classes={cfg.num_classes} is invalid: the labels of data=(X, y) (and test_data) run "
+            f"0..{num_classes - 1}, so task={cfg.task!r} has {num_classes} classes; set num_classes={num_classes}"
+        )
     fields = static_fields(cfg)
     feature_shape = tuple(int(s) for s in xp.shape[2:])
     task = task_of(fields, feature_shape, int(num_classes), dtype)

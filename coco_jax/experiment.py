@@ -16,8 +16,15 @@ An experiment is a Python module (``experiments/<name>.py``) with
   of them and writes one report with a section per experiment.
 
 ``run_experiment`` (``coco-jax run experiments/<name>.py [--quick] [--out DIR]``) runs the
-sweep (resuming if DIR holds part of it), draws the figures, writes the report.
-``coco-jax plot DIR`` redraws figures and report from the saved tables only.
+sweep (resuming if DIR holds part of it), draws the figures, writes the report. It
+checks everything that can refuse the run first (the experiment recorded in DIR, every
+part's grid against its sidecar, the directory lock), and writes experiment.json only
+once the run is accepted, atomically. Config field flags (``--num-devices 100``) are
+`overrides` of every grid's base, recorded in experiment.json and the report; a field a
+grid varies (an axis, a zip, a preset on the preset axis) is refused.
+``coco-jax plot DIR`` redraws figures and report from the saved tables only; a
+directory written by ``coco-jax sweep`` (an experiment module or a YAML/JSON grid)
+gets the module's figures, or the standard curves (`plots.standard_figures`).
 
 Output layout (DIR defaults to ``results/<name>``, ``results/<name>-quick`` with
 ``--quick``, the same directory ``coco-jax sweep`` uses):
@@ -289,20 +296,89 @@ def _part_dir(out: pathlib.Path, exp_name: str, part: str, nparts: int) -> pathl
     return out / part
 
 
-def _check_meta(out: pathlib.Path, exp: Experiment, quick: bool, overwrite: bool) -> None:
-    meta = _read_meta(out)
-    if meta is None or overwrite:
+def _describe_run(name, quick, overrides) -> str:
+    text = f"{name!r} ({'quick' if quick else 'full'}"
+    if overrides:
+        text += ", overrides " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return text + ")"
+
+
+def _check_meta(out: pathlib.Path, exp: Experiment, quick: bool, overrides: dict, overwrite: bool) -> None:
+    """Refuse `out` when it holds another experiment (or variant, or overrides)."""
+    if overwrite:
         return
-    if meta.get("experiment") != exp.name or bool(meta.get("quick")) != quick:
+    meta = _read_meta(out)
+    if meta is None:
+        return
+    theirs = meta.get("overrides") or {}
+    if meta.get("experiment") != exp.name or bool(meta.get("quick")) != quick or theirs != overrides:
         raise ConfigError(
-            f"out={str(out)!r} holds results of experiment {meta.get('experiment')!r} "
-            f"({'quick' if meta.get('quick') else 'full'}): choose another --out or pass --overwrite"
+            f"out={str(out)!r} holds results of experiment "
+            f"{_describe_run(meta.get('experiment'), meta.get('quick'), theirs)}, not "
+            f"{_describe_run(exp.name, quick, overrides)}: choose another --out or pass --overwrite"
         )
 
 
 def _read_meta(out: pathlib.Path) -> dict | None:
     p = out / META
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError as err:
+        raise ConfigError(
+            f"{p} is unreadable ({err}): run the experiment again with --overwrite to rebuild it"
+        ) from None
+
+
+def apply_overrides(parts: list[tuple[str, Any]], overrides: dict | None) -> list[tuple[str, Any]]:
+    """The grids with `overrides` (config fields) set on every grid's base. A field
+    that a grid varies (on an axis, in a zip, or through a preset on its preset axis)
+    is refused: the override would silently not apply to some configurations."""
+    from collections.abc import Mapping
+
+    from coco_jax.grid import Grid
+
+    if not overrides:
+        return parts
+    flags = {k: "--" + k.replace("_", "-") for k in overrides}
+    out = []
+    for pname, g in parts:
+        varied = set(g.axes) | {k for block in g.zip_blocks for k in block}
+        for k in overrides:
+            if k in varied:
+                raise ConfigError(
+                    f"{flags[k]} cannot apply to grid {pname!r}: the grid varies {k} itself "
+                    "(an axis or a zip); remove the flag, or edit the experiment's grid"
+                )
+        base = g._base_input
+        if isinstance(base, str):
+            new_base: Any = {"preset": base, **overrides}
+        elif isinstance(base, Mapping):
+            new_base = {**base, **overrides}
+        elif base is None:
+            new_base = dict(overrides)
+        else:
+            new_base = g.base.replace(**overrides)
+        try:
+            ng = Grid(
+                base=new_base,
+                axes=g.axes,
+                zip_axes=g.zip_blocks or None,
+                exclude=g.exclude,
+                name=g.name,
+            )
+        except ConfigError as err:
+            raise ConfigError(f"overriding grid {pname!r} ({', '.join(flags.values())}): {err}") from None
+        for method, cfg in ng.configs():
+            for k, v in overrides.items():
+                if getattr(cfg, k) != v:
+                    raise ConfigError(
+                        f"{flags[k]} cannot apply to grid {pname!r}: its method {method!r} sets "
+                        f"{k}={getattr(cfg, k)!r} itself; remove the flag, or edit the experiment's grid"
+                    )
+        out.append((pname, ng))
+    return out
 
 
 def _write_meta(out: pathlib.Path, meta: dict) -> None:
@@ -346,14 +422,15 @@ def sweep_parts(
     return pd.concat(frames, ignore_index=True), info
 
 
-def load_tables(out: str | os.PathLike):
-    """The table of a finished experiment directory (with `part`), from experiment.json."""
+def load_tables(out: str | os.PathLike, meta: dict | None = None):
+    """The table of a finished experiment directory (with `part`), from experiment.json
+    (or the given `meta`)."""
     import pandas as pd
 
     from coco_jax.results import load_results
 
     out = pathlib.Path(out)
-    meta = _read_meta(out)
+    meta = meta if meta is not None else _read_meta(out)
     if meta is None:
         raise ConfigError(
             f"{str(out)!r} holds no {META}: it is not the output of `coco-jax run experiments/<name>.py`"
@@ -440,37 +517,65 @@ def _finish(exp: Experiment, df, out: pathlib.Path, meta: dict, redraw: bool) ->
     return meta
 
 
+def _accept(
+    exp: Experiment, parts, out: pathlib.Path, quick: bool, overrides: dict, overwrite: bool
+) -> list[str]:
+    """Everything that can refuse the run, read-only: the experiment recorded in `out`,
+    and every part's directory (another grid, a missing sidecar). Returns the parts'
+    states ('new', 'resume', 'complete')."""
+    from coco_jax.sweep import out_status
+
+    _check_meta(out, exp, quick, overrides, overwrite)
+    return [out_status(g, _part_dir(out, exp.name, pname, len(parts)), overwrite) for pname, g in parts]
+
+
 def run_experiment(
     target: str | os.PathLike,
     quick: bool = False,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    overrides: dict | None = None,
 ) -> int:
-    """Run an experiment end to end: sweep (resuming), figures, report. Returns 0."""
-    from coco_jax import results as res_lib
+    """Run an experiment end to end: sweep (resuming), figures, report. Returns 0.
+
+    `overrides` (config fields, the CLI's field flags) are set on every grid's base
+    (`apply_overrides`). Nothing is written before the run is accepted: the experiment
+    recorded in `out` and every part's grid are checked first, under the directory's
+    lock; a refused run leaves `out` as it was."""
+    from coco_jax import store
 
     t_start = time.time()
     exp = load_experiment(target)
-    out = pathlib.Path(out) if out is not None else default_out(exp.name, quick)
-    _check_meta(out, exp, quick, overwrite)
-    parts = parts_of(exp, quick)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "experiment": exp.name,
-        "description": exp.description,
-        "module": str(exp.path),
-        "quick": quick,
-        "command": "coco-jax run " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["run"] else None,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-        "grids": _grids_meta(parts),
-        "parts": {
-            pname: {"dir": str(_part_dir(out, exp.name, pname, len(parts)).relative_to(out)) or "."}
-            for pname, _ in parts
-        },
-        "status": "running",
-    }
-    _write_meta(out, meta)
+    overrides = dict(overrides or {})
+    parts = apply_overrides(parts_of(exp, quick), overrides)
+    out = store.check_directory(out if out is not None else default_out(exp.name, quick))
+    _accept(exp, parts, out, quick, overrides, overwrite)  # refuse before the lock creates anything
+    with store.lock(out):
+        states = _accept(exp, parts, out, quick, overrides, overwrite)
+        meta = {
+            "experiment": exp.name,
+            "description": exp.description,
+            "module": str(exp.path),
+            "quick": quick,
+            "overrides": overrides,
+            "command": store.invoked_as,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+            "grids": _grids_meta(parts),
+            "parts": {
+                pname: {"dir": str(_part_dir(out, exp.name, pname, len(parts)).relative_to(out)) or "."}
+                for pname, _ in parts
+            },
+            "status": "running",
+        }
+        if any(st != "complete" for st in states) or _read_meta(out) is None:
+            _write_meta(out, meta)  # accepted: something will be computed
+        return _run_accepted(exp, parts, out, quick, overwrite, progress, meta, t_start)
+
+
+def _run_accepted(exp, parts, out, quick, overwrite, progress, meta, t_start) -> int:
+    from coco_jax import results as res_lib
+
     df, info = sweep_parts(exp, quick, out, overwrite=overwrite, progress=progress, grids=parts)
     sweep_time = time.time() - t_start
     meta["parts"] = info
@@ -489,13 +594,37 @@ def run_experiment(
     return 0
 
 
-def _adopt_sweep_directory(out: pathlib.Path) -> None:
-    """Write experiment.json for a directory that `coco-jax sweep experiments/<name>.py`
-    filled (the tables, no figures yet), so that `plot` can draw it. The experiment is
-    found by the grid's name in the sidecar or by the directory's name (<name>[-quick])."""
-    from coco_jax.store import SIDECAR, read_json
+def _adopt_sweep_directory(out: pathlib.Path) -> dict:
+    """The experiment.json for a directory that `coco-jax sweep` filled (the tables,
+    no figures yet), so that `plot` can draw it (written once the figures are drawn):
+    with the experiment module whose grids
+    it holds (found by the grid's name in the sidecar or by the directory's name,
+    <name>[-quick]), or else as a plain grid (a YAML/JSON file, `cj.sweep`) drawn with
+    the standard curves."""
+    from coco_jax.store import SIDECAR, TABLE, part_files, read_json
 
-    root = read_json(out / SIDECAR) or {}
+    try:
+        root = read_json(out / SIDECAR)
+    except ValueError:
+        root = None
+    if root is None and ((out / TABLE).exists() or part_files(out)):
+        raise ConfigError(
+            f"{str(out)!r} holds results but {out / SIDECAR} is missing (was it deleted?), so they cannot be "
+            "matched to a grid: restore it, or run the sweep again with --overwrite to recompute them"
+        )
+    try:
+        meta = _adopt_module(out, root or {})
+    except ConfigError:
+        if root is None:
+            raise
+        meta = _adopt_grid(out, root)
+    return meta
+
+
+def _adopt_module(out: pathlib.Path, root: dict) -> dict:
+    from coco_jax.store import SIDECAR, read_json
+    from coco_jax.sweep import out_status
+
     quick = out.name.endswith("-quick")
     candidates = [c for c in ((root.get("grid") or {}).get("name"), out.name.removesuffix("-quick")) if c]
     exp = None
@@ -511,31 +640,37 @@ def _adopt_sweep_directory(out: pathlib.Path) -> None:
             f"{' or '.join(repr(c) for c in candidates) or '?'} was found: run it with `coco-jax run`"
         )
     try:
-        names = [pname for pname, _ in parts_of(exp, quick)]
+        parts = dict(parts_of(exp, quick))
     except ConfigError:  # its grid names components of plugins not loaded here: read the layout on disk
         names = (
             [exp.name]
             if (out / SIDECAR).is_file()
             else sorted(d.name for d in out.iterdir() if (d / SIDECAR).is_file())
         )
+        parts = dict.fromkeys(names)
     meta_parts, grids, sidecars = {}, {}, []
-    for pname in names:
-        d = _part_dir(out, exp.name, pname, len(names))
+    for pname, g in parts.items():
+        d = _part_dir(out, exp.name, pname, len(parts))
         side = read_json(d / SIDECAR)
         if side is None:
             raise ConfigError(f"{str(d)!r} holds no {SIDECAR}: the sweep of part {pname!r} is missing")
+        # the module's grid, finished (raises for another grid); without the plugins: the sidecar's word
+        finished = out_status(g, d) == "complete" if g is not None else side.get("status") == "complete"
+        if not finished:
+            raise ConfigError(f"{str(d)!r}: the sweep of part {pname!r} has not finished: run it again")
         sidecars.append(side)
         rel = str(d.relative_to(out)) if d != out else "."
         meta_parts[pname] = {"dir": rel, "configs": side.get("num_configs"), "compilations": 0}
         grids[pname] = side.get("grid", {})
     first = sidecars[0]
     started = [inv.get("started") for s in sidecars for inv in s.get("invocations", []) if inv.get("started")]
-    meta = {
+    return {
         "experiment": exp.name,
         "description": exp.description,
         "module": str(exp.path),
         "quick": quick,
-        "command": f"coco-jax sweep experiments/{exp.name}.py{' --quick' if quick else ''}",
+        "command": first.get("command")
+        or f"coco-jax sweep experiments/{exp.name}.py{' --quick' if quick else ''}",
         "started": min(started) if started else "?",
         "grids": grids,
         "parts": meta_parts,
@@ -546,20 +681,69 @@ def _adopt_sweep_directory(out: pathlib.Path) -> None:
         "git": first.get("git"),
         "status": "complete",
     }
-    _write_meta(out, meta)
+
+
+def _adopt_grid(out: pathlib.Path, side: dict) -> dict:
+    """experiment.json for a finished sweep of a plain grid (no experiment module)."""
+    from coco_jax.store import TABLE
+
+    if side.get("status") != "complete" or not (out / TABLE).exists():
+        raise ConfigError(
+            f"the sweep in {str(out)!r} has not finished (status {side.get('status')!r}): run the same sweep "
+            "again to finish it, then plot"
+        )
+    grid = side.get("grid") or {}
+    name = grid.get("name") or out.name
+    started = [inv.get("started") for inv in side.get("invocations", []) if inv.get("started")]
+    return {
+        "experiment": name,
+        "description": f"sweep of the grid {name!r} ({side.get('num_configs')} configurations)",
+        "module": None,
+        "quick": out.name.endswith("-quick"),
+        "command": side.get("command") or f"cj.sweep(grid, out={str(out)!r})",
+        "started": min(started) if started else "?",
+        "grids": {name: grid},
+        "parts": {name: {"dir": ".", "configs": side.get("num_configs"), "compilations": 0}},
+        "wall_time_s": {"sweep": round(side.get("total_wall_time_s") or 0.0, 2)},
+        "versions": side.get("versions"),
+        "python": side.get("python"),
+        "devices": side.get("devices"),
+        "git": side.get("git"),
+        "status": "complete",
+    }
+
+
+def _grid_experiment(meta: dict) -> Experiment:
+    """A stand-in experiment for a directory without a module: the standard figures."""
+    import types
+
+    name = str(meta.get("experiment") or "sweep")
+    module = types.ModuleType(f"coco_jax_grid_{name}")
+    module.__doc__ = (
+        f"The sweep of the grid {name!r}, drawn with the standard curves (loss against steps and uploaded "
+        "bits, test accuracy where there is a test split); no experiment module defines its figures."
+    )
+    return Experiment(
+        name, str(meta.get("description") or module.__doc__), pathlib.Path(f"{name}.yaml"), module
+    )
 
 
 def plot_directory(directory: str | os.PathLike) -> dict:
     """Redraw figures and report of a finished experiment directory from its tables
-    (also a directory that `coco-jax sweep experiments/<name>.py` wrote)."""
+    (also a directory that `coco-jax sweep` wrote, from an experiment module or a grid
+    file). An unreadable table is a ConfigError naming the file and the repair."""
     out = pathlib.Path(directory)
-    if not (out / META).is_file() and out.is_dir():
-        _adopt_sweep_directory(out)
-    df, meta = load_tables(out)
-    try:
-        exp = load_experiment(meta["module"])
-    except ConfigError:
-        exp = load_experiment(meta["experiment"])
+    if not out.is_dir():
+        raise ConfigError(f"{str(out)!r} is not a results directory (it does not exist or is a file)")
+    adopted = None if (out / META).is_file() else _adopt_sweep_directory(out)
+    df, meta = load_tables(out, adopted)  # nothing is written before the tables have loaded
+    if meta.get("module") is None:
+        exp = _grid_experiment(meta)
+    else:
+        try:
+            exp = load_experiment(meta["module"])
+        except ConfigError:
+            exp = load_experiment(meta["experiment"])
     return _finish(exp, df, out, meta, redraw=True)
 
 

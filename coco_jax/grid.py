@@ -284,14 +284,27 @@ class Grid:
         unknown = set(spec) - allowed
         if unknown:
             raise ConfigError(f"grid file: unknown keys {sorted(unknown)}: valid keys are {sorted(allowed)}")
+        for key, kinds, what in (
+            ("axes", (Mapping,), "a mapping of field -> list of values, e.g. {lr: [0.1, 0.2]}"),
+            ("zip", (Mapping, list), "a mapping of field -> list of values, or a list of such mappings"),
+            ("base", (Mapping, str), "a mapping of fields, or a preset name"),
+            ("exclude", (Mapping, list), "a list of mappings of field -> value"),
+        ):
+            value = spec.get(key)
+            if value is not None and not isinstance(value, kinds):
+                raise ConfigError(
+                    f"grid file: {key!r} must be {what}, got {type(value).__name__} {_short(value)}"
+                )
+        for key in ("zip", "exclude"):
+            value = spec.get(key)
+            if isinstance(value, list) and not all(isinstance(v, Mapping) for v in value):
+                raise ConfigError(f"grid file: every item of {key!r} must be a mapping, got {_short(value)}")
         base = spec.get("base")
         if spec.get("preset") is not None:
             if isinstance(base, str):
                 raise ConfigError("grid file: give 'preset' or a preset name in 'base', not both")
             base = {**(base or {}), "preset": spec["preset"]}
         exclude = spec.get("exclude")
-        if exclude is not None and not isinstance(exclude, (list, Mapping)):
-            raise ConfigError("grid file: 'exclude' must be a list of dicts")
         return cls(
             base=base,
             axes=spec.get("axes") or {},
@@ -303,6 +316,11 @@ class Grid:
 
 
 # ===================================================================== grid files
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_grid_file(path: pathlib.Path, quick: bool = False) -> Grid:
@@ -324,7 +342,15 @@ def load_grid_file(path: pathlib.Path, quick: bool = False) -> Grid:
     if quick and isinstance(spec.get("quick"), dict):
         spec = {**spec, **spec["quick"]}
     spec.pop("quick", None)
-    return Grid.from_dict(spec, name=path.stem)
+    if not spec.get("axes") and not spec.get("zip"):
+        raise ConfigError(
+            f"{str(path)!r} has no axes: it would run its base configuration alone; give the fields to vary "
+            "under 'axes:' (or 'zip:'), or 'axes: {seed: [0]}' to run the base configuration on purpose"
+        )
+    try:
+        return Grid.from_dict(spec, name=path.stem)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {str(err).removeprefix('grid file: ')}") from None
 
 
 def load_grids(target: str | os.PathLike, quick: bool = False) -> tuple[str, list[tuple[str, Grid]]]:

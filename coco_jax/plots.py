@@ -890,6 +890,58 @@ def heatmap_figure(
     return fig
 
 
+# ------------------------------------------------------------- standard figures
+
+_STANDARD_SKIP = ("seed", "config_id")
+
+
+def standard_label(df: pd.DataFrame) -> Callable[[pd.Series], str]:
+    """The curve label of the standard figures: the method label (the preset, or the
+    compressor, feedback and code of a custom configuration), followed by every other
+    config field that varies between runs of that method (seeds are averaged)."""
+    from coco_jax.report import method_label
+
+    labels = df.apply(method_label, axis=1)
+    varying = [
+        c
+        for c in CONFIG_FIELDS
+        if c in df and c not in _STANDARD_SKIP and (df.groupby(labels)[c].nunique(dropna=False) > 1).any()
+    ]
+
+    def label(row: pd.Series) -> str:
+        extra = ", ".join(f"{c}={_cell(row[c])}" for c in varying)
+        return f"{method_label(row)}, {extra}" if extra else method_label(row)
+
+    return label
+
+
+def _cell(v) -> str:
+    if isinstance(v, float) and math.isnan(v):
+        return "none"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def standard_figures(df: pd.DataFrame) -> dict[str, Figure]:
+    """The standard curves of any results table (what `coco-jax plot` draws for a sweep
+    without an experiment module): the loss (optimality gap for convex tasks) against
+    steps and uploaded bits, and the test accuracy when the runs have a test split;
+    one curve per method label (`standard_label`), mean over seeds. A table with a
+    `part` column (several grids) gets one figure of each kind per part."""
+    figs: dict[str, Figure] = {}
+    parts = sorted(df["part"].unique()) if "part" in df and df["part"].nunique() > 1 else [None]
+    for part in parts:
+        sub = df if part is None else df[df["part"] == part]
+        prefix = "" if part is None else str(part).replace("/", "_") + "_"
+        hue = standard_label(sub)
+        title = None if part is None else str(part)
+        figs[prefix + "loss"] = curves_figure(sub, [("step", "loss"), ("bits", "loss")], hue=hue, title=title)
+        if "test_accuracy" in sub and sub["test_accuracy"].notna().any():
+            figs[prefix + "test_accuracy"] = curves_figure(
+                sub, [("step", "test_accuracy"), ("bits", "test_accuracy")], hue=hue, title=title
+            )
+    return figs
+
+
 # ------------------------------------------------------------------------ saving
 
 

@@ -232,6 +232,10 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
         ),
         "",
     ]
+    if meta.get("overrides"):  # config flags of `coco-jax run experiments/<name>.py`
+        given = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in meta["overrides"].items())
+        started = next(i for i, ln in enumerate(lines) if ln.startswith("- Started:"))
+        lines.insert(started, f"- Overrides of every grid's base: {given}")
     if composite:
         lines += ["## Contents", ""]
         lines += [f"- [{s.name}](#{s.name.lower()}): {s.description}" for s in sections]

@@ -34,7 +34,16 @@ if TYPE_CHECKING:
 
 from coco_jax.config import FIELDS, ExperimentConfig
 from coco_jax.errors import ConfigError
-from coco_jax.store import SIDECAR, TABLE, jsonable, read_json, read_parts
+from coco_jax.store import (
+    SIDECAR,
+    TABLE,
+    jsonable,
+    read_error,
+    read_json,
+    read_parts,
+    read_table,
+    unreadable_message,
+)
 
 SEED_POLICY = (
     "each configuration's randomness derives only from its own fields: jax.random.key(seed) split by "
@@ -152,15 +161,22 @@ def load_results(directory: str | os.PathLike, *, partial: bool = False) -> pd.D
         partial: if the sweep has not finished, return the rows of its finished
             batches instead of raising.
 
+    Raises:
+        ConfigError: no table (the sweep has not finished), or an unreadable
+            (truncated, corrupt) table or part: the message names the file and the
+            command that repairs it (running the sweep again moves the file to
+            quarantine/ and recomputes its configurations).
+
     Example:
         >>> df = load_results("results/methods")  # doctest: +SKIP
     """
-    import pandas as pd
-
     d = pathlib.Path(directory)
     table = d / TABLE
     if table.exists():
-        return pd.read_parquet(table, engine="pyarrow")
+        try:
+            return read_table(table)
+        except Exception as err:
+            raise ConfigError(unreadable_message(d, table, read_error(err))) from err
     if partial:
         parts = read_parts(d)
         if parts is not None:

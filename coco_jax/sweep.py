@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,7 @@ import time
 from typing import ClassVar
 
 import jax
+import numpy as np
 import pandas as pd
 
 from coco_jax import results as res_lib
@@ -53,6 +55,7 @@ from coco_jax.plan import (
     Entry,
     Group,
     SweepPlan,
+    _fmt_bytes,
     device_memory_budget,
     entries_of,
     grid_hash,
@@ -213,35 +216,108 @@ def _sidecar(grid, ghash, groups, status, invocation, previous=(), rows=None) ->
         "python": sys.version.split()[0],
         "devices": res_lib.device_description(),
         "git": res_lib.git_commit(),
+        "command": store.invoked_as,
         "files": {"table": store.TABLE, "parts": store.PARTS + "/"},
     }
 
 
+_REFUSED = ("conflict", "orphan")
+
+
+def out_status(grid: Grid, out: str | os.PathLike, overwrite: bool = False) -> str:
+    """What `sweep(grid, out=out)` would find in `out` ('new', 'resume', 'complete'),
+    read-only: raises the ConfigError the sweep would raise (a file in place of the
+    directory, another grid's results, results without their sidecar) unless
+    `overwrite`. `coco-jax run` checks every part of an experiment with it before it
+    writes anything."""
+    outp = store.check_directory(out)
+    ghash = grid_hash(entries_of(grid), None, None, None)
+    status = store.directory_status(outp, ghash)
+    if status in _REFUSED:
+        if not overwrite:
+            raise ConfigError(store.refusal(outp, status, ghash))
+        return "new"
+    return status
+
+
 def _open_directory(outp: pathlib.Path, comm: Comm, ghash: str, overwrite: bool) -> str:
     """The state of `out` agreed by every process: 'new', 'resume' or 'complete' (after
-    clearing another grid's results when `overwrite`); refuses another grid otherwise."""
+    clearing another grid's results when `overwrite`); refuses another grid, or results
+    whose sidecar is missing, otherwise."""
+    if comm.index == 0:
+        store.remove_stale_temporaries(outp)
     views = comm.allgather_json(store.directory_status(outp, ghash))
-    if "conflict" in views and not overwrite:
-        meta = store.read_json(outp / store.SIDECAR) or {}
-        raise ConfigError(
-            f"out={str(outp)!r} holds results of another grid (grid hash {meta.get('grid_hash', 'unknown')}, "
-            f"this grid {ghash}): choose another directory or pass overwrite=True (--overwrite) to replace them"
-        )
-    if "conflict" in views:
-        if comm.index == 0 and views[0] == "conflict":
+    refused = [v for v in views if v in _REFUSED]
+    if refused and not overwrite:
+        raise ConfigError(store.refusal(outp, refused[0], ghash))
+    if refused:
+        if comm.index == 0 and views[0] in _REFUSED:
             store.clear(outp)
         comm.barrier("coco_jax_sweep_clear0")
-        if comm.index != 0 and store.directory_status(outp, ghash) == "conflict":
+        if comm.index != 0 and store.directory_status(outp, ghash) in _REFUSED:
             store.clear(outp)  # a process-local directory (no shared filesystem)
         comm.barrier("coco_jax_sweep_clear")
         views = comm.allgather_json(store.directory_status(outp, ghash))
     return views[0]
 
 
+def _complete_table(outp: pathlib.Path, comm: Comm) -> pd.DataFrame | None:
+    """The final table of a complete directory (process 0; an empty table elsewhere),
+    or None on every process when it is unreadable: then it is moved to quarantine/
+    and the sweep recomputes it (from its parts where they remain)."""
+    reason = None
+    table = pd.DataFrame()
+    if comm.index == 0:
+        try:
+            table = store.read_table(outp / store.TABLE)
+        except Exception as err:  # noqa: BLE001 - any reason the table cannot be read
+            reason = store.read_error(err)
+            store.quarantine(outp, outp / store.TABLE, reason)
+    if comm.allgather_json(reason)[0] is not None:
+        return None
+    return table
+
+
+def check_memory_budget(memory_budget, groups: list[Group]) -> int:
+    """The per-device budget in bytes; an explicit `memory_budget` smaller than one
+    configuration of some group (its shared data plus one configuration) is refused."""
+    budget = device_memory_budget(memory_budget)
+    if memory_budget is None:
+        return budget
+    for g in groups:
+        need = g.data_bytes + g.config_bytes
+        if budget < need:
+            raise ConfigError(
+                f"memory_budget={memory_budget!r} is invalid: {_fmt_bytes(budget)} per device is less than one "
+                f"configuration needs ({_fmt_bytes(need)}: {_fmt_bytes(g.data_bytes)} shared data + "
+                f"{_fmt_bytes(g.config_bytes)} per configuration, group {g.label()}); give at least {need} bytes"
+            )
+    return budget
+
+
+def _saved_configs(outp: pathlib.Path | None, entries: list[Entry]) -> int:
+    """How many of `entries` have their rows saved in `outp` (table or parts)."""
+    if outp is None:
+        return 0
+    side = store.read_json(outp / store.SIDECAR) or {}
+    if (outp / store.TABLE).exists() and side.get("status") == "complete":
+        return len(entries)
+    done, _ = store.read_parts_checked(outp)
+    if done is None:
+        return 0
+    keys = set(zip(done["method"], done["config_id"]))
+    return sum(e.key in keys for e in entries)
+
+
 def _finished(outp, entries, comm) -> tuple[pd.DataFrame | None, dict]:
     """This process's finished part rows and, over all processes, who owns each
-    finished configuration (the first process that holds it)."""
-    local_done = store.read_parts(outp) if outp is not None else None
+    finished configuration (the first process that holds it). Unreadable parts are
+    moved to quarantine/ (their configurations are then run again)."""
+    local_done = None
+    if outp is not None:
+        local_done, bad = store.read_parts_checked(outp)
+        for path, reason in bad:
+            store.quarantine(outp, path, reason)
     valid = {e.key for e in entries}
     local_keys = set()
     if local_done is not None:
@@ -289,28 +365,96 @@ def sweep(
         share.
 
     Raises:
-        ConfigError: bad grid, data-dependent errors, or `out` holding another grid —
-            all before anything is compiled.
+        ConfigError: bad grid, data-dependent errors, `out` a file, `out` holding
+            another grid or results without their sidecar, `out` in use by another
+            run (an OS advisory lock on out/.lock), `chunk_steps` < 1, an explicit
+            `memory_budget` below one configuration — all before anything is
+            compiled or written.
+        KeyboardInterrupt: on Ctrl-C, with a message saying how many configurations
+            are saved in `out` (finished batches are kept; the same call resumes).
+        OSError: `out` cannot be written (read-only, full disk); files already
+            written stay whole (atomic writes).
+
+    Unreadable files in `out` (a truncated or corrupt part or final table) are moved
+    to out/quarantine/ with a message, and exactly their configurations are computed
+    again.
     """
+    if chunk_steps is not None and (
+        isinstance(chunk_steps, bool) or not isinstance(chunk_steps, (int, np.integer)) or chunk_steps < 1
+    ):
+        raise ConfigError(
+            f"chunk_steps={chunk_steps!r} is invalid: must be a positive integer (steps per host round trip)"
+        )
+    outp = store.check_directory(out) if out is not None else None
+    with contextlib.ExitStack() as held:
+        try:
+            return _sweep(
+                grid,
+                outp,
+                held,
+                memory_budget,
+                overwrite,
+                progress,
+                chunk_steps,
+                data,
+                test_data,
+                straggler_trace,
+            )
+        except KeyboardInterrupt:
+            if outp is None:
+                raise KeyboardInterrupt(
+                    "interrupted: nothing was saved (the sweep has no out directory)"
+                ) from None
+            try:
+                entries = entries_of(grid)
+                saved = (
+                    f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
+                )
+            except Exception:  # noqa: BLE001 - the message must not fail
+                saved = f"finished batches are saved in {outp}"
+            raise KeyboardInterrupt(
+                f"interrupted: {saved}; the same sweep with the same out resumes from there"
+            ) from None
+
+
+def _hold(outp: pathlib.Path, comm: Comm, held: contextlib.ExitStack) -> None:
+    """Take the directory's lock (process 0; the others follow its answer)."""
+    refused = None
+    if comm.index == 0:
+        try:
+            held.enter_context(store.lock(outp))
+        except ConfigError as err:
+            refused = str(err)
+    refused = comm.allgather_json(refused)[0]
+    if refused is not None:
+        raise ConfigError(refused)
+
+
+def _sweep(
+    grid, outp, held, memory_budget, overwrite, progress, chunk_steps, data, test_data, straggler_trace
+) -> SweepResult:
     t_start = time.time()
     comm = Comm()
     entries = entries_of(grid)
     groups, loads = prepare_groups(entries, data, test_data, straggler_trace)
     ghash = grid_hash(entries, data, test_data, straggler_trace)
-    outp = pathlib.Path(out) if out is not None else None
+    budget = check_memory_budget(memory_budget, groups)
     stats = SweepStats(num_configs=len(entries), groups=len(groups), data_loads=loads)
 
     status = "new"
     if outp is not None:
+        _hold(outp, comm, held)
         status = _open_directory(outp, comm, ghash, overwrite)
         if status == "complete":
-            stats.resumed = True
-            return (
-                _result(res_lib.load_results(outp), stats)
-                if comm.index == 0
-                else _result(pd.DataFrame(), stats)
-            )
-        sidecar = _sidecar(grid, ghash, groups, "running", None)
+            table = _complete_table(outp, comm)
+            if table is not None:
+                stats.resumed = True
+                return _result(table, stats)
+            status = "resume"
+        previous = (
+            (store.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
+        )
+        sidecar = _sidecar(grid, ghash, groups, "running", None, previous)
         if comm.index == 0:
             store.write_json(outp / store.SIDECAR, sidecar)
         comm.barrier("coco_jax_sweep_sidecar")
@@ -323,7 +467,7 @@ def sweep(
         groups,
         loads,
         set(owner),
-        device_memory_budget(memory_budget),
+        budget,
         len(jax.local_devices()),
         comm.count,
         ghash,

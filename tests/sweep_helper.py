@@ -2,7 +2,7 @@
 command line that runs a sweep in a fresh process (device-count flags, several
 processes, kill and resume). Not a test module.
 
-    python tests/sweep_helper.py run --grid mixed --out DIR [--budget BYTES] [--slow S] [--table FILE]
+    python tests/sweep_helper.py run --grid mixed --out DIR [--budget BYTES|one] [--slow S] [--table FILE]
     python tests/sweep_helper.py run --grid mixed --out DIR --coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0
 """
 
@@ -34,12 +34,21 @@ def grid(name: str):
     raise SystemExit(f"unknown grid {name}")
 
 
+def one_config_budget(g) -> int:
+    """The smallest memory budget a sweep of `g` accepts: one configuration per device
+    (batches of one configuration)."""
+    from coco_jax import plan
+
+    groups, _ = plan.prepare_groups(plan.entries_of(g))
+    return max(gr.data_bytes + gr.config_bytes for gr in groups)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("cmd", choices=["run"])
     p.add_argument("--grid", required=True)
     p.add_argument("--out")
-    p.add_argument("--budget")
+    p.add_argument("--budget", help="bytes per device, or 'one': one configuration per batch")
     p.add_argument("--slow", type=float, default=0.0, help="sleep this long after each part file")
     p.add_argument("--table", help="write the returned table here (parquet)")
     p.add_argument("--coordinator")
@@ -65,7 +74,9 @@ def main(argv=None) -> int:
             return path
 
         store.write_part = slow_write_part
-    df = sw.sweep(grid(args.grid), out=args.out, memory_budget=args.budget, progress=False)
+    g = grid(args.grid)
+    budget = one_config_budget(g) if args.budget == "one" else args.budget
+    df = sw.sweep(g, out=args.out, memory_budget=budget, progress=False)
     if args.table:
         df.to_parquet(args.table, index=False)
     import jax

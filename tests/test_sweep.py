@@ -111,7 +111,8 @@ def test_chunking_and_tail_interval_equal_run(fresh_programs, small_base):
 def test_permuted_grid_and_other_batching_give_same_rows(fresh_programs, small_base):
     a = cj.sweep(sweep_helper.grid("six"), progress=False)
     permuted = cj.Grid(base=small_base(), axes={"seed": [1, 0], "lr": [0.2, 0.05, 0.1]})
-    b = cj.sweep(permuted, progress=False, memory_budget=1)  # and 1-configuration batches
+    one = sweep_helper.one_config_budget(permuted)  # 1-configuration batches
+    b = cj.sweep(permuted, progress=False, memory_budget=one)
     assert b.stats.batches == [(1, 1)] * 6
     assert b.stats.compilations == 1  # batches of one size reuse one program
     assert list(a.config_id.unique()) != list(b.config_id.unique())  # really another order
@@ -305,7 +306,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch, subprocess_env):
             "--out",
             str(out),
             "--budget",
-            "1",
+            "one",
             "--slow",
             "30",
         ],

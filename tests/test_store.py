@@ -1,0 +1,258 @@
+"""Results on disk that can be trusted (issue 13), with real `coco-jax` subprocesses and
+real files: a refused run changes nothing, unreadable files are quarantined and exactly
+their configurations recomputed, a missing sidecar is named, one run at a time holds a
+directory (a lock that a killed run does not leave behind), and Ctrl-C stops cleanly.
+
+Sizes are tiny (linreg, M = 4, d = 8, 4 steps, one compiled program per sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+import coco_jax as cj
+from coco_jax import store
+from coco_jax.config import ConfigError
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import cli_helper as ch
+
+
+def _files(d: pathlib.Path) -> dict[str, bytes]:
+    """Every file under `d` (but the lock file) with its bytes."""
+    return {
+        str(p.relative_to(d)): p.read_bytes()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A directory that `coco-jax sweep grid.yaml --out done` finished (copied per test)."""
+    root = tmp_path_factory.mktemp("finished")
+    (root / "grid.yaml").write_text(ch.TINY_YAML)
+    proc = ch.cli("sweep", "grid.yaml", "--out", "done", "--no-progress", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def _copy(finished: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    shutil.copy(finished / "grid.yaml", tmp_path / "grid.yaml")
+    shutil.copytree(finished / "done", tmp_path / "done")
+    return tmp_path / "done"
+
+
+# ------------------------------------------------------------ 1. refusal changes nothing
+
+
+def test_refused_run_leaves_the_finished_directory_untouched(tmp_path):
+    """Another grid or another experiment into a finished --out is refused (exit 2)
+    before anything is written: experiment.json, the sidecar and the table keep their
+    bytes, and `coco-jax plot` still describes the grid that ran."""
+    mod = tmp_path / "tinyexp.py"
+    mod.write_text(ch.TINY_MODULE.format(name="tinyexp", axes='{"seed": [0, 1]}'))
+    first = ch.cli("run", "tinyexp.py", "--quick", "--out", "res", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _files(tmp_path / "res")
+    assert json.loads(before["experiment.json"])["status"] == "complete"
+
+    mod.write_text(ch.TINY_MODULE.format(name="tinyexp", axes='{"seed": [0, 1, 2]}'))  # a changed grid
+    (tmp_path / "otherexp.py").write_text(ch.TINY_MODULE.format(name="otherexp", axes='{"seed": [0, 1]}'))
+    changed, other = ch.cli_many(
+        [("run", "tinyexp.py", "--quick", "--out", "res"), ("run", "otherexp.py", "--quick", "--out", "res")],
+        cwd=tmp_path,
+    )
+    assert "another grid" in ch.one_line_error(changed)
+    assert "holds results of experiment 'tinyexp'" in ch.one_line_error(other)
+    assert _files(tmp_path / "res") == before  # not a byte changed
+
+    mod.write_text(ch.TINY_MODULE.format(name="tinyexp", axes='{"seed": [0, 1]}'))
+    plot = ch.cli("plot", "res", cwd=tmp_path)
+    assert plot.returncode == 0, plot.stderr[-3000:]
+    meta = json.loads((tmp_path / "res" / "experiment.json").read_text())
+    assert meta["status"] == "complete" and meta["versions"]["jax"] and meta["git"] is not None
+    assert meta["grids"]["tinyexp"]["axes"] == {"seed": [0, 1]}
+    assert "- 2 configurations" in (tmp_path / "res" / "report.md").read_text()
+
+
+# ------------------------------------------- 7, 5, 3. lock, Ctrl-C, corrupt part
+
+
+def test_lock_then_ctrl_c_then_corrupt_part_is_recomputed(tmp_path):
+    """A slowed sweep holds --out: a second sweep into it is refused at once and names
+    the first one's process. Ctrl-C stops the first cleanly (exit 130, one line saying
+    what is saved and the command that resumes). A part file truncated afterwards is
+    moved to quarantine/ by the rerun, which recomputes exactly its configurations."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(ch.TINY_YAML)
+    (tmp_path / "slow.py").write_text(ch.SLOW_PLUGIN)
+    budget = str(ch.one_config_budget_of_yaml(spec))  # batches of one configuration: 4 part files
+    args = ("sweep", "grid.yaml", "--out", "out", "--memory-budget", budget, "--no-progress")
+    first = ch.start(*args, "--plugins", "slow.py", cwd=tmp_path, extra_env={"SLOW": 60})
+    try:
+        deadline = time.time() + 120
+        while not store.part_files(tmp_path / "out"):
+            assert first.poll() is None, first.communicate()[1][-3000:]
+            assert time.time() < deadline, "no part file appeared"
+            time.sleep(0.05)
+        t0 = time.time()
+        second = ch.cli(*args, cwd=tmp_path)
+        line = ch.one_line_error(second)
+        assert f"is in use by process {first.pid}" in line and "coco-jax sweep grid.yaml" in line
+        assert time.time() - t0 < 60  # refused at once, not after computing
+        assert len(store.part_files(tmp_path / "out")) == 1  # the second one wrote nothing
+
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    proc = subprocess.CompletedProcess(args, first.returncode, out, err)
+    line = ch.one_line_error(proc, code=130)
+    assert "interrupted: 1 of 4 configurations are saved in out" in line
+    assert "coco-jax sweep grid.yaml --out out" in line and "again to resume" in line
+
+    part = store.part_files(tmp_path / "out")[0]
+    part.write_bytes(part.read_bytes()[:100])  # truncated
+    with pytest.raises(ConfigError, match=r"parts/batch-.*\.parquet is unreadable.*quarantine"):
+        cj.load_results(tmp_path / "out", partial=True)
+    rerun = ch.cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{part.relative_to(tmp_path)} is unreadable" in rerun.stderr and "quarantine" in rerun.stderr
+    assert "4 configurations, 12 rows" in rerun.stdout and "4 computed" in rerun.stdout
+    assert len(list((tmp_path / "out" / store.QUARANTINE).iterdir())) == 1
+    assert len(cj.load_results(tmp_path / "out")) == 12
+
+
+def test_corrupt_part_among_good_ones_recomputes_only_its_configurations(tmp_path, finished):
+    """Two saved parts, one corrupt: the rerun computes the corrupt one's configuration
+    and the two that were never run, not the good part's."""
+    out = _copy(finished, tmp_path)
+    table = pd.read_parquet(out / store.TABLE)
+    # the state a killed sweep leaves: a running sidecar and one part per finished batch
+    keys = list(dict.fromkeys(zip(table.method, table.config_id)))
+    for i, key in enumerate(keys[:2]):
+        rows = table[(table.method == key[0]) & (table.config_id == key[1])]
+        store.write_part(out, f"batch-test{i}-p0", rows)
+    (out / store.TABLE).unlink()
+    side = json.loads((out / store.SIDECAR).read_text())
+    store.write_json(out / store.SIDECAR, {**side, "status": "running"})
+    bad = out / store.PARTS / "batch-test1-p0.parquet"
+    bad.write_bytes(b"PAR1" + b"\0" * 64)
+    rerun = ch.cli("sweep", "grid.yaml", "--out", "done", "--no-progress", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "batch-test1-p0.parquet is unreadable" in rerun.stderr
+    assert "3 computed" in rerun.stdout  # 4 configurations, 1 of them in the good part
+    pd.testing.assert_frame_equal(cj.load_results(out), table, check_exact=False, rtol=1e-5)
+
+
+# ------------------------------------------------------- 3. corrupt table, sidecar
+
+
+def test_corrupt_table_names_the_file_and_the_rerun_rebuilds_it(tmp_path, finished):
+    out = _copy(finished, tmp_path)
+    good = pd.read_parquet(out / store.TABLE)
+    (out / store.TABLE).write_bytes(b"not a parquet file at all")
+    with pytest.raises(ConfigError, match=r"results\.parquet is unreadable .*coco-jax sweep grid\.yaml"):
+        cj.load_results(out)
+    line = ch.one_line_error(ch.cli("plot", "done", cwd=tmp_path))
+    assert "done/results.parquet is unreadable" in line
+    assert "`coco-jax sweep grid.yaml --out done --no-progress`" in line and "quarantine" in line
+    assert not (out / "experiment.json").exists()  # the failed plot wrote nothing
+    rerun = ch.cli("sweep", "grid.yaml", "--out", "done", "--overwrite", "--no-progress", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "results.parquet is unreadable" in rerun.stderr and "moved it to" in rerun.stderr
+    assert "4 computed" in rerun.stdout
+    assert [p.name.endswith("results.parquet") for p in (out / store.QUARANTINE).iterdir()] == [True]
+    pd.testing.assert_frame_equal(cj.load_results(out), good, check_exact=False, rtol=1e-5)
+
+
+def test_missing_sidecar_is_reported_as_missing_not_as_another_grid(tmp_path, finished):
+    out = _copy(finished, tmp_path)
+    (out / store.SIDECAR).unlink()
+    rerun, plot = ch.cli_many([("sweep", "grid.yaml", "--out", "done"), ("plot", "done")], cwd=tmp_path)
+    for proc in (rerun, plot):
+        line = ch.one_line_error(proc)
+        assert "results.json is missing" in line and "another grid" not in line, line
+    assert "--overwrite" in ch.one_line_error(rerun)
+    assert not (out / store.SIDECAR).exists() and not (out / "experiment.json").exists()  # nothing written
+
+
+# ------------------------------------------------------------------ 7. the lock
+
+
+def test_lock_names_its_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
+    """A live holder (another process) refuses `coco-jax run` of an experiment and a
+    sweep into its directory; killed with SIGKILL, it leaves nothing that blocks."""
+    out = tmp_path / "res"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import time
+                from coco_jax import store
+                store.invoked_as = "coco-jax sweep holder.yaml"
+                with store.lock({str(out)!r}):
+                    print("held", flush=True)
+                    time.sleep(120)
+                """
+            ),
+        ],
+        env=ch.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "tinyexp.py").write_text(ch.TINY_MODULE.format(name="tinyexp", axes='{"seed": [0]}'))
+        (tmp_path / "grid.yaml").write_text(ch.TINY_YAML)
+        for proc in ch.cli_many(
+            [("run", "tinyexp.py", "--out", "res"), ("sweep", "grid.yaml", "--out", "res")], cwd=tmp_path
+        ):
+            line = ch.one_line_error(proc)
+            assert f"is in use by process {holder.pid} (coco-jax sweep holder.yaml)" in line
+        assert not (out / "experiment.json").exists() and not (out / store.SIDECAR).exists()
+        with pytest.raises(ConfigError, match=f"process {holder.pid}"), store.lock(out):
+            pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    with store.lock(out):  # the OS released the killed holder's lock
+        assert json.loads((out / store.LOCK).read_text())["pid"] == __import__("os").getpid()
+    with store.lock(out), store.lock(out):  # re-entrant in one process (experiment, then its sweep)
+        pass
+
+
+# ------------------------------------------------------------------ 5. out is a file
+
+
+def test_sweep_into_a_file_is_a_config_error(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    grid = cj.Grid(base=cj.ExperimentConfig(num_devices=4, num_samples=64, steps=2), axes={"seed": [0]})
+    with pytest.raises(ConfigError, match="out=.*afile.* is a file, not a directory"):
+        cj.sweep(grid, out=afile, progress=False)
+    with pytest.raises(ConfigError, match="chunk_steps=0 is invalid"):
+        cj.sweep(grid, progress=False, chunk_steps=0)
+    (tmp_path / "grid.yaml").write_text(ch.TINY_YAML)
+    proc = ch.cli("sweep", "grid.yaml", "--out", "afile", cwd=tmp_path)
+    assert "is a file, not a directory" in ch.one_line_error(proc)
+    assert afile.read_text() == "x"
