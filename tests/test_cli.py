@@ -239,10 +239,9 @@ def test_single_run_refuses_an_existing_run_and_writes_atomically(tmp_path):
     hist = (tmp_path / "r" / "history.csv").read_bytes()
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["config"]["steps"] == 4 and b"step" in hist.splitlines()[0] and len(hist.splitlines()) == 6
-    again, other = ch.cli_many(
-        [("run", *TINY_RUN, "--out", "r"), ("run", *TINY_RUN, "--lr", "0.3", "--out", "r", "--overwrite")],
-        cwd=tmp_path,
-    )
+    # one after the other: run at once, either may meet the other's lock instead
+    again = ch.cli("run", *TINY_RUN, "--out", "r", cwd=tmp_path)
+    other = ch.cli("run", *TINY_RUN, "--lr", "0.3", "--out", "r", "--overwrite", cwd=tmp_path)
     line = ch.one_line_error(again)
     assert "already holds results (history.csv, config.json)" in line and "--overwrite" in line
     assert again.stdout == ""  # refused before computing
