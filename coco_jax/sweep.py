@@ -401,20 +401,19 @@ def sweep(
                 straggler_trace,
             )
         except KeyboardInterrupt:
-            if outp is None:
-                raise KeyboardInterrupt(
-                    "interrupted: nothing was saved (the sweep has no out directory)"
-                ) from None
-            try:
-                entries = entries_of(grid)
-                saved = (
-                    f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
-                )
-            except Exception:  # noqa: BLE001 - the message must not fail
-                saved = f"finished batches are saved in {outp}"
-            raise KeyboardInterrupt(
-                f"interrupted: {saved}; the same sweep with the same out resumes from there"
-            ) from None
+            raise KeyboardInterrupt(_interrupted(grid, outp)) from None
+
+
+def _interrupted(grid: Grid, outp: pathlib.Path | None) -> str:
+    """What a Ctrl-C leaves behind, and how to resume."""
+    if outp is None:
+        return "interrupted: nothing was saved (the sweep has no out directory)"
+    try:
+        entries = entries_of(grid)
+        saved = f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
+    except Exception:  # noqa: BLE001 - the message must not fail
+        saved = f"finished batches are saved in {outp}"
+    return f"interrupted: {saved}; the same sweep with the same out resumes from there"
 
 
 def _hold(outp: pathlib.Path, comm: Comm, held: contextlib.ExitStack) -> None:
@@ -440,7 +439,6 @@ def _sweep(
     ghash = grid_hash(entries, data, test_data, straggler_trace)
     budget = check_memory_budget(memory_budget, groups)
     stats = SweepStats(num_configs=len(entries), groups=len(groups), data_loads=loads)
-
     status = "new"
     if outp is not None:
         _hold(outp, comm, held)
@@ -451,27 +449,11 @@ def _sweep(
                 stats.resumed = True
                 return _result(table, stats)
             status = "resume"
-        previous = (
-            (store.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
-        )
-        sidecar = _sidecar(grid, ghash, groups, "running", None, previous)
-        if comm.index == 0:
-            store.write_json(outp / store.SIDECAR, sidecar)
-        comm.barrier("coco_jax_sweep_sidecar")
-        if comm.index != 0 and store.read_json(outp / store.SIDECAR) is None:
-            store.write_json(outp / store.SIDECAR, sidecar)
+        _mark_running(outp, comm, lambda previous: _sidecar(grid, ghash, groups, "running", None, previous))
 
     local_done, owner = _finished(outp, entries, comm)
-    plan = make_plan(
-        entries,
-        groups,
-        loads,
-        set(owner),
-        budget,
-        len(jax.local_devices()),
-        comm.count,
-        ghash,
-    )
+    n_dev = len(jax.local_devices())
+    plan = make_plan(entries, groups, loads, set(owner), budget, n_dev, comm.count, ghash)
     mine = [i for i, p in enumerate(plan.assignment) if p == comm.index]
     frames = _run_batches(plan, groups, mine, outp, chunk_steps, progress and comm.index == 0, stats)
     if local_done is not None:
@@ -479,30 +461,8 @@ def _sweep(
         keep = [k in owned for k in zip(local_done["method"], local_done["config_id"])]
         frames.insert(0, local_done[keep])
     mine_df = pd.concat(frames, ignore_index=True) if frames else None
-
-    # --- gather: each process sends what it owns; process 0 writes the table
-    per_process = comm.allgather_json(
-        {"compilations": stats.compilations, "computed": stats.computed_configs,
-         "compile_s": stats.compile_s, "run_s": stats.run_s}
-    )  # fmt: skip
-    if comm.count == 1:
-        gathered = [mine_df] if mine_df is not None else []
-    else:
-        payload = store.table_bytes(mine_df) if mine_df is not None and len(mine_df) else b""
-        gathered = [store.table_from_bytes(b) for b in comm.allgather_bytes(payload) if b]
-    stats.wall_time_s = time.time() - t_start
-    stats.resumed = status == "resume"
-    stats.local_devices = len(jax.local_devices())
-    invocation = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-        "wall_time_s": round(stats.wall_time_s, 3),
-        "compile_s": round(sum(p["compile_s"] for p in per_process), 3),
-        "run_s": round(sum(p["run_s"] for p in per_process), 3),
-        "compilations": sum(p["compilations"] for p in per_process),
-        "compilations_per_process": [p["compilations"] for p in per_process],
-        "computed_configs": sum(p["computed"] for p in per_process),
-        "resumed": stats.resumed,
-    }
+    stats.resumed, stats.local_devices = status == "resume", n_dev
+    gathered, invocation = _gather(mine_df, comm, stats, t_start)
     if comm.index != 0:
         comm.barrier("coco_jax_sweep_done")
         table = res_lib.normalise(_order(mine_df, entries)) if mine_df is not None else pd.DataFrame()
@@ -517,15 +477,51 @@ def _sweep(
     if outp is not None:
         previous = (store.read_json(outp / store.SIDECAR) or {}).get("invocations", [])
         store.write_table(outp / store.TABLE, table)
-        store.write_json(
-            outp / store.SIDECAR,
-            _sidecar(grid, ghash, groups, "complete", invocation, previous, rows=len(table)),
-        )
+        sidecar = _sidecar(grid, ghash, groups, "complete", invocation, previous, rows=len(table))
+        store.write_json(outp / store.SIDECAR, sidecar)
         store.remove_parts(outp)
         comm.barrier("coco_jax_sweep_done")
         return _result(res_lib.load_results(outp), stats)
     comm.barrier("coco_jax_sweep_done")
     return _result(res_lib.normalise(table), stats)
+
+
+def _mark_running(outp: pathlib.Path, comm: Comm, sidecar_of) -> None:
+    """Write the sidecar `sidecar_of(earlier invocations)` with status "running" on every
+    process's view of `outp` (a process-local directory without a shared filesystem)."""
+    previous = (store.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
+    sidecar = sidecar_of(previous)
+    if comm.index == 0:
+        store.write_json(outp / store.SIDECAR, sidecar)
+    comm.barrier("coco_jax_sweep_sidecar")
+    if comm.index != 0 and store.read_json(outp / store.SIDECAR) is None:
+        store.write_json(outp / store.SIDECAR, sidecar)
+
+
+def _gather(mine_df, comm: Comm, stats: SweepStats, t_start: float) -> tuple[list, dict]:
+    """Every process's table (on process 0; each process sends what it owns) and the
+    record of this invocation for the sidecar."""
+    per_process = comm.allgather_json(
+        {"compilations": stats.compilations, "computed": stats.computed_configs,
+         "compile_s": stats.compile_s, "run_s": stats.run_s}
+    )  # fmt: skip
+    if comm.count == 1:
+        gathered = [mine_df] if mine_df is not None else []
+    else:
+        payload = store.table_bytes(mine_df) if mine_df is not None and len(mine_df) else b""
+        gathered = [store.table_from_bytes(b) for b in comm.allgather_bytes(payload) if b]
+    stats.wall_time_s = time.time() - t_start
+    invocation = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+        "wall_time_s": round(stats.wall_time_s, 3),
+        "compile_s": round(sum(p["compile_s"] for p in per_process), 3),
+        "run_s": round(sum(p["run_s"] for p in per_process), 3),
+        "compilations": sum(p["compilations"] for p in per_process),
+        "compilations_per_process": [p["compilations"] for p in per_process],
+        "computed_configs": sum(p["computed"] for p in per_process),
+        "resumed": stats.resumed,
+    }
+    return gathered, invocation
 
 
 def _run_batches(plan: SweepPlan, groups, mine, outp, chunk_steps, show_progress: bool, stats: SweepStats):
