@@ -304,7 +304,7 @@ def validate(cfg: ExperimentConfig) -> None:
             "error_feedback='diana' needs an unbiased compressor: randk_unbiased, qsgd, onebit, natural or identity",
         )
 
-    _real(cfg, "lr", low=0.0, low_open=True)
+    _real(cfg, "lr", low=0.0)
     _real(cfg, "momentum", low=0.0, high=1.0, high_open=True)
     _int(cfg, "steps", 1)
     _int(cfg, "eval_every", 1)
