@@ -35,12 +35,14 @@ enumerating every straggler set (tests: all M <= 20, s <= 4; `cyclic_mds_analysi
 - ``frc``: always (defined only for (s+1) | M; every group keeps a device).
 - ``cyclic_mds``: always in exact arithmetic. In floating point the error is governed
   by kappa = max over straggler sets of sum_m |w_m| ||B_m||_1 (`cyclic_mds_condition`;
-  1 for an uncoded average): ||g_hat - grad F|| <= 2 eps kappa max_k ||grad f_k||
-  (measured at most 0.6 eps kappa). kappa grows like M^(s-1) (bursts of consecutive
-  stragglers are the worst sets): M = 20: s = 2..6 -> 9.5, 40, 200, 378, 1415;
-  M = 50: s = 2, 3, 4 -> 22, 253, 2653; M = 100: s = 2, 3 -> 42, 1013; s = 1 -> at
-  most 2.3. `check_cyclic_mds` refuses the configurations whose predicted error
-  exceeds 1e-4 in float32 (kappa > 419) or 1e-10 in float64 (kappa > 2.2e5).
+  1 for an uncoded average): ||g_hat - grad F|| <= eps (2 kappa + sqrt(M))
+  max_k ||grad f_k|| (`decode_error_bound`; measured at most 0.6 eps kappa). kappa
+  grows like M^(s-1) (bursts of consecutive stragglers are the worst sets): M = 20:
+  s = 2..6 -> 9.5, 40, 200, 378, 1415; M = 50: s = 2, 3, 4 -> 22, 253, 2653;
+  M = 100: s = 2, 3 -> 42, 1013; s = 1 -> at most 2.3. `check_cyclic_mds` refuses
+  the configurations whose predicted error exceeds 1e-4 in float32 (about
+  kappa > 415: M = 50 allows s <= 3, M = 100 s <= 2, M = 20 s <= 5) or 1e-10 in
+  float64 (kappa > 2.2e5: M = 50 allows s <= 5, M = 100 s <= 4).
 - ``uncoded``/``bernoulli``: no guarantee (s = 0; random support).
 
 Decoders (w_m = 0 for every straggler; r = ``Allocation.replication``):
@@ -79,6 +81,7 @@ from coco_jax.config import ALLOCATIONS, DECODERS, ConfigError
 
 ALLOCATION_NAMES: tuple[str, ...] = ALLOCATIONS  # uncoded, cyclic, frc, bernoulli, cyclic_mds
 DECODER_NAMES: tuple[str, ...] = DECODERS  # fixed, received, optimal
+
 
 def _fail(field: str, value, allowed: str):
     raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
@@ -442,10 +445,12 @@ def cyclic_mds_analysis(num_devices: int, redundancy: int) -> CyclicMdsCondition
     if s == 0:
         return CyclicMdsCondition(n, s, 1.0, 0.0, 1.0, True, 1)
     total = sum(math.comb(n, j) for j in range(s + 1))
-    if total <= MDS_ENUMERATION_LIMIT and total * min(s, n - s) ** 2 <= 100 * MDS_ENUMERATION_LIMIT:
+    work = min(s, n - s) ** 2  # per set
+    if total <= MDS_ENUMERATION_LIMIT and total * work <= 100 * MDS_ENUMERATION_LIMIT:  # every set
         kappa, residual, floor, _ = _mds_enumerate(code, s, range(1, s + 1))
         exhaustive, num_sets = True, total
-    elif math.comb(n, s) * min(s, n - s) ** 2 <= 100 * MDS_ENUMERATION_LIMIT:  # s close to M: sets of size s
+    elif math.comb(n, s) <= MDS_ENUMERATION_LIMIT and math.comb(n, s) * work <= 100 * MDS_ENUMERATION_LIMIT:
+        # s close to M: the sets of exactly s stragglers
         kappa, residual, floor, w2 = _mds_enumerate(code, s, [s])
         # fewer stragglers: ||w'||_2 <= ||w_E||_2 for any E of size s containing them
         kappa = max(kappa, w2 * float(np.linalg.norm(np.abs(code.B).sum(axis=1))))
@@ -468,37 +473,53 @@ def cyclic_mds_condition(num_devices: int, redundancy: int) -> float:
 # Relative gradient error allowed by `check_cyclic_mds`, per run dtype, measured as
 # ||g_hat - grad F|| / max_k ||grad f_k|| over every set of <= s stragglers.
 MDS_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
-# Predicted error = residual + MDS_ERROR_FACTOR * eps * kappa. Measured in float32 with
-# the jitted `optimal` decoder on random gradients, over every set of <= s stragglers
-# (M <= 30) or every burst plus 6000 random sets per size (M = 50, 100): at most
-# 0.6 eps * kappa (0.27 .. 0.59 for kappa from 6 to 1013); the factor leaves 3x margin.
+# Error model: ||g_hat - grad F|| <= eps (MDS_ERROR_FACTOR kappa + sqrt(M)) max_k ||grad f_k||
+# (`decode_error_bound`). Measured in float32 with the jitted `optimal` decoder on random
+# gradients, over every set of <= s stragglers (M <= 30) or every burst plus 6000
+# random sets per size (M = 50, 100): at most 0.6 eps kappa for the cyclic MDS codes
+# (kappa from 6 to 1013) and at most 2.7 eps for the 0/1 codes (kappa = 1, M <= 20):
+# the kappa term is the rounding of the coded gradients and the decoder's backward
+# error amplified by the weights, the sqrt(M) term the plain rounding of the sums.
 MDS_ERROR_FACTOR = 2.0
-# Largest M such that every M' <= M is accepted in float32 at this s (from
-# `cyclic_mds_condition`; the acceptance itself is not monotone in M: the negacyclic
-# codes, M - s even, are worse). s = 1: every M (kappa <= 2.33). Used in messages only.
-_FLOAT32_MAX_DEVICES = {2: 1030, 3: 58, 4: 27, 5: 18, 6: 15, 7: 14, 8: 15, 9: 16, 10: 15, 11: 16, 12: 17}
+# Largest M such that every M' <= M is accepted in float32 at this s (computed with
+# `cyclic_mds_ok` by scanning M; acceptance is not monotone in M: the negacyclic
+# codes, M - s even, are worse). s = 1: kappa <= 2.33 and every M <= 300 is accepted
+# (checked; the singular-value floor, about 0.5/M, meets the cutoff near M = 6000).
+# s = 2 is limited by the floor (kappa = 155 at M = 380), s >= 3 by kappa. Used in
+# error messages; the tests check the entries for s = 3..8.
+_FLOAT32_MAX_DEVICES = {2: 379, 3: 58, 4: 27, 5: 18, 6: 15, 7: 14, 8: 15, 9: 16, 10: 15, 11: 16, 12: 17}
+
+
+def decode_error_bound(kappa: float, num_devices: int, dtype_name: str) -> float:
+    """The documented bound on ||g_hat - grad F|| / max_k ||grad f_k|| for a decode
+    whose error amplification (sum_m |w_m| ||B_m||_1) is ``kappa``:
+    eps (2 kappa + sqrt(M)), eps of ``dtype_name``."""
+    eps = float(np.finfo(np.dtype(dtype_name)).eps)
+    return eps * (MDS_ERROR_FACTOR * kappa + math.sqrt(num_devices))
 
 
 def cyclic_mds_error(num_devices: int, redundancy: int, dtype_name: str) -> float:
     """Predicted worst relative gradient error of cyclic_mds + `optimal` decoding in a
-    run of dtype ``dtype_name`` ('float32' or 'float64'): 2 eps kappa, the worst case
-    over every set of <= s stragglers of ||g_hat - grad F|| / max_k ||grad f_k||."""
+    run of dtype ``dtype_name`` ('float32' or 'float64'): `decode_error_bound` of
+    kappa = `cyclic_mds_condition`, the worst case over every set of <= s stragglers
+    of ||g_hat - grad F|| / max_k ||grad f_k||."""
     if dtype_name not in MDS_TOLERANCE:
         _fail("dtype", dtype_name, f"must be one of {', '.join(MDS_TOLERANCE)}")
     info = cyclic_mds_analysis(int(num_devices), int(redundancy))
-    return MDS_ERROR_FACTOR * float(np.finfo(np.dtype(dtype_name)).eps) * info.kappa
+    return decode_error_bound(info.kappa, info.num_devices, dtype_name)
 
 
 def _floor_ok(info: CyclicMdsCondition, dtype_name: str) -> bool:
-    """The decoder's cutoff stays 10 times below every genuine singular value."""
+    """The decoder's cutoff stays 2 times below every genuine singular value (the
+    computed singular values move by about eps sigma_max, the cutoff is >= 4 eps)."""
     eps = float(np.finfo(np.dtype(dtype_name)).eps)
-    return info.sigma_floor >= 10.0 * _rcond(eps, info.num_devices, info.num_devices)
+    return info.sigma_floor >= 2.0 * _rcond(eps, info.num_devices, info.num_devices)
 
 
 def cyclic_mds_ok(num_devices: int, redundancy: int, dtype_name: str) -> bool:
     """Whether `check_cyclic_mds` accepts the configuration: predicted error
     (`cyclic_mds_error`) within ``MDS_TOLERANCE`` and the decoder's cutoff
-    (`lstsq_rcond`) at least 10 times below the code's ``sigma_floor``."""
+    (`lstsq_rcond`) at least 2 times below the code's ``sigma_floor``."""
     err = cyclic_mds_error(num_devices, redundancy, dtype_name)
     info = cyclic_mds_analysis(int(num_devices), int(redundancy))
     return err <= MDS_TOLERANCE[dtype_name] and _floor_ok(info, dtype_name)
@@ -511,10 +532,13 @@ def check_cyclic_mds(num_devices: int, redundancy: int, dtype_name: str) -> None
     dtype the run will use ('float64' only where jax x64 is enabled). Accepts when the
     predicted relative gradient error `cyclic_mds_error` (worst case over every set of
     <= s stragglers, relative to max_k ||grad f_k||) is at most ``MDS_TOLERANCE``
-    (1e-4 in float32, 1e-10 in float64). In float32 that is kappa <= 419: every M for
-    s = 1; M <= 1030 for s = 2; M <= 58 for s = 3, 27 for s = 4, 18 for s = 5 (and
-    M = 20), 15 for s = 6 (and 17); see `_FLOAT32_MAX_DEVICES`. In float64 (kappa <=
-    2.2e5): for example M = 100 up to s = 4, M = 50 up to s = 4, M = 30 up to s = 6.
+    (1e-4 in float32, 1e-10 in float64; about kappa <= 415 and kappa <= 2.2e5) and the
+    decoder's cutoff `lstsq_rcond` is at most half the code's singular-value floor.
+    Accepted in float32: s = 1 for every M <= 300 (at least); s = 2 for M <= 379;
+    s = 3 for M <= 58 (and 60); s = 4 for M <= 27; s = 5 for M <= 18 (and 20); s = 6 for M <= 15 (and 17); s = 7 for M <= 14; s = 8 for M <= 15; s = 9..12
+    for M <= 16, 15, 16, 17 (`_FLOAT32_MAX_DEVICES`). So M = 50: s <= 3; M = 100:
+    s <= 2. In float64: M = 50: s <= 5; M = 100: s <= 4; M = 30: s <= 7 (and s close to
+    M where few devices suffice, e.g. M = 30, s = 27, 28).
 
     Raises:
         ConfigError: field ``dtype`` when float64 would be accepted, else field
