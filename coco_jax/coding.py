@@ -54,7 +54,8 @@ Decoders (w_m = 0 for every straggler; r = ``Allocation.replication``):
   truncated SVD in B's dtype with the relative cutoff `lstsq_rcond` = 4 eps
   sqrt(max(M, K)) (not pinv's default); exact whenever the code can decode, to the
   dtype's precision as above. ``Allocation.sample(key, dtype)`` gives B in the run's
-  dtype (a float64 B is rounded from the exact code, never from float32).
+  dtype, by default the widest float jax holds (a float64 B is the exact code, never
+  a float32-rounded copy; a float32 B is rounded once from it).
 
 Example:
     >>> alloc = make_allocation("cyclic", 4, 4, 1)
@@ -88,8 +89,9 @@ def _fail(field: str, value, allowed: str):
 
 
 def _float_dtype(dtype) -> np.dtype:
-    """`dtype` as jax will hold it: float64 only where x64 is enabled."""
-    dt = jnp.dtype(dtype)
+    """`dtype` as jax will hold it: float64 only where x64 is enabled; None -> the
+    widest float (float64 with x64, else float32)."""
+    dt = jnp.dtype(jnp.float64 if dtype is None else dtype)
     if not jnp.issubdtype(dt, jnp.floating):
         dt = jnp.dtype(jnp.float32)
     return jnp.dtype(jax.dtypes.canonicalize_dtype(dt))
@@ -103,11 +105,12 @@ class Allocation(NamedTuple):
         num_devices: M.
         num_partitions: K.
         redundancy: s.
-        sample: ``sample(key, dtype=jnp.float32)``: typed key -> B [M, K] in ``dtype``
-            (float64 where jax x64 is enabled, else float32). Deterministic codes
-            ignore the key and round their exact float64 matrix once to ``dtype``
-            (a float64 B is never a float32-rounded copy). Works under jit and vmap
-            (an unbatched output is broadcast by vmap).
+        sample: ``sample(key, dtype=None)``: typed key -> B [M, K] in ``dtype``, by
+            default the widest float jax holds (float64 where jax x64 is enabled, else
+            float32), so that ``sample(key).astype(run_dtype)`` is correct too.
+            Deterministic codes ignore the key and round their exact float64 matrix
+            once to ``dtype`` (a float64 B is never a float32-rounded copy). Works under
+            jit and vmap (an unbatched output is broadcast by vmap).
         random: True only for ``bernoulli`` (B depends on the key).
         replication: expected number of devices holding each partition
             (uncoded 1; cyclic, frc, cyclic_mds s+1; bernoulli M(s+1)/K).
@@ -557,8 +560,11 @@ def check_cyclic_mds(num_devices: int, redundancy: int, dtype_name: str) -> None
         f"allocation='cyclic_mds' with decoder='optimal' cannot decode every set of <= {s} stragglers "
         f"among num_devices={m_dev} in {dtype_name} to a relative gradient error below {tol:g} "
         f"(error amplification kappa={info.kappa:.3g}{'' if info.exhaustive else ' (upper bound)'}, "
-        + (f"predicted error {err:.2g})" if err > tol else
-           f"singular values down to {info.sigma_floor:.2g} of the largest, too close to the decoder's cutoff)")
+        + (
+            f"predicted error {err:.2g})"
+            if err > tol
+            else f"singular values down to {info.sigma_floor:.2g} of the largest, too close to the decoder's cutoff)"
+        )
     )
     if dtype_name == "float32" and cyclic_mds_ok(m_dev, s, "float64"):
         remedies = [
@@ -568,10 +574,17 @@ def check_cyclic_mds(num_devices: int, redundancy: int, dtype_name: str) -> None
         if s in _FLOAT32_MAX_DEVICES and _FLOAT32_MAX_DEVICES[s] < m_dev:
             remedies.append(f"or num_devices <= {_FLOAT32_MAX_DEVICES[s]}")
         _fail("dtype", dtype_name, f"{what}: " + ", ".join(remedies))
-    _fail("redundancy", s, f"{what}: use redundancy <= {s_ok}" + (
-        "" if dtype_name == "float64" else f" (or float64 with jax x64 enabled: redundancy <= "
-        f"{next(t for t in range(s - 1, -1, -1) if cyclic_mds_ok(m_dev, t, 'float64'))})"
-    ))
+    _fail(
+        "redundancy",
+        s,
+        f"{what}: use redundancy <= {s_ok}"
+        + (
+            ""
+            if dtype_name == "float64"
+            else f" (or float64 with jax x64 enabled: redundancy <= "
+            f"{next(t for t in range(s - 1, -1, -1) if cyclic_mds_ok(m_dev, t, 'float64'))})"
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -621,7 +634,7 @@ def make_allocation(name: str, num_devices: int, num_partitions: int, redundancy
     if name == "bernoulli":
         prob = (s + 1) / k_parts
 
-        def sample_bernoulli(key: jax.Array, dtype=jnp.float32) -> jax.Array:
+        def sample_bernoulli(key: jax.Array, dtype=None) -> jax.Array:
             return jax.random.bernoulli(key, prob, (m_dev, k_parts)).astype(_float_dtype(dtype))  # [M, K]
 
         return Allocation(name, m_dev, k_parts, s, sample_bernoulli, True, m_dev * (s + 1) / k_parts, k_parts)
@@ -639,7 +652,7 @@ def make_allocation(name: str, num_devices: int, num_partitions: int, redundancy
     B64.setflags(write=False)
     rounded = {np.dtype(np.float64): B64}
 
-    def sample_fixed(key: jax.Array, dtype=jnp.float32) -> jax.Array:
+    def sample_fixed(key: jax.Array, dtype=None) -> jax.Array:
         del key
         dt = np.dtype(_float_dtype(dtype))
         if dt not in rounded:  # rounded once from the float64 matrix (never via float32)
