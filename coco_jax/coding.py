@@ -30,8 +30,8 @@ enumerating every straggler set (tests: all M <= 20, s <= 4; `cyclic_mds_analysi
 
 - ``cyclic`` (0/1): exactly when (s+1) | M (then one of the s+1 residue classes of
   devices mod s+1 has no straggler and tiles the partitions); when (s+1) does not
-  divide M some set of s stragglers cannot be decoded (checked for all M <= 14, and
-  M <= 20 with s <= 4).
+  divide M some set of s stragglers cannot be decoded (tests: every M <= 12; checked
+  offline for every M <= 14 and for M <= 20 with s <= 4).
 - ``frc``: always (defined only for (s+1) | M; every group keeps a device).
 - ``cyclic_mds``: always in exact arithmetic. In floating point the error is governed
   by kappa = max over straggler sets of sum_m |w_m| ||B_m||_1 (`cyclic_mds_condition`;
@@ -40,7 +40,9 @@ enumerating every straggler set (tests: all M <= 20, s <= 4; `cyclic_mds_analysi
   grows like M^(s-1) (bursts of consecutive stragglers are the worst sets): M = 20:
   s = 2..6 -> 9.5, 40, 200, 378, 1415; M = 50: s = 2, 3, 4 -> 22, 253, 2653;
   M = 100: s = 2, 3 -> 42, 1013; s = 1 -> at most 2.3. `check_cyclic_mds` refuses
-  the configurations whose predicted error exceeds 1e-4 in float32 (about
+  the configurations whose predicted error (relative to max_k ||grad f_k||; for
+  unrelated partition gradients the error relative to ||grad F|| is about sqrt(K)
+  times larger) exceeds 1e-4 in float32 (about
   kappa > 415: M = 50 allows s <= 3, M = 100 s <= 2, M = 20 s <= 5) or 1e-10 in
   float64 (kappa > 2.2e5: M = 50 allows s <= 5, M = 100 s <= 4).
 - ``uncoded``/``bernoulli``: no guarantee (s = 0; random support).
@@ -254,9 +256,12 @@ def cyclic_mds_matrix(num_devices: int, redundancy: int) -> np.ndarray:
       of M - s rows of C is linearly independent. Scaling rows and columns keeps this.
     * v = C^T a lies in the row space of C, so 1 = v / v lies in the row space of
       C diag(1/v): every M - s rows span the whole row space, which contains 1.
-    * |v_k| >= g_{floor(s/2)} > 0 for every k (v_k = sum_j g_j for k >= s; for k < s a
-      signed partial sum, at least the central coefficient in size), so B is finite;
-      its columns sum to (s+1) v_k / v_k = s + 1.
+    * v has no zero entry, so B is finite and its columns sum to (s+1) v_k / v_k =
+      s + 1: for t = +1, v = g(1) 1 > 0; for t = -1 and s <= M/2 (g's coefficients
+      are then positive), v_k = sum_j g_j for k >= s and, for k < s, a signed partial
+      sum at least the central coefficient g_{floor(s/2)} in size (that is why a_0 = 2
+      when s is odd); for s > M/2 checked numerically (min |v| >= 0.0098 max |v| for all
+      M < 160). A vanishing entry would raise ConfigError.
 
     When M - s is odd this is the real BCH code (a = 1, v = g(1) 1, B = (s+1)/g(1) C).
     When M - s is even no conjugate-closed run of s consecutive M-th roots of unity
