@@ -455,5 +455,6 @@ def test_config_refuses_what_float32_cannot_decode_before_compiling():
     with CompileCounter() as cc, pytest.raises(cj.ConfigError, match="dtype='float32'.*redundancy <= 2"):
         cj.preset("gc", allocation="cyclic_mds", num_devices=100, redundancy=3)
     assert cc.count == 0
-    assert cj.preset("gc", allocation="cyclic_mds", num_devices=100, redundancy=3, straggler="none")
+    accepted = cj.preset("gc", allocation="cyclic_mds", num_devices=100, redundancy=3, straggler="none")
+    assert (accepted.redundancy, accepted.straggler) == (3, "none")
     assert cj.preset("gc", allocation="cyclic_mds", num_devices=100, redundancy=2).redundancy == 2
