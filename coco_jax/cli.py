@@ -306,10 +306,32 @@ def _subparser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `coco-jax` parser: one subcommand each (run, presets, sweep, plot, list, bench)."""
     parser = argparse.ArgumentParser(prog="coco-jax", description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    # --- run: one configuration, or an experiment module ---
+    _add_run(sub)
+    p_pre = _subparser(sub, "presets", help="list the method presets")
+    _add_common_flags(p_pre)
+    p_pre.set_defaults(func=cmd_presets)
+    _add_sweep(sub)
+    p_plot = _subparser(
+        sub,
+        "plot",
+        help="redraw the figures and report of an experiment or sweep directory from saved results",
+    )
+    p_plot.add_argument("results_dir")
+    _add_common_flags(p_plot)
+    p_plot.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_plot(a))
+    p_list = _subparser(sub, "list", help="list the experiment modules")
+    p_list.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
+    _add_bench(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    """`coco-jax run`: one configuration, or an experiment module."""
     p_run = _subparser(
         sub,
         "run",
@@ -347,11 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_run.set_defaults(func=cmd_run)
 
-    p_pre = _subparser(sub, "presets", help="list the method presets")
-    _add_common_flags(p_pre)
-    p_pre.set_defaults(func=cmd_presets)
 
-    # --- sweep (coco_jax/sweep.py) ---
+def _add_sweep(sub) -> None:
+    """`coco-jax sweep`: a grid file or experiment module as vmapped programs."""
     p_sweep = _subparser(
         sub, "sweep", help="run a grid (experiment module or YAML/JSON file) as vmapped programs"
     )
@@ -390,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="on CPU: split the cores into this many JAX devices (default: one device)",
     )
+    _add_distributed(p_sweep)
+    p_sweep.set_defaults(func=cmd_sweep)
+
+
+def _add_distributed(p_sweep) -> None:
+    """The flags of a multi-host sweep (jax.distributed)."""
     p_dist = p_sweep.add_argument_group("several hosts (jax.distributed)")
     p_dist.add_argument(
         "--coordinator-address",
@@ -408,22 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_dist.add_argument(
         "--distributed", action="store_true", help="jax.distributed with cluster auto-detection"
     )
-    p_sweep.set_defaults(func=cmd_sweep)
 
-    # --- experiments: plot, list (coco_jax/experiment.py) ---
-    p_plot = _subparser(
-        sub,
-        "plot",
-        help="redraw the figures and report of an experiment or sweep directory from saved results",
-    )
-    p_plot.add_argument("results_dir")
-    _add_common_flags(p_plot)
-    p_plot.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_plot(a))
-    p_list = _subparser(sub, "list", help="list the experiment modules")
-    p_list.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
 
-    # --- bench (coco_jax/bench/) ---
+def _add_bench(sub) -> None:
+    """`coco-jax bench`: the engine against NumPy references and machine limits."""
     p_bench = _subparser(
         sub, "bench", help="benchmark the engine against NumPy references and machine limits"
     )
@@ -444,7 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_bench.add_argument("--numpy-budget", type=float, help="seconds a NumPy variant may run (else skipped)")
     p_bench.set_defaults(func=lambda a: __import__("coco_jax.bench", fromlist=["x"]).cli_bench(a))
-    return parser
 
 
 def _preparse(argv: list[str]) -> argparse.Namespace:
