@@ -172,6 +172,29 @@ def _holder_text(fd: int) -> str:
 
 
 @contextlib.contextmanager
+def _acquire(lock_path: pathlib.Path, fcntl, name: str) -> int:
+    """An open descriptor holding the exclusive flock of `lock_path` (the file that is at
+    that path now); a ConfigError naming the holder if another process has it."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(fd)
+            os.close(fd)
+            raise ConfigError(
+                f"{name} is in use by {holder}: two runs must not write one directory; "
+                "wait for it to finish (or stop it), or choose another directory"
+            ) from None
+        try:  # the file may have been removed by a holder releasing it meanwhile: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
 def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
     """Hold the directory `out` for one run: an exclusive OS advisory lock
     (`fcntl.flock`) on out/.lock, which records the holder's pid and command and is
@@ -199,24 +222,7 @@ def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
         yield path
         return
     lock_path = path / LOCK
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder_text(fd)
-            os.close(fd)
-            raise ConfigError(
-                f"{what}={str(out)!r} is in use by {holder}: two runs must not write one directory; "
-                "wait for it to finish (or stop it), or choose another directory"
-            ) from None
-        try:  # the file may have been removed by a holder releasing it meanwhile: lock the new one
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    fd = _acquire(lock_path, fcntl, f"{what}={str(out)!r}")
     try:
         info = {
             "pid": os.getpid(),
