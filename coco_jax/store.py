@@ -171,7 +171,6 @@ def _holder_text(fd: int) -> str:
     return text
 
 
-@contextlib.contextmanager
 def _acquire(lock_path: pathlib.Path, fcntl, name: str) -> int:
     """An open descriptor holding the exclusive flock of `lock_path` (the file that is at
     that path now); a ConfigError naming the holder if another process has it."""
@@ -195,6 +194,7 @@ def _acquire(lock_path: pathlib.Path, fcntl, name: str) -> int:
         os.close(fd)
 
 
+@contextlib.contextmanager
 def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
     """Hold the directory `out` for one run: an exclusive OS advisory lock
     (`fcntl.flock`) on out/.lock, which records the holder's pid and command and is
