@@ -102,6 +102,8 @@ def num(x: float, digits: int = 2) -> str:
     a = abs(x)
     if a != 0 and (a < 1e-2 or a >= 1e5):
         return f"{x:.{max(digits - 1, 0)}e}"
+    if a >= 10**digits:
+        return f"{x:.0f}"
     return f"{x:.{digits}g}"
 
 

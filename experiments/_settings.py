@@ -82,9 +82,9 @@ def linreg(quick: bool = False, **overrides) -> cj.ExperimentConfig:
         num_features=100 if quick else 200,
         num_samples=ROWS_PER_DEVICE * m,
         num_test=512 if quick else 1000,
-        lr=0.5,
-        steps=200 if quick else 300,
-        eval_every=5 if quick else 10,
+        lr=0.05,
+        steps=200,
+        eval_every=5,
     )
     base.update(overrides)
     return cj.ExperimentConfig(**base)
@@ -99,8 +99,8 @@ def mnist_softmax(quick: bool = False, **overrides) -> cj.ExperimentConfig:
         partitioning="sorted",
         num_devices=devices(quick),
         lr=0.5,
-        steps=150 if quick else 200,
-        eval_every=10 if quick else 20,
+        steps=150,
+        eval_every=10,
     )
     base.update(overrides)
     return cj.ExperimentConfig(**base)
@@ -114,12 +114,12 @@ def mnist_mlp(quick: bool = False, **overrides) -> cj.ExperimentConfig:
         task="mlp",
         dataset="mnist",
         partitioning="sorted",
-        hidden_sizes=(32,) if quick else (64,),
+        hidden_sizes=(32,),
         batch_size=BATCH,
         shared_minibatch=True,
         num_devices=devices(quick),
         lr=0.3,
-        steps=150 if quick else 400,
+        steps=150 if quick else 300,
         eval_every=10 if quick else 20,
     )
     base.update(overrides)

@@ -148,9 +148,11 @@ def _setting_sentences(sub, name) -> list[str]:
     others = fin.drop("coco-ef").sort_values()
     below = {m: v for m, v in others.items() if rp.compare(coco, v) == "below"}
     above = {m: v for m, v in others.items() if rp.compare(coco, v) == "above"}
+    equal = {m: v for m, v in others.items() if rp.compare(coco, v) == "equal to"}
     out = [
         f"{name}: after {steps} iterations (mean of {seeds} seeds) COCO-EF ends at {what} = {rp.num(coco)}"
         + (f"; below {rp.listing(below)}" if below else "")
+        + (f"; within 1% of {rp.listing(equal)}" if equal else "")
         + (f"; above {rp.listing(above)}" if above else "")
         + "."
     ]
