@@ -108,9 +108,9 @@ def num(x: float, digits: int = 2) -> str:
 
 
 def listing(values: dict, fmt=None, limit: int = 12) -> str:
-    """ "a 1.2e-03, b 3.4e-03, ..." in the dict's order (at most `limit` items)."""
+    """'a (1.2e-03), b (3.4e-03), ...' in the dict's order (at most `limit` items)."""
     fmt = fmt or num
-    items = [f"{k} {fmt(v)}" for k, v in list(values.items())[:limit]]
+    items = [f"{k} ({fmt(v)})" for k, v in list(values.items())[:limit]]
     more = len(values) - limit
     return ", ".join(items) + (f" and {more} more" if more > 0 else "")
 

@@ -143,15 +143,11 @@ def observations(df):
     if not qu.empty:
         fin = rp.final_means(qu, y, by=("qsgd_levels",), hue=label)
         table = fin.pivot(index="qsgd_levels", columns="label", values="final")
-        best = {
-            f"{int(lv)} levels": table.loc[lv].idxmin() for lv in table.index if table.loc[lv].notna().any()
-        }
+        best = {int(lv): table.loc[lv].idxmin() for lv in table.index if table.loc[lv].notna().any()}
         if best:
             out.append(
-                "Quantization, lowest final "
-                + what
-                + ": "
-                + ", ".join(f"{k}: {v} ({rp.num(table.loc[int(k.split()[0]), v])})" for k, v in best.items())
+                f"Quantization, lowest final {what} per number of QSGD levels: "
+                + ", ".join(f"{lv} levels: {m} ({rp.num(table.loc[lv, m])})" for lv, m in best.items())
                 + "."
             )
         div = fin[fin["diverged"] > 0]
@@ -159,7 +155,7 @@ def observations(df):
             out.append(
                 "Diverged or blown-up runs (dropped from the means): "
                 + ", ".join(
-                    f"{r.label} at {int(r.qsgd_levels)} levels ({r.diverged}/{r.runs})"
+                    f"{r.label} with {int(r.qsgd_levels)} levels ({r.diverged}/{r.runs})"
                     for r in div.itertuples()
                 )
                 + "."

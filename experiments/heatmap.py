@@ -27,6 +27,7 @@ import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots
+from coco_jax import report as rp
 from coco_jax.registry import exec_module
 
 S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
@@ -109,7 +110,8 @@ def observations(df):
         (
             f"COCO-EF's mean final {what} is below the best compressed baseline's in {wins} of {finite.size} "
             f"cells (p × k/d); log10 ratios range from {finite.min():.2f} to {finite.max():.2f} "
-            f"(COCO-EF's value is {10 ** finite.min():.3g}× to {10 ** finite.max():.3g}× the best baseline's)."
+            f"(COCO-EF's value is {rp.num(10 ** finite.min())}× to {rp.num(10 ** finite.max())}× "
+            "the best baseline's)."
         )
     ]
     lost = [

@@ -55,7 +55,7 @@ def grid(quick: bool = False):
 
 def _name(df, part):
     sub = df[df.part == part]
-    return f"{part.upper()}, {plots.setting_label(sub)}" if not sub.empty else part.upper()
+    return plots.setting_label(sub) if not sub.empty else part
 
 
 def figures(df):

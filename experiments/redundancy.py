@@ -144,10 +144,12 @@ def observations(df):
             if reach:
                 finite = [(v, k) for k, v in reach.items() if np.isfinite(v)]
                 best = min(finite) if finite else None
+                missing = any(not np.isfinite(v) for v in reach.values())
                 out.append(
                     f"{alloc}: simulated time to {what} ≤ {TARGET_GAP:g}, by s: "
                     + rp.listing(reach)
                     + (f"; fastest at {best[1]}" if best else "")
-                    + " (n/a: not reached in every seed)."
+                    + (" (n/a: not reached in every seed)" if missing else "")
+                    + "."
                 )
     return out

@@ -126,11 +126,11 @@ def observations(df):
     for m in ("coco-ef", "gc"):
         if m in reach:
             r = reach[m]
-            ok = {f"p = {p:g}": v for p, v in r.items() if np.isfinite(v)}
+            ok = [f"{v:.0f} at p = {p:g}" for p, v in r.items() if np.isfinite(v)]
             missed = [f"{p:g}" for p, v in r.items() if not np.isfinite(v)]
             out.append(
                 f"{m} reaches {what} ≤ {TARGET_GAP:g} after (iterations, mean over seeds) "
-                + (rp.listing(ok, fmt=lambda v: f"{v:.0f}") if ok else "no p")
+                + (", ".join(ok) if ok else "no p")
                 + (
                     f"; not within {steps} iterations in every seed at p ∈ {{{', '.join(missed)}}}"
                     if missed

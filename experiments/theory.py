@@ -113,7 +113,7 @@ def observations(df):
         out.append(
             "COCO-EF's mean memory ‖e‖ by k/d (p = "
             + f"{BASE_P:g}): "
-            + rp.listing({f"{r:g}": v for r, v in zip(e.compress_ratio, e.final)})
+            + rp.listing({f"k/d = {r:g}": v for r, v in zip(e.compress_ratio, e.final)})
             + "."
         )
     ep = _tail_means(at_r, "ef_error_norm", ("method", "straggler_prob"))
@@ -121,7 +121,7 @@ def observations(df):
     if not ep.empty:
         out.append(
             f"COCO-EF's mean memory ‖e‖ by p (k/d = {BASE_RATIO:g}): "
-            + rp.listing({f"{p:g}": v for p, v in zip(ep.straggler_prob, ep.final)})
+            + rp.listing({f"p = {p:g}": v for p, v in zip(ep.straggler_prob, ep.final)})
             + "."
         )
     g = _tail_means(at_r, "grad_error_sq", ("method", "straggler_prob"))
@@ -130,7 +130,7 @@ def observations(df):
         if not gm.empty:
             out.append(
                 f"{m}'s decoding error ‖ĝ − ∇F‖² (mean over the last half) by p (k/d = {BASE_RATIO:g}): "
-                + rp.listing({f"{p:g}": v for p, v in zip(gm.straggler_prob, gm.final)})
+                + rp.listing({f"p = {p:g}": v for p, v in zip(gm.straggler_prob, gm.final)})
                 + "."
             )
     return out
