@@ -344,6 +344,48 @@ def test_named_grids_and_composite_report(tmp_path):
     assert np.isfinite(df.loss).all()
 
 
+def test_report_renders_observations_and_survives_a_failing_one(tmp_path):
+    """Section.observe (or the module's observations) becomes a list under its own
+    heading; an observation that raises is reported, and the report is still written."""
+    import types
+
+    from coco_jax import plots, report
+
+    df = plots.synthetic_results(seeds=2).assign(part="x")
+    exp = types.SimpleNamespace(
+        name="x", description="d", doc="", parts=(), path=tmp_path / "x.py", module=None
+    )
+    ok = report.Section("x", "d", "", {}, df, observe=lambda d: [f"{d.config_id.nunique()} runs here."])
+    report.write_report(tmp_path, exp, [ok], {"quick": True})
+    text = (tmp_path / "report.md").read_text()
+    assert f"## {report.OBSERVED_HEADING}" in text and "- 10 runs here." in text
+    bad = report.Section("x", "d", "", {}, df, observe=lambda d: 1 / 0)
+    report.write_report(tmp_path, exp, [bad], {"quick": True})
+    assert "observations could not be computed: ZeroDivisionError" in (tmp_path / "report.md").read_text()
+    none = report.Section("x", "d", "", {}, df)  # no observe, module without observations: no heading
+    report.write_report(tmp_path, exp, [none], {"quick": True})
+    assert report.OBSERVED_HEADING not in (tmp_path / "report.md").read_text()
+
+
+def test_observation_helpers():
+    from coco_jax import report as rp
+
+    assert [rp.num(v) for v in (0.00172, 0.3, 12.34, 986.2, 2.5e6, float("nan"))] == [
+        "1.7e-03",
+        "0.3",
+        "12",
+        "986",
+        "2.5e+06",
+        "n/a",
+    ]
+    assert rp.listing({"a": 1.0, "b": 0.001}) == "a (1), b (1.0e-03)"
+    assert (rp.compare(1.0, 2.0), rp.compare(2.0, 1.0), rp.compare(1.0, 1.005)) == (
+        "below",
+        "above",
+        "equal to",
+    )
+
+
 def test_list_prints_one_line_per_experiment(capsys):
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
