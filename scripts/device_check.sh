@@ -49,6 +49,8 @@ if [[ "$MODE" == cpu-smoke ]]; then
     PLATFORM_LIMIT=120 TESTS_LIMIT=400 BENCH_LIMIT=300 METHODS_LIMIT=600
     BENCH_ARGS=(--tiny)
     METHODS_ARGS=(--quick)
+    # two host devices, so that the sharded-sweep test really shards (and pads 5 -> 6)
+    TEST_ENV=(XLA_FLAGS=--xla_force_host_platform_device_count=2)
     TEST_IDS=(
         "tests/test_engine.py::test_hand_computed_example"
         "tests/test_bench.py::test_references_match_engine"
@@ -59,6 +61,7 @@ else
     PLATFORM_LIMIT=40 TESTS_LIMIT=120 BENCH_LIMIT=100 METHODS_LIMIT=220
     BENCH_ARGS=(--quick)
     METHODS_ARGS=()
+    TEST_ENV=()
     TEST_IDS=(
         "tests/test_engine.py::test_hand_computed_example"
         "tests/test_engine.py::test_identity_without_stragglers_is_gradient_descent"
@@ -86,7 +89,7 @@ run() {
     t0="$(now)"
     timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1 || rc=$?
     t1="$(now)"
-    tail -n 5 "$log" >&2 || true
+    tr '\r' '\n' <"$log" | grep -v '^[[:space:]]*$' | tail -n 3 >&2 || true
     LAST_RC=$rc
     LAST_SECS="$(secs "$t0" "$t1")"
     if [[ $rc -ne 0 ]]; then STATUS=1; fi
@@ -112,7 +115,7 @@ fi
 
 # 2. tests on the device (engine and sweep equal their references); float32 matmuls at
 # full precision so that TF32 on a GPU does not hide behind the tolerances
-run tests "$TESTS_LIMIT" env JAX_DEFAULT_MATMUL_PRECISION=highest \
+run tests "$TESTS_LIMIT" env JAX_DEFAULT_MATMUL_PRECISION=highest "${TEST_ENV[@]}" \
     "$PY" -m pytest -q -p no:cacheprovider "${TEST_IDS[@]}"
 TESTS_LINE="$(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/tests.log" | tail -n1 || true)"
 ROWS+=("tests|$(verdict $LAST_RC)|$LAST_SECS|${TESTS_LINE:-no summary line}")
