@@ -53,12 +53,14 @@ __all__ = [
     "STYLES",
     "band_label",
     "curves_figure",
+    "dataset_text",
     "final_values",
     "finals_figure",
     "heatmap_figure",
     "label_column",
     "optimum",
     "save_figure",
+    "setting_label",
     "style",
     "synthetic_results",
     "with_gap",
@@ -212,6 +214,41 @@ def diverged_runs(df: pd.DataFrame, y: str | None = None) -> set:
     if y is not None and y in df:
         bad |= np.isinf(df[y].to_numpy(np.float64))
     return set(key[bad])
+
+
+def dataset_text(row) -> str:
+    """The honest name of a row's dataset (`coco_jax.data.dataset_label`): "mnist (5k
+    subset)" for the packaged subset, never "MNIST" alone."""
+    import types
+
+    from coco_jax.data import dataset_label
+
+    data_dir = row.get("data_dir") if hasattr(row, "get") else getattr(row, "data_dir", None)
+    if isinstance(data_dir, float) and math.isnan(data_dir):
+        data_dir = None
+    dataset = row.get("dataset") if hasattr(row, "get") else row.dataset
+    return dataset_label(types.SimpleNamespace(dataset=str(dataset), data_dir=data_dir))
+
+
+def setting_label(df: pd.DataFrame, short: bool = False) -> str:
+    """The setting of a results table for titles and reports: dataset (honest name, see
+    `dataset_text`), task, M and, for synthetic data, d, e.g. "mnist (5k subset) softmax,
+    M = 100" or "synthetic linreg, d = 200, M = 100"; `short`: only "M = 100[, d = 200]".
+    Fields that vary within the table are listed with "/"."""
+    if df.empty:
+        return ""
+
+    def values(col):
+        return list(dict.fromkeys(df[col].tolist())) if col in df else []
+
+    names = list(dict.fromkeys(dataset_text(r) for _, r in df.drop_duplicates(["dataset"]).iterrows()))
+    tasks = values("task")
+    m = values("num_devices")
+    parts = [f"M = {'/'.join(str(v) for v in m)}"] if m else []
+    if "synthetic" in names and "num_features" in df:
+        parts.append(f"d = {'/'.join(str(v) for v in values('num_features'))}")
+    head = f"{'/'.join(names)} {'/'.join(str(t) for t in tasks)}".strip()
+    return ", ".join(parts) if short else ", ".join([head, *parts])
 
 
 # --------------------------------------------------------------- optimum (F*)

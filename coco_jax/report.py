@@ -1,7 +1,15 @@
-"""report.md: what an experiment ran, its figures, its final metrics, and how to rerun it.
+"""report.md: what an experiment ran, its figures, its final metrics, what was observed,
+and how to rerun it.
 
 GitHub renders the file as is: figures are inline PNG links (with a link to the PDF),
 tables are Markdown pipe tables, the grid is a JSON code block.
+
+Observations: an experiment module may define ``observations(df) -> list[str]``: sentences
+computed from its results table (the same ``df`` its ``figures`` get), rendered in its
+section under "Observed (computed from these results)". Docstrings keep only the
+question and the expectation; numbers in the report come from the results, so they
+cannot drift from what the code produced. The helpers below (`final_means`,
+`reach_means`, `num`, `listing`, `compare`) keep those sentences short and uniform.
 """
 
 from __future__ import annotations
@@ -16,7 +24,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Section", "final_table", "write_report"]
+__all__ = [
+    "OBSERVED_HEADING",
+    "Section",
+    "compare",
+    "final_means",
+    "final_table",
+    "listing",
+    "num",
+    "observations_of",
+    "reach_means",
+    "write_report",
+]
+
+OBSERVED_HEADING = "Observed (computed from these results)"
 
 MAX_TABLE_ROWS = 80
 # Fields a method preset sets: they are part of the method label, not separate columns.
@@ -36,6 +57,7 @@ class Section:
     df: Any  # its results table (with `part`)
     grids: dict = dataclasses.field(default_factory=dict)  # part -> Grid.describe()
     metrics: tuple = ()  # extra history keys for the final-metrics table (REPORT_METRICS)
+    observe: Any = None  # the module's observations(df) -> list[str], if it defines one
 
 
 def method_label(row: pd.Series) -> str:
@@ -63,6 +85,134 @@ def _mean_std(values: np.ndarray) -> str:
     if v.size == 1:
         return _fmt(float(v[0]))
     return f"{_fmt(float(v.mean()))} ± {_fmt(float(v.std(ddof=1)))}"
+
+
+# ------------------------------------------------------------------ observations
+
+
+def num(x: float, digits: int = 2) -> str:
+    """A number for a sentence: 2 significant digits, scientific below 0.01 or from
+    1e5 (``num(0.00172) == "1.7e-03"``), "n/a" when not finite."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(x):
+        return "n/a"
+    a = abs(x)
+    if a != 0 and (a < 1e-2 or a >= 1e5):
+        return f"{x:.{max(digits - 1, 0)}e}"
+    if a >= 10**digits:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def listing(values: dict, fmt=None, limit: int = 12) -> str:
+    """'a (1.2e-03), b (3.4e-03), ...' in the dict's order (at most `limit` items)."""
+    fmt = fmt or num
+    items = [f"{k} ({fmt(v)})" for k, v in list(values.items())[:limit]]
+    more = len(values) - limit
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+
+
+def compare(a: float, b: float) -> str:
+    """ "below" / "above" / "equal to" (a against b, 1% relative tolerance)."""
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return "not comparable with"
+    if abs(a - b) <= 0.01 * max(abs(a), abs(b)):
+        return "equal to"
+    return "below" if a < b else "above"
+
+
+def _labels(df: pd.DataFrame, hue) -> pd.Series:
+    from coco_jax.plots import label_column
+
+    return label_column(df, hue)
+
+
+def final_means(
+    df: pd.DataFrame, y: str, by=("method",), *, hue=None, tail: float = 0.0, drop_diverged: bool = True
+) -> pd.DataFrame:
+    """Mean over seeds of each run's final `y` (last evaluated step; with `tail` the mean
+    over the last `tail` share of the steps), per value of the `by` columns (and per
+    `hue` label, a column or a function of a row, stored as column "label").
+    Columns: the keys, "final" (mean), "runs", "diverged" (runs dropped as diverged)."""
+    from coco_jax.plots import final_values
+
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "final", "runs", "diverged"])
+    fin = final_values(df, y, tail=tail)
+    keys = list(by)
+    if hue is not None:
+        fin["label"] = _labels(fin, hue).to_numpy()
+        keys = ["label", *keys]
+    rows = []
+    for key, g in fin.groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        bad = g["final_diverged"].to_numpy(bool)
+        vals = g.loc[~bad if drop_diverged else slice(None), "final"].to_numpy(np.float64)
+        vals = vals[np.isfinite(vals)]
+        row = dict(zip(keys, key))
+        row["final"] = float(vals.mean()) if vals.size else float("nan")
+        row["runs"] = len(g)
+        row["diverged"] = int(bad.sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reach_means(df: pd.DataFrame, y: str, target: float, *, x: str = "step", by=("method",)) -> pd.DataFrame:
+    """Per value of `by`: the mean over seeds of the first `x` (step, bits, time) at
+    which `y` <= target, NaN unless every non-diverged run reached it; columns: the
+    keys, "final" (that mean), "reached" (runs that reached it), "runs"."""
+    from coco_jax.plots import steps_to_target
+
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "final", "reached", "runs"])
+    hits = steps_to_target(df, y, target, x=x)
+    rows = []
+    for key, g in hits.groupby(list(by), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ok = g[~g["final_diverged"].to_numpy(bool)]
+        vals = ok["final"].to_numpy(np.float64)
+        reached = int(np.isfinite(vals).sum())
+        row = dict(zip(by, key))
+        row["final"] = float(vals.mean()) if len(vals) and reached == len(vals) else float("nan")
+        row["reached"] = reached
+        row["runs"] = len(g)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def observations_of(exp, section: Section) -> list[str]:
+    """The computed sentences of a section: its `observe` function, else the
+    ``observations(df)`` of its experiment module (the experiment itself, or for a
+    composite such as ``paper`` the part of that name); [] when it defines none. An
+    observation that fails to compute is reported as such, not raised: the report is
+    still written."""
+    fn = section.observe or _module_observer(exp, section.name)
+    if fn is None:
+        return []
+    try:
+        out = fn(section.df)
+    except Exception as err:  # noqa: BLE001 - a report must not die on one sentence
+        return [f"_(observations could not be computed: {type(err).__name__}: {err})_"]
+    return [str(x) for x in (out or [])]
+
+
+def _module_observer(exp, name: str):
+    parts = tuple(getattr(exp, "parts", ()) or ())
+    if not parts:
+        return getattr(getattr(exp, "module", None), "observations", None)
+    from coco_jax.experiment import _sibling
+
+    for n in parts:
+        try:
+            sub = _sibling(exp.path, n)
+        except Exception:  # noqa: BLE001 - a part that cannot load has no observations
+            sub = None
+        if sub is not None and sub.name == name:
+            return getattr(sub.module, "observations", None)
+    return None
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
@@ -246,6 +396,11 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
             lines += [f"## {s.name}", "", f"_{s.description}_", "", _doc_block(s.doc), ""]
         else:
             lines += [_doc_block(s.doc), ""]
+        observed = observations_of(exp, s)
+        if observed:
+            lines += [f"{sub} {OBSERVED_HEADING}", ""]
+            lines += [f"- {o}" for o in observed]
+            lines.append("")
         lines += [f"{sub} Figures", ""]
         lines += _figure_block(out, s.figures)
         table, note = final_table(s.df, tuple(s.metrics))

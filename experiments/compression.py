@@ -1,50 +1,59 @@
 """Why biased compression needs error feedback, and wins with it.
 
+Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
+devices, d = 200, 40 rows per device; experiments/_settings.py), cyclic code s = 1,
+Bernoulli(0.2) stragglers, compression from k/d = 1% to 30% and QSGD with 1 to 16
+levels. The quick variant uses 16 devices and k/d from 2%.
+
 Question: how does the final optimality gap depend on the compression level: the kept
 fraction k/d of top-k (biased) and rand-k (unbiased, scaled by d/k), and the number of
 QSGD levels, with and without error feedback, under gradient coding with stragglers?
 
 Expected: top-k without error feedback (gc-compressed) stalls at a gap that grows as
 k/d shrinks: the coordinates it drops are lost for ever. With error feedback (COCO-EF)
-the dropped mass is sent later and top-k reaches a small gap even at k/d = 2%, better
+the dropped mass is sent later and top-k reaches a small gap even at small k/d, better
 than unbiased rand-k at the same k (whose variance grows like d/k) — the COCO-EF
-paper's central claim. QSGD with few levels is noisy without feedback; DIANA and error
-feedback both remove most of that noise.
+paper's central claim. QSGD with few levels is noisy without feedback; DIANA removes
+most of that noise; classic error feedback on an unbiased quantiser that is not a
+contraction can make the memory grow.
 
-Observed (quick variant): top-k with error feedback ends 3 to 20 times lower than top-k
-without it and than unbiased rand-k at every k/d (e.g. 1.7e-3 vs 3.1e-2 and 1.6e-2 at
-k/d = 0.1). QSGD with error feedback blows up at 1 and 4 levels (no contraction: its
-variance feeds the memory); DIANA is best from 4 levels on.
-
-Command: coco-jax run experiments/compression.py --quick   (full: without --quick, a GPU)
+Command: coco-jax run experiments/compression.py --quick   (full, 100 devices: without --quick)
 """
+
+import pathlib
+
+import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots
-from coco_jax.experiment import seeds, standard_config
+from coco_jax import report as rp
+from coco_jax.registry import exec_module
+
+S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
 
 NAME = "compression"
 DESCRIPTION = "final loss against k/d (top-k, rand-k) and QSGD levels, with and without error feedback"
 
 
 def grid(quick: bool = False):
-    base = standard_config(quick)
-    ratios = [0.02, 0.05, 0.1, 0.3] if quick else [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]
-    levels = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 64]
+    base = S.linreg(quick)
+    ratios = S.ratios(quick)
+    levels = [1, 4, 16]
+    seeds = S.seeds(quick, full=2)
     sparse = cj.Grid(
         base=base,
         axes={
             "compressor": ["topk", "randk_unbiased"],
             "error_feedback": ["ef", "none"],
             "compress_ratio": ratios,
-            "seed": seeds(quick),
+            "seed": seeds,
         },
         exclude=unbiased_randk_with_ef,
         name="sparsification",
     )
     quant = cj.Grid(
         base=base.replace(compressor="qsgd"),
-        axes={"error_feedback": ["ef", "none", "diana"], "qsgd_levels": levels, "seed": seeds(quick)},
+        axes={"error_feedback": ["ef", "none", "diana"], "qsgd_levels": levels, "seed": seeds},
         name="quantization",
     )
     return [sparse, quant]
@@ -85,6 +94,70 @@ def figures(df):
                 "title": "QSGD quantization",
             },
         ],
-        title="Compression level, with and without error feedback (cyclic code, p = 0.2)",
+        title=f"Compression level, with and without error feedback ({plots.setting_label(df)}, p = 0.2)",
     )
     return {"vs_level": fig}
+
+
+def _factors(table, ref, other):
+    """other / ref per x where both are finite."""
+    if ref not in table or other not in table:
+        return {}
+    r = table[other] / table[ref]
+    return {x: v for x, v in r.items() if np.isfinite(v)}
+
+
+def observations(df):
+    df, y = plots.with_gap(df)
+    what = "F − F*" if y == "gap" else "the loss"
+    out = []
+    sp = df[df.part == "sparsification"]
+    if not sp.empty:
+        fin = rp.final_means(sp, y, by=("compress_ratio",), hue=label)
+        table = fin.pivot(index="compress_ratio", columns="label", values="final")
+        for other in ("topk + no EF", "randk_unbiased + no EF"):
+            f = _factors(table, "topk + EF", other)
+            if not f:
+                continue
+            wins = [x for x, v in f.items() if v > 1.01]
+            lo, hi = min(f.values()), max(f.values())
+            where = (
+                "at every k/d"
+                if len(wins) == len(f)
+                else f"at k/d ∈ {{{', '.join(f'{x:g}' for x in wins)}}} of {len(f)} levels"
+                if wins
+                else "at no k/d"
+            )
+            out.append(
+                f"Sparsification: top-k with error feedback ends below {other} {where}; {other}'s final "
+                f"{what} is {rp.num(lo)}× to {rp.num(hi)}× that of top-k + EF "
+                f"({', '.join(f'{rp.num(v)}× at {x:g}' for x, v in f.items())})."
+            )
+        if "topk + EF" in table:
+            t = table["topk + EF"]
+            out.append(
+                f"Top-k + EF's final {what} goes from {rp.num(t.iloc[0])} at k/d = {t.index[0]:g} to "
+                f"{rp.num(t.iloc[-1])} at k/d = {t.index[-1]:g}."
+            )
+    qu = df[df.part == "quantization"]
+    if not qu.empty:
+        fin = rp.final_means(qu, y, by=("qsgd_levels",), hue=label)
+        table = fin.pivot(index="qsgd_levels", columns="label", values="final")
+        best = {int(lv): table.loc[lv].idxmin() for lv in table.index if table.loc[lv].notna().any()}
+        if best:
+            out.append(
+                f"Quantization, lowest final {what} per number of QSGD levels: "
+                + ", ".join(f"{lv} levels: {m} ({rp.num(table.loc[lv, m])})" for lv, m in best.items())
+                + "."
+            )
+        div = fin[fin["diverged"] > 0]
+        if not div.empty:
+            out.append(
+                "Diverged or blown-up runs (dropped from the means): "
+                + ", ".join(
+                    f"{r.label} with {int(r.qsgd_levels)} levels ({r.diverged}/{r.runs})"
+                    for r in div.itertuples()
+                )
+                + "."
+            )
+    return out

@@ -1,12 +1,16 @@
 """Which compressor to pair with gradient coding and error feedback, at equal bits.
 
-Question: inside the COCO-EF pipeline (cyclic code, fixed decoder), which compressor
-gives the lowest loss for the same total upload budget: top-k, rand-k, sign, scaled
-sign, grouped sign, QSGD, natural compression or the 1-bit quantizer of 1-bit gradient
-coding? Each compressor runs for as many iterations as the budget pays for (cheap
-messages buy more iterations). The biased compressors run with error feedback; the
-unbiased ones (QSGD, natural, onebit) without it, as they are designed to be used
-(with feedback their variance, not a contraction, makes the memory grow).
+Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
+devices, d = 200, 40 rows per device; experiments/_settings.py), cyclic code s = 1,
+fixed decoder, Bernoulli(0.2) stragglers. The quick variant uses 16 devices.
+
+Question: inside the COCO-EF pipeline, which compressor gives the lowest loss for the
+same total upload budget: top-k, rand-k, sign, scaled sign, grouped sign, QSGD, natural
+compression or the 1-bit quantizer of 1-bit gradient coding? Each compressor runs for
+as many iterations as the budget pays for (cheap messages buy more iterations). The
+biased compressors run with error feedback; the unbiased ones (QSGD, natural, onebit)
+without it, as they are designed to be used (with feedback their variance, not a
+contraction, makes the memory grow).
 
 Expected: the biased, scaled compressors (scaled_sign, grouped_sign, top-k) make the
 most of a bit: with error feedback their bias is harmless and each message is cheap.
@@ -14,19 +18,19 @@ Plain sign (no scale) has the wrong magnitude and does worst among the biased on
 rand-k wastes its budget on uninformative coordinates; the unbiased quantizers (QSGD,
 natural, onebit) pay for precision the method does not need.
 
-Observed (quick variant): at the common budget grouped_sign (1.0e-3) and scaled_sign
-(1.4e-3) are best, then top-k (2.1e-3) and QSGD without feedback (2.5e-3); natural
-(6.6e-3), onebit (1.2e-2), rand-k (3.1e-2) and unscaled sign (4.0e-2) trail.
-
-Command: coco-jax run experiments/compressors.py --quick   (full: without --quick, a GPU)
+Command: coco-jax run experiments/compressors.py --quick   (full, 100 devices: without --quick)
 """
 
 import math
+import pathlib
 
 import coco_jax as cj
 from coco_jax import plots
+from coco_jax import report as rp
 from coco_jax.compressors import make_compressor
-from coco_jax.experiment import seeds, standard_config
+from coco_jax.registry import exec_module
+
+S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
 
 NAME = "compressors"
 DESCRIPTION = "eight compressors in the COCO-EF pipeline under the same upload budget"
@@ -37,11 +41,11 @@ GROUPS = 4  # grouped_sign: d / GROUPS coordinates per scale
 
 
 def grid(quick: bool = False):
-    base = standard_config(quick)
+    base = S.linreg(quick)
     d = base.num_features
     group = d // GROUPS
     # budget per device: the bits `budget_steps` iterations of scaled_sign cost
-    budget_steps = 250 if quick else 1000
+    budget_steps = 250 if quick else 400
     budget = budget_steps * (d + 32)
     k = max(1, round(base.compress_ratio * d))
     steps = []
@@ -50,7 +54,7 @@ def grid(quick: bool = False):
         steps.append(max(base.eval_every, math.floor(budget / bits)))
     return cj.Grid(
         base=base,
-        axes={"seed": seeds(quick)},
+        axes={"seed": S.seeds(quick, full=2)},
         zip_axes={
             "compressor": list(COMPRESSORS),
             "steps": steps,
@@ -71,7 +75,7 @@ def figures(df):
         hue="compressor",
         logx=[True],
         over=("seed", "steps", "group_size", "error_feedback"),
-        title="Compressors in the COCO-EF pipeline: gap against uploaded bits",
+        title=f"Compressors in the COCO-EF pipeline: gap against uploaded bits ({plots.setting_label(df)})",
     )
     fig.axes[0].axvline(budget, color="0.5", linestyle=":", linewidth=1)
     finals = plots.final_values(df, y)
@@ -88,7 +92,35 @@ def figures(df):
         order=order,
         tick_text=tick,
         over=("seed", "steps", "group_size", "error_feedback"),
-        title="Final gap at the common upload budget (COCO-EF pipeline)",
+        title=f"Final gap at the common upload budget (COCO-EF pipeline, {plots.setting_label(df)})",
         xlabel="Compressor (bits per message, feedback)",
     )
     return {"vs_bits": fig, "at_budget": fig2}
+
+
+def observations(df):
+    df, y = plots.with_gap(df)
+    what = "F − F*" if y == "gap" else "the loss"
+    fin = rp.final_means(df, y, by=("compressor",)).set_index("compressor")
+    if fin.empty:
+        return []
+    first = df.sort_values("step").groupby("compressor").tail(1)
+    bpm = first.set_index("compressor")["bits_per_message"]
+    steps = first.set_index("compressor")["steps"]
+    order = fin["final"].sort_values()
+    out = [
+        f"At the common upload budget, final {what} (mean over seeds), lowest first: "
+        + ", ".join(
+            f"{c} {rp.num(v)} ({int(bpm.get(c, 0))} b/msg, {int(steps.get(c, 0))} iterations)"
+            for c, v in order.items()
+        )
+        + "."
+    ]
+    div = fin[fin["diverged"] > 0]
+    if not div.empty:
+        out.append(
+            "Diverged or blown-up runs (dropped from the means): "
+            + ", ".join(f"{c} ({int(r.diverged)}/{int(r.runs)})" for c, r in div.iterrows())
+            + "."
+        )
+    return out

