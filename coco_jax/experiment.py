@@ -12,6 +12,10 @@ An experiment is a Python module (``experiments/<name>.py``) with
   single grid, the experiment's name);
 - optionally ``REPORT_METRICS``: history keys added to the report's final-metrics table
   (mean over the last half of the evaluated steps);
+- optionally ``observations(df) -> list[str]``: sentences computed from the results
+  table (the ``df`` of ``figures``), rendered in the report under "Observed (computed
+  from these results)" (`coco_jax.report`); the docstring keeps the question and the
+  expectation, never numbers typed by hand;
 - optionally ``PARTS``: names of other experiments; such a module (``paper``) runs all
   of them and writes one report with a section per experiment.
 
@@ -73,7 +77,9 @@ REPORT = "report.md"
 
 
 def standard_config(quick: bool = False, **overrides) -> ExperimentConfig:
-    """The problem the shipped experiments share, so their figures compare.
+    """A label-sorted synthetic logistic-regression problem (the shipped experiments
+    used it before issue 12; they now run the COCO-EF paper's two settings from
+    experiments/_settings.py). Kept for user experiments.
 
     Logistic regression (convex, so the optimality gap F(θ) − F* is exact) on synthetic
     data with label-sorted partitions: half of the partitions hold only one class, the
@@ -465,6 +471,7 @@ def _sections(exp: Experiment, df, figure_paths: dict, meta: dict) -> list:
                 df,
                 grids=meta.get("grids", {}),
                 metrics=tuple(getattr(exp.module, "REPORT_METRICS", ())),
+                observe=getattr(exp.module, "observations", None),
             )
         ]
     out = []
@@ -488,6 +495,7 @@ def _sections(exp: Experiment, df, figure_paths: dict, meta: dict) -> list:
                 sub,
                 grids=grids,
                 metrics=tuple(getattr(sub_exp.module, "REPORT_METRICS", ())),
+                observe=getattr(sub_exp.module, "observations", None),
             )
         )
     return out
