@@ -36,7 +36,7 @@ from coco_jax.feedback import Feedback, sum_delivered
 from coco_jax.step import init_run, iterate
 
 M = 6
-STEPS = 1500
+STEPS = 1000
 SEEDS_RANDOM_CODE = 3  # a random code: each draw B checked against its own target (below)
 P = 0.25
 # latency deadline L (1 + ln 4) for a device holding L partitions: it misses it with
