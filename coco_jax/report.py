@@ -365,12 +365,16 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
         lines += [_doc_block(exp.doc), ""]
     variant = "quick" if meta.get("quick") else "full"
     cmd = meta.get("command") or f"coco-jax run {exp.path.name}{' --quick' if meta.get('quick') else ''}"
-    compilations = sum((p.get("compilations") or 0) for p in meta.get("parts", {}).values())
-    configs = sum((p.get("configs") or 0) for p in meta.get("parts", {}).values())
+    parts = meta.get("parts", {}).values()
+    compilations = sum((p.get("compilations") or 0) for p in parts)
+    configs = sum((p.get("configs") or 0) for p in parts)
+    compile_s = sum((p.get("compile_s") or 0.0) for p in parts)
+    run_s = sum((p.get("run_s") or 0.0) for p in parts)
     lines += [
         f"- Command: `{cmd}` ({variant} variant); redraw with `coco-jax plot {out.as_posix()}`",
         f"- Started: {meta.get('started', '?')}; wall time: {_wall(meta)}",
-        f"- {configs} configurations, {compilations} compilations in this run"
+        f"- {configs} configurations, {compilations} compilations in this run: compiling {compile_s:.1f} s "
+        f"(in a background thread, overlapping the runs), running {run_s:.1f} s"
         + (
             " (resumed: finished parts were loaded, not recomputed)"
             if any(p.get("resumed") for p in meta.get("parts", {}).values())
