@@ -99,7 +99,7 @@ def mnist_softmax(quick: bool = False, **overrides) -> cj.ExperimentConfig:
         partitioning="sorted",
         num_devices=devices(quick),
         lr=0.5,
-        steps=150,
+        steps=100 if quick else 150,
         eval_every=10,
     )
     base.update(overrides)
