@@ -414,7 +414,8 @@ def _markevery(n: int) -> int:
     return max(1, n // 8)
 
 
-def _draw(ax, label, xs, mean, lo, hi, *, log_y: bool):
+def _draw(ax, label, xs, mean, lo, hi, *, log_y: bool, markersize: int = 5, thin_markers: bool = True):
+    """A label's mean curve with its band (clipped above zero on a log axis)."""
     st = style(label)
     if log_y:
         positive = mean[np.isfinite(mean) & (mean > 0)]
@@ -429,11 +430,18 @@ def _draw(ax, label, xs, mean, lo, hi, *, log_y: bool):
         marker=st["marker"],
         linestyle=st["linestyle"],
         linewidth=st["linewidth"],
-        markersize=5,
-        markevery=_markevery(len(xs)),
+        markersize=markersize,
+        markevery=_markevery(len(xs)) if thin_markers else None,
         zorder=st["zorder"],
     )
     return line
+
+
+def _label_axes(ax, x: str, y: str, xlabel: str | None, ylabel: str | None) -> None:
+    ax.set_xlabel(xlabel or axis_label(x))
+    ax.set_ylabel(ylabel or axis_label(y))
+    ax.grid(True, which="major", alpha=0.3)
+    _sci(ax)
 
 
 def _empty_line(ax, label):
@@ -508,10 +516,7 @@ def curve_panel(
             lines[label] = _empty_line(ax, label)
     if y in PERCENT_METRICS and not log_y:
         _focus(ax, [d[1] for d in data.values()])
-    ax.set_xlabel(xlabel or axis_label(x))
-    ax.set_ylabel(ylabel or axis_label(y))
-    ax.grid(True, which="major", alpha=0.3)
-    _sci(ax)
+    _label_axes(ax, x, y, xlabel, ylabel)
     return lines
 
 
@@ -705,63 +710,51 @@ def final_panel(
     notes = notes if notes is not None else _Notes(band=band)
     finals = finals.copy()
     finals["_label"] = label_column(finals, hue)
-    lines: dict[str, Line2D] = {}
-    data = {}
-    drawn = []
-    missing = False
+    data, missing = {}, False
     for label in _order(list(dict.fromkeys(finals["_label"]))):
-        sub = finals[finals["_label"] == label]
-        _check_single(sub.drop(columns=["step"], errors="ignore"), label, over, x)
-        notes.add_dropped(label, set(sub.loc[sub["final_diverged"], "_run"]), set(sub["_run"]))
-        ok = sub[~sub["final_diverged"]]
-        xs, means, los, his = [], [], [], []
-        for xv, pts in sub.groupby(x, sort=True):
-            notes.seeds.add(len(pts))
-            vals = _scale(y, ok.loc[ok[x] == xv, "final"].to_numpy(np.float64))
-            vals = vals[np.isfinite(vals)]
-            if vals.size == 0:
-                missing = True
-                continue
-            m, lo, hi = _spread(vals[:, None], band)
-            xs.append(float(xv))
-            means.append(m[0])
-            los.append(lo[0])
-            his.append(hi[0])
-        data[label] = tuple(np.asarray(a) for a in (xs, means, los, his))
-        drawn.append(np.asarray(means))
+        data[label], gap = _final_points(finals[finals["_label"] == label], label, x, y, band, over, notes)
+        missing = missing or gap
+    drawn = [m for _, m, _, _ in data.values()]
     log_y = _apply_log(ax, "y", np.concatenate(drawn) if drawn else np.array([]), logy)
     if logx:
         ax.set_xscale("log")
-    for label, (xs, m, lo, hi) in data.items():
-        if xs.size:
-            st = style(label)
-            if log_y:
-                pos = m[m > 0]
-                lo = np.maximum(lo, (pos.min() if pos.size else 1e-12) * 1e-2)
-            ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, linewidth=0, zorder=st["zorder"] - 1)
-            (lines[label],) = ax.plot(
-                xs,
-                m,
-                label=label,
-                color=st["color"],
-                marker=st["marker"],
-                linestyle=st["linestyle"],
-                linewidth=st["linewidth"],
-                markersize=6,
-                zorder=st["zorder"],
-            )
-        else:
-            lines[label] = _empty_line(ax, label)
+    lines = {
+        label: _draw(ax, label, *d, log_y=log_y, markersize=6, thin_markers=False)
+        if d[0].size
+        else _empty_line(ax, label)
+        for label, d in data.items()
+    }
     values = sorted({float(v) for v in finals[x].unique() if not logx or float(v) > 0})
     if logx or len(values) <= 12:
         _value_ticks(ax, values)
     if missing and missing_note and missing_note not in notes.extra:
         notes.extra.append(missing_note)
-    ax.set_xlabel(xlabel or axis_label(x))
-    ax.set_ylabel(ylabel or axis_label(y))
-    ax.grid(True, which="major", alpha=0.3)
-    _sci(ax)
+    _label_axes(ax, x, y, xlabel, ylabel)
     return lines
+
+
+def _final_points(sub: pd.DataFrame, label: str, x: str, y: str, band: str, over, notes: _Notes):
+    """((xs, mean, lo, hi) over the values of field `x` of one label's runs, whether a
+    value had no finite run)."""
+    _check_single(sub.drop(columns=["step"], errors="ignore"), label, over, x)
+    notes.add_dropped(label, set(sub.loc[sub["final_diverged"], "_run"]), set(sub["_run"]))
+    ok = sub[~sub["final_diverged"]]
+    points, missing = [], False
+    for xv, pts in sub.groupby(x, sort=True):
+        notes.seeds.add(len(pts))
+        vals = _scale(y, ok.loc[ok[x] == xv, "final"].to_numpy(np.float64))
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            missing = True
+            continue
+        m, lo, hi = _spread(vals[:, None], band)
+        points.append((float(xv), m[0], lo[0], hi[0]))
+    cols = (
+        tuple(np.asarray(c, np.float64) for c in zip(*points))
+        if points
+        else tuple(np.zeros(0) for _ in range(4))
+    )
+    return cols, missing
 
 
 def _value_ticks(ax, values: Sequence[float]) -> None:
@@ -1015,55 +1008,64 @@ def synthetic_results(
     """A results table with the sweep's columns and made-up, plausible curves (no JAX):
     for tests and examples of the figure functions. Methods in `diverge` blow up
     halfway (loss inf, `diverged` True) in every seed."""
+    import itertools
+
     from coco_jax.presets import preset
     from coco_jax.results import rows_of
 
     frames = []
     rng = np.random.default_rng(0)
-    for mi, method in enumerate(methods):
-        for p in straggler_probs:
-            for ratio in compress_ratios:
-                for seed in range(seeds):
-                    cfg = preset(
-                        method,
-                        task=task,
-                        straggler_prob=p,
-                        compress_ratio=ratio,
-                        seed=seed,
-                        steps=steps,
-                        eval_every=eval_every,
-                    )
-                    step = np.arange(0, steps + 1, eval_every)
-                    rate = 0.02 + 0.01 * mi + 0.05 * p + 0.02 * (1 - ratio)
-                    floor = 1e-3 * (1 + mi) * (1 + p)
-                    loss = 0.5 * np.exp(-rate * step) + floor + 1e-4 * rng.random(step.size)
-                    div_step = None
-                    diverged = np.zeros(step.size, bool)
-                    if method in diverge:
-                        div_step = int(step[step.size // 2])
-                        loss = np.where(step >= div_step, np.inf, loss)
-                        diverged = step >= div_step
-                    delivered = np.round(step * 8 * (1 - p)).astype(np.int64)
-                    bpm = 32 * 32 if method in ("gc", "gd", "ignore-stragglers") else int(ratio * 32) * 37 + 1
-                    hist = {
-                        "step": step,
-                        "loss": loss.astype(np.float32),
-                        "grad_norm_sq": (loss**2).astype(np.float32),
-                        "test_loss": (loss * 1.1).astype(np.float32),
-                        "bits": (delivered * bpm).astype(np.float64),
-                        "time": step.astype(np.float32) * (1 + p),
-                        "delivered": delivered,
-                        "stragglers": np.full(step.size, int(8 * p)),
-                        "grad_error_sq": np.where(step > 0, 0.1 * loss, np.nan).astype(np.float32),
-                        "ef_error_norm": np.where(step > 0, 0.5 * np.sqrt(loss), 0.0).astype(np.float32),
-                        "contraction": np.where(
-                            step > 0, 1 - ratio + 0.01 * rng.random(step.size), np.nan
-                        ).astype(np.float32),
-                        "diverged": diverged,
-                    }
-                    if task != "linreg":
-                        acc = np.clip(0.95 - loss, 0, 1).astype(np.float32)
-                        hist["accuracy"] = acc
-                        hist["test_accuracy"] = acc - 0.02
-                    frames.append(rows_of(method, cfg, hist, bpm, div_step))
+    for (mi, method), p, ratio, seed in itertools.product(
+        enumerate(methods), straggler_probs, compress_ratios, range(seeds)
+    ):
+        cfg = preset(
+            method,
+            task=task,
+            straggler_prob=p,
+            compress_ratio=ratio,
+            seed=seed,
+            steps=steps,
+            eval_every=eval_every,
+        )
+        bpm = 32 * 32 if method in ("gc", "gd", "ignore-stragglers") else int(ratio * 32) * 37 + 1
+        hist, div_step = _made_up_history(rng, mi, p, ratio, steps, eval_every, method in diverge, bpm, task)
+        frames.append(rows_of(method, cfg, hist, bpm, div_step))
     return pd.concat(frames, ignore_index=True)
+
+
+def _made_up_history(
+    rng, mi: int, p: float, ratio: float, steps: int, eval_every: int, diverge: bool, bpm: int, task
+):
+    """Plausible history of method number `mi` (`synthetic_results`); (history, divergence step)."""
+    step = np.arange(0, steps + 1, eval_every)
+    rate = 0.02 + 0.01 * mi + 0.05 * p + 0.02 * (1 - ratio)
+    floor = 1e-3 * (1 + mi) * (1 + p)
+    loss = 0.5 * np.exp(-rate * step) + floor + 1e-4 * rng.random(step.size)
+    div_step = None
+    diverged = np.zeros(step.size, bool)
+    if diverge:
+        div_step = int(step[step.size // 2])
+        loss = np.where(step >= div_step, np.inf, loss)
+        diverged = step >= div_step
+    delivered = np.round(step * 8 * (1 - p)).astype(np.int64)
+    hist = {
+        "step": step,
+        "loss": loss.astype(np.float32),
+        "grad_norm_sq": (loss**2).astype(np.float32),
+        "test_loss": (loss * 1.1).astype(np.float32),
+        "bits": (delivered * bpm).astype(np.float64),
+        "time": step.astype(np.float32) * (1 + p),
+        "delivered": delivered,
+        "stragglers": np.full(step.size, int(8 * p)),
+        "grad_error_sq": np.where(step > 0, 0.1 * loss, np.nan).astype(np.float32),
+        "ef_error_norm": np.where(step > 0, 0.5 * np.sqrt(loss), 0.0).astype(np.float32),
+        "contraction": np.where(step > 0, 1 - ratio + 0.01 * rng.random(step.size), np.nan).astype(
+            np.float32
+        ),
+        "diverged": diverged,
+    }
+    if task != "linreg":
+        acc = np.clip(0.95 - loss, 0, 1).astype(np.float32)
+        hist["accuracy"] = acc
+        hist["test_accuracy"] = acc - 0.02
+    return hist, div_step

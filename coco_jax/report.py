@@ -234,70 +234,21 @@ def final_table(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> tuple[pd.DataF
     seeds of the last evaluated step; each history key in `extra` (an experiment's
     REPORT_METRICS) as its mean over the last half of the evaluated steps. Returns
     (table of strings, a note)."""
-    from coco_jax.plots import run_key, with_gap
-
     if df.empty:
         return pd.DataFrame(), "no rows"
     note = []
     frames = []
     for part, pdf in df.groupby("part", sort=False) if "part" in df else [(None, df)]:
-        pdf, loss_col = with_gap(pdf)
-        pdf = pdf.copy()
-        pdf["_run"] = run_key(pdf)
-        ordered = pdf.sort_values("step")
-        last = ordered.groupby("_run", sort=False).tail(1).copy()
-        for key in extra:
-            if key in ordered:
-                half = ordered.groupby("_run", sort=False)[key].apply(
-                    lambda v: (
-                        float(np.nanmean(v.to_numpy(np.float64)[len(v) // 2 :]))
-                        if np.isfinite(v.to_numpy(np.float64)[len(v) // 2 :]).any()
-                        else float("nan")
-                    )
-                )
-                last[f"_extra_{key}"] = last["_run"].map(half)
-        last["Method"] = last.apply(method_label, axis=1)
-        keys = _varying(last)
-        n_groups = last.groupby(["Method", *keys], dropna=False).ngroups if keys else last["Method"].nunique()
-        dropped = []
-        while keys and n_groups > MAX_TABLE_ROWS:
-            dropped.insert(0, keys.pop())
-            n_groups = (
-                last.groupby(["Method", *keys], dropna=False).ngroups if keys else last["Method"].nunique()
-            )
+        last, keys, loss_col, dropped = _last_rows(pdf, extra)
         if dropped:
             note.append(
                 f"{part or 'table'}: pooled over {', '.join(dropped)} (too many rows; the ± then includes that axis)"
             )
-        rows = []
-        from coco_jax.plots import _order
-
-        rank = {m: i for i, m in enumerate(_order(list(dict.fromkeys(last["Method"]))))}
-        last = last.assign(_rank=last["Method"].map(rank)).sort_values(["_rank", *keys], kind="stable")
-        for key, g in last.groupby(["Method", *keys], dropna=False, sort=False):
-            key = key if isinstance(key, tuple) else (key,)
-            div = g["diverged"].fillna(False).astype(bool) | (
-                g.get("diverged_step", pd.Series(-1, g.index)) >= 0
-            )
-            ok = g[~div.to_numpy()]
-            row: dict[str, Any] = {}
-            if part is not None and df["part"].nunique() > 1:
-                row["Part"] = part
-            row["Method"] = key[0]
-            for k, v in zip(keys, key[1:]):
-                row[k] = "–" if v is None or (isinstance(v, float) and math.isnan(v)) else v
-            label = "Final F − F*" if loss_col == "gap" else "Final loss"
-            row[label] = _mean_std(ok[loss_col].to_numpy(np.float64))
-            if "test_accuracy" in ok and ok["test_accuracy"].notna().any():
-                row["Test acc. (%)"] = _mean_std(100 * ok["test_accuracy"].to_numpy(np.float64))
-            row["Uploaded Mbit"] = _mean_std(ok["bits"].to_numpy(np.float64) / 1e6)
-            if "time" in ok:
-                row["Sim. time"] = _mean_std(ok["time"].to_numpy(np.float64))
-            for key in extra:
-                if f"_extra_{key}" in ok:
-                    row[f"{key} (last half)"] = _mean_std(ok[f"_extra_{key}"].to_numpy(np.float64))
-            row["Runs"] = f"{len(g)}" + (f" ({int(div.sum())} diverged)" if div.any() else "")
-            rows.append(row)
+        label_part = part if part is not None and df["part"].nunique() > 1 else None
+        rows = [
+            _final_row(g, key if isinstance(key, tuple) else (key,), keys, loss_col, extra, label_part)
+            for key, g in last.groupby(["Method", *keys], dropna=False, sort=False)
+        ]
         frames.append(pd.DataFrame(rows))
     table = pd.concat(frames, ignore_index=True).fillna("")
     metrics = ["Final F − F*", "Final loss", "Test acc. (%)", "Uploaded Mbit", "Sim. time"]
@@ -306,6 +257,58 @@ def final_table(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> tuple[pd.DataF
     keys_all = [c for c in table.columns if c not in first and c not in metrics]
     table = table[first + keys_all + [c for c in metrics if c in table]]
     return table, "; ".join(note)
+
+
+def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
+    """(last evaluated row of each run with its method label and last-half means, the
+    varied axes that label the table's rows, the loss column, the axes pooled because
+    the table would be too long)."""
+    from coco_jax.plots import _order, run_key, with_gap
+
+    pdf, loss_col = with_gap(pdf)
+    pdf = pdf.copy()
+    pdf["_run"] = run_key(pdf)
+    ordered = pdf.sort_values("step")
+    last = ordered.groupby("_run", sort=False).tail(1).copy()
+    for key in extra:
+        if key in ordered:
+            half = ordered.groupby("_run", sort=False)[key].apply(_last_half_mean)
+            last[f"_extra_{key}"] = last["_run"].map(half)
+    last["Method"] = last.apply(method_label, axis=1)
+    keys = _varying(last)
+    dropped = []
+    while keys and last.groupby(["Method", *keys], dropna=False).ngroups > MAX_TABLE_ROWS:
+        dropped.insert(0, keys.pop())
+    rank = {m: i for i, m in enumerate(_order(list(dict.fromkeys(last["Method"]))))}
+    last = last.assign(_rank=last["Method"].map(rank)).sort_values(["_rank", *keys], kind="stable")
+    return last, keys, loss_col, dropped
+
+
+def _last_half_mean(values: pd.Series) -> float:
+    tail = values.to_numpy(np.float64)[len(values) // 2 :]
+    return float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
+
+
+def _final_row(g: pd.DataFrame, key: tuple, keys: list, loss_col: str, extra: tuple, part) -> dict:
+    """One row of the final-metrics table: a method (and varied axes) over its seeds."""
+    div = g["diverged"].fillna(False).astype(bool) | (g.get("diverged_step", pd.Series(-1, g.index)) >= 0)
+    ok = g[~div.to_numpy()]
+    row: dict[str, Any] = {} if part is None else {"Part": part}
+    row["Method"] = key[0]
+    for k, v in zip(keys, key[1:]):
+        row[k] = "–" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    label = "Final F − F*" if loss_col == "gap" else "Final loss"
+    row[label] = _mean_std(ok[loss_col].to_numpy(np.float64))
+    if "test_accuracy" in ok and ok["test_accuracy"].notna().any():
+        row["Test acc. (%)"] = _mean_std(100 * ok["test_accuracy"].to_numpy(np.float64))
+    row["Uploaded Mbit"] = _mean_std(ok["bits"].to_numpy(np.float64) / 1e6)
+    if "time" in ok:
+        row["Sim. time"] = _mean_std(ok["time"].to_numpy(np.float64))
+    for key_name in extra:
+        if f"_extra_{key_name}" in ok:
+            row[f"{key_name} (last half)"] = _mean_std(ok[f"_extra_{key_name}"].to_numpy(np.float64))
+    row["Runs"] = f"{len(g)}" + (f" ({int(div.sum())} diverged)" if div.any() else "")
+    return row
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -357,28 +360,53 @@ def _wall(meta: dict) -> str:
 
 
 def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) -> pathlib.Path:
-    """Write out/report.md and return its path."""
+    """Write out/report.md (atomically) and return its path."""
+    from coco_jax.store import atomic_write_bytes
+
     out = pathlib.Path(out)
     composite = bool(getattr(exp, "parts", ()))
     lines = [f"# {exp.name}: {exp.description}", ""]
     if composite:
         lines += [_doc_block(exp.doc), ""]
+    lines += _run_block(out, exp, meta)
+    if composite:
+        lines += ["## Contents", ""]
+        lines += [f"- [{s.name}](#{s.name.lower()}): {s.description}" for s in sections]
+        lines.append("")
+    for s in sections:
+        lines += _section_block(out, exp, s, composite)
+    lines += _environment_block(meta)
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    path = out / "report.md"
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def _run_block(out: pathlib.Path, exp, meta: dict) -> list[str]:
+    """What ran: the command, overrides, wall time, configurations, compile and run seconds."""
     variant = "quick" if meta.get("quick") else "full"
     cmd = meta.get("command") or f"coco-jax run {exp.path.name}{' --quick' if meta.get('quick') else ''}"
-    parts = meta.get("parts", {}).values()
+    parts = list(meta.get("parts", {}).values())
     compilations = sum((p.get("compilations") or 0) for p in parts)
     configs = sum((p.get("configs") or 0) for p in parts)
     compile_s = sum((p.get("compile_s") or 0.0) for p in parts)
     run_s = sum((p.get("run_s") or 0.0) for p in parts)
-    lines += [
-        f"- Command: `{cmd}` ({variant} variant); redraw with `coco-jax plot {out.as_posix()}`",
+    resumed = (
+        " (resumed: finished parts were loaded, not recomputed)"
+        if any(p.get("resumed") for p in parts)
+        else ""
+    )
+    lines = [f"- Command: `{cmd}` ({variant} variant); redraw with `coco-jax plot {out.as_posix()}`"]
+    if meta.get("overrides"):  # config flags of `coco-jax run experiments/<name>.py`
+        given = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in meta["overrides"].items())
+        lines.append(f"- Overrides of every grid's base: {given}")
+    return lines + [
         f"- Started: {meta.get('started', '?')}; wall time: {_wall(meta)}",
-        f"- {configs} configurations, {compilations} compilations in this run: compiling {compile_s:.1f} s "
-        f"(in a background thread, overlapping the runs), running {run_s:.1f} s"
-        + (
-            " (resumed: finished parts were loaded, not recomputed)"
-            if any(p.get("resumed") for p in meta.get("parts", {}).values())
-            else ""
+        (
+            f"- {configs} configurations, {compilations} compilations in this run: compiling "
+            f"{compile_s:.1f} s (in background threads, overlapping the runs), running {run_s:.1f} s{resumed}"
         ),
         (
             "- Curves: mean over seeds, shaded band ±1 standard deviation (stated in each legend). "
@@ -386,35 +414,32 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
         ),
         "",
     ]
-    if meta.get("overrides"):  # config flags of `coco-jax run experiments/<name>.py`
-        given = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in meta["overrides"].items())
-        started = next(i for i, ln in enumerate(lines) if ln.startswith("- Started:"))
-        lines.insert(started, f"- Overrides of every grid's base: {given}")
-    if composite:
-        lines += ["## Contents", ""]
-        lines += [f"- [{s.name}](#{s.name.lower()}): {s.description}" for s in sections]
-        lines.append("")
+
+
+def _section_block(out: pathlib.Path, exp, s: Section, composite: bool) -> list[str]:
+    """One experiment's part: its docstring, observations, figures, final metrics, grid."""
     sub = "###" if composite else "##"  # a section's own headings
-    for s in sections:
-        if composite:
-            lines += [f"## {s.name}", "", f"_{s.description}_", "", _doc_block(s.doc), ""]
-        else:
-            lines += [_doc_block(s.doc), ""]
-        observed = observations_of(exp, s)
-        if observed:
-            lines += [f"{sub} {OBSERVED_HEADING}", ""]
-            lines += [f"- {o}" for o in observed]
-            lines.append("")
-        lines += [f"{sub} Figures", ""]
-        lines += _figure_block(out, s.figures)
-        table, note = final_table(s.df, tuple(s.metrics))
-        lines += [f"{sub} Final metrics (mean ± std over seeds, last evaluated step)", ""]
-        lines += [_markdown_table(table), ""]
-        if note:
-            lines += [f"_{note}_", ""]
-        lines += [f"{sub} Grid", ""]
-        lines += _grid_block(s.grids)
-    lines += ["## Environment", ""]
+    lines = [f"## {s.name}", "", f"_{s.description}_", ""] if composite else []
+    lines += [_doc_block(s.doc), ""]
+    observed = observations_of(exp, s)
+    if observed:
+        lines += [f"{sub} {OBSERVED_HEADING}", "", *[f"- {o}" for o in observed], ""]
+    lines += [f"{sub} Figures", "", *_figure_block(out, s.figures)]
+    table, note = final_table(s.df, tuple(s.metrics))
+    lines += [
+        f"{sub} Final metrics (mean ± std over seeds, last evaluated step)",
+        "",
+        _markdown_table(table),
+        "",
+    ]
+    if note:
+        lines += [f"_{note}_", ""]
+    return lines + [f"{sub} Grid", "", *_grid_block(s.grids)]
+
+
+def _environment_block(meta: dict) -> list[str]:
+    """Versions, devices and the git commit the results came from."""
+    lines = ["## Environment", ""]
     versions = meta.get("versions", {})
     if versions:
         lines += ["| package | version |", "|---|---|"]
@@ -422,25 +447,17 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
         lines += [f"| python | {meta.get('python', '?')} |", ""]
     dev = meta.get("devices")
     if dev:
-        lines += [
-            (
-                f"- Devices: {dev.get('local_device_count')} × {dev.get('device_kind')} ({dev.get('platform')}), "
-                f"{dev.get('process_count')} process(es)"
-            )
-        ]
+        lines.append(
+            f"- Devices: {dev.get('local_device_count')} × {dev.get('device_kind')} ({dev.get('platform')}), "
+            f"{dev.get('process_count')} process(es)"
+        )
     git = meta.get("git")
     if git:
-        lines += [
+        lines.append(
             f"- Git commit: `{git.get('commit')}`"
             + (" (with uncommitted changes)" if git.get("dirty") else "")
-        ]
-    lines.append("")
-    text = "\n".join(lines)
-    while "\n\n\n" in text:
-        text = text.replace("\n\n\n", "\n\n")
-    path = out / "report.md"
-    path.write_text(text)
-    return path
+        )
+    return [*lines, ""]
 
 
 def _compact_grids(grids: dict) -> dict:

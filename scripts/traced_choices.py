@@ -38,7 +38,9 @@ def measure(grid: cj.Grid) -> tuple[float, float, int]:
         prep = g.prepared
         hp = hparams_in_group(g.static, g.entries[0].cfg)
         steps = prep.static.cfg.steps
-        prog = program.compile_program(prep.comps, prep.data, hp, len(g.entries), tuple(jax.local_devices()), steps)
+        prog = program.compile_program(
+            prep.comps, prep.data, hp, len(g.entries), tuple(jax.local_devices()), steps
+        )
         compile_s += prog.compile_s
         program.run_batch(g, g.entries, prog)  # warm-up
         times = []
@@ -51,7 +53,9 @@ def measure(grid: cj.Grid) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    print(f"{'M':>4} {'d':>5} {'programs':>10} {'compile s':>10} {'run s':>8}   (4 seeds x 2 presets x 2 straggler models)")
+    print(
+        f"{'M':>4} {'d':>5} {'programs':>10} {'compile s':>10} {'run s':>8}   (4 seeds x 2 presets x 2 straggler models)"
+    )
     for m, d in ((16, 100), (100, 500)):
         base = cj.ExperimentConfig(
             task="logreg", num_devices=m, num_features=d, num_samples=40 * m, steps=200, eval_every=10
