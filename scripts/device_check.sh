@@ -53,7 +53,7 @@ if [[ "$MODE" == cpu-smoke ]]; then
     TEST_ENV=(XLA_FLAGS=--xla_force_host_platform_device_count=2)
     TEST_IDS=(
         "tests/test_engine.py::test_hand_computed_example"
-        "tests/test_bench.py::test_references_match_engine"
+        "tests/test_engine.py::test_references_match_engine"
         "tests/test_paper_scale.py::test_sweep_sharded_over_local_devices_equals_single_runs"
     )
 else
@@ -68,7 +68,7 @@ else
         "tests/test_engine.py::test_optimal_decoder_recovers_gradient_with_decodable_stragglers"
         "tests/test_engine.py::test_vmapped_runs_equal_runs_one_by_one"
         "tests/test_engine.py::test_dynamic_values_do_not_recompile"
-        "tests/test_bench.py::test_references_match_engine"
+        "tests/test_engine.py::test_references_match_engine"
         "tests/test_sweep.py::test_mixed_grid_equals_run_one_compilation_per_group"
         "tests/test_sweep.py::test_chunking_and_tail_interval_equal_run"
         "tests/test_sweep.py::test_memory_budget_batches_do_not_change_results"
@@ -116,7 +116,7 @@ fi
 # 2. tests on the device (engine and sweep equal their references); float32 matmuls at
 # full precision so that TF32 on a GPU does not hide behind the tolerances
 run tests "$TESTS_LIMIT" env JAX_DEFAULT_MATMUL_PRECISION=highest "${TEST_ENV[@]}" \
-    "$PY" -m pytest -q -p no:cacheprovider "${TEST_IDS[@]}"
+    "$PY" -m pytest -q -p no:cacheprovider -n 0 "${TEST_IDS[@]}"  # one process: it owns the device
 TESTS_LINE="$(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/tests.log" | tail -n1 || true)"
 ROWS+=("tests|$(verdict $LAST_RC)|$LAST_SECS|${TESTS_LINE:-no summary line}")
 

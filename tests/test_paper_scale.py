@@ -65,3 +65,24 @@ def test_hundred_device_settings_run_and_learn(part):
     loss = res.history["loss"]
     assert res.diverged_step is None and np.isfinite(loss).all()
     assert loss[-1] < loss[0]
+
+
+def test_device_check_names_tests_that_exist():
+    """scripts/device_check.sh runs tests by node id: each must name a test function
+    that exists (tests move between files; a stale id would make the device check fail)."""
+    import ast
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    script = (root / "scripts" / "device_check.sh").read_text()
+    ids = re.findall(r'"(tests/[\w/]+\.py(?:::\w+)?)"', script)
+    assert len(ids) >= 8
+    for node in ids:
+        path, _, name = node.partition("::")
+        source = root / path
+        assert source.is_file(), node
+        if name:
+            functions = {
+                f.name for f in ast.walk(ast.parse(source.read_text())) if isinstance(f, ast.FunctionDef)
+            }
+            assert name in functions, node
