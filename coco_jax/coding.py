@@ -86,8 +86,6 @@ from coco_jax.registry import CODES, register_code
 
 DECODER_NAMES: tuple[str, ...] = ("fixed", "received", "optimal")
 
-_fail = fail
-
 
 def _float_dtype(dtype) -> np.dtype:
     """`dtype` as jax will hold it: float64 only where x64 is enabled; None -> the
@@ -223,7 +221,7 @@ def _mds_code(m_dev: int, s: int) -> _MdsCode:
             a[0] = 2.0  # with a = 1 the column sum of column (s-1)/2 would vanish
         v = C.T @ a  # in the row space of C; |v_k| >= g_{floor(s/2)} > 0 (see docstring)
         if np.abs(v).min() <= 1e-12 * np.abs(v).max():
-            _fail("redundancy", s, f"allocation='cyclic_mds' has no code for num_devices={m_dev}")
+            fail("redundancy", s, f"allocation='cyclic_mds' has no code for num_devices={m_dev}")
         B = (s + 1) * a[:, None] * C / v[None, :] + 0.0  # + 0.0: no negative zeros
         parts = _MdsCode(B, g, twist, a, v, theta)
     for arr in parts:
@@ -450,7 +448,7 @@ def cyclic_mds_analysis(num_devices: int, redundancy: int) -> CyclicMdsCondition
     """
     n, s = int(num_devices), int(redundancy)
     if not 0 <= s < n:
-        _fail("redundancy", s, f"must satisfy 0 <= redundancy < num_devices={n}")
+        fail("redundancy", s, f"must satisfy 0 <= redundancy < num_devices={n}")
     code = _mds_code(n, s)
     if s == 0:
         return CyclicMdsCondition(n, s, 1.0, 0.0, 1.0, True, 1)
@@ -514,7 +512,7 @@ def cyclic_mds_error(num_devices: int, redundancy: int, dtype_name: str) -> floa
     kappa = `cyclic_mds_condition`, the worst case over every set of <= s stragglers
     of ||g_hat - grad F|| / max_k ||grad f_k||."""
     if dtype_name not in MDS_TOLERANCE:
-        _fail("dtype", dtype_name, f"must be one of {', '.join(MDS_TOLERANCE)}")
+        fail("dtype", dtype_name, f"must be one of {', '.join(MDS_TOLERANCE)}")
     info = cyclic_mds_analysis(int(num_devices), int(redundancy))
     return decode_error_bound(info.kappa, info.num_devices, dtype_name)
 
@@ -580,8 +578,8 @@ def check_cyclic_mds(num_devices: int, redundancy: int, dtype_name: str) -> None
         ]
         if s in _FLOAT32_MAX_DEVICES and _FLOAT32_MAX_DEVICES[s] < m_dev:
             remedies.append(f"or num_devices <= {_FLOAT32_MAX_DEVICES[s]}")
-        _fail("dtype", dtype_name, f"{what}: " + ", ".join(remedies))
-    _fail(
+        fail("dtype", dtype_name, f"{what}: " + ", ".join(remedies))
+    fail(
         "redundancy",
         s,
         f"{what}: use redundancy <= {s_ok}"
@@ -602,7 +600,7 @@ def check_cyclic_mds(num_devices: int, redundancy: int, dtype_name: str) -> None
 def uncoded(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
     """Device m holds block m (B = I when K = M); needs redundancy 0."""
     if redundancy != 0:
-        _fail("redundancy", redundancy, "allocation='uncoded' needs redundancy=0")
+        fail("redundancy", redundancy, "allocation='uncoded' needs redundancy=0")
     _check_blocks("uncoded", num_devices, num_partitions)
     return _blocks(np.eye(num_devices), num_partitions)
 
@@ -618,7 +616,7 @@ def cyclic(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray
 def frc(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
     """Fractional repetition: groups of s+1 consecutive devices hold the same s+1 blocks."""
     if num_devices % (redundancy + 1) != 0:
-        _fail(
+        fail(
             "redundancy",
             redundancy,
             f"allocation='frc' needs (redundancy+1) to divide num_devices={num_devices}",
@@ -643,13 +641,13 @@ def cyclic_mds(
     (`check_cyclic_mds`); without stragglers, or with ef21 (whose server decodes all
     devices), only the well-conditioned full set is ever decoded."""
     if num_partitions != num_devices:
-        _fail(
+        fail(
             "num_partitions",
             num_partitions,
             f"allocation='cyclic_mds' needs num_partitions = num_devices = {num_devices}",
         )
     if decoder == "fixed":
-        _fail("decoder", decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
+        fail("decoder", decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
     if decoder == "optimal" and straggler not in (None, "none") and error_feedback != "ef21":
         effective = "float64" if dtype == "float64" and jax.config.jax_enable_x64 else "float32"
         check_cyclic_mds(num_devices, redundancy, effective)
@@ -664,7 +662,7 @@ def _bernoulli_replication(num_devices: int, num_partitions: int, redundancy: in
 def bernoulli(num_devices: int, num_partitions: int, redundancy: int, key: jax.Array) -> jax.Array:
     """Stochastic gradient coding: B[m, k] ~ Bernoulli((s+1)/K), drawn once per run."""
     if redundancy + 1 > num_partitions:
-        _fail(
+        fail(
             "redundancy",
             redundancy,
             f"allocation='bernoulli' needs redundancy+1 <= num_partitions={num_partitions}",
@@ -675,14 +673,14 @@ def bernoulli(num_devices: int, num_partitions: int, redundancy: int, key: jax.A
 
 def _check_blocks(name: str, m_dev: int, k_parts: int) -> None:
     if k_parts % m_dev != 0:
-        _fail("num_partitions", k_parts, f"allocation={name!r} needs a multiple of num_devices={m_dev}")
+        fail("num_partitions", k_parts, f"allocation={name!r} needs a multiple of num_devices={m_dev}")
 
 
 def _check_int(field: str, value, low: int, high: int | None = None, what: str | None = None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        _fail(field, value, "must be an integer")
+        fail(field, value, "must be an integer")
     if value < low or (high is not None and value > high):
-        _fail(field, value, what or f"must be >= {low}")
+        fail(field, value, what or f"must be >= {low}")
 
 
 def make_allocation(
@@ -731,7 +729,7 @@ def _allocation(
 
         out = jax.eval_shape(sample_random, jax.random.key(0))
         if out.shape != (m_dev, k_parts):
-            _fail(
+            fail(
                 "allocation",
                 name,
                 f"its factory returned B of shape {out.shape}, must be (M, K) = ({m_dev}, {k_parts})",
@@ -819,7 +817,7 @@ def check_code(cfg) -> None:
                 f"allocation={cfg.allocation!r} has columns of B with different sums, so no common "
                 "replication r exists"
             )
-        _fail("decoder", cfg.decoder, f"{why} for the fixed/received weights; or use decoder='optimal'")
+        fail("decoder", cfg.decoder, f"{why} for the fixed/received weights; or use decoder='optimal'")
     if cfg.decoder != "received":
         return
     exchangeable = STRAGGLER_MODELS.entry(cfg.straggler).option("exchangeable")
@@ -827,7 +825,7 @@ def check_code(cfg) -> None:
     equal_loads = loads is not None and bool(np.all(loads == loads[0]))
     if exchangeable is False or (exchangeable == "loads" and not equal_loads):
         why = "devices straggle at different rates" if exchangeable is False else "devices hold unequal loads"
-        _fail(
+        fail(
             "decoder",
             "received",
             f"with straggler={cfg.straggler!r} and allocation={cfg.allocation!r} {why}, so averaging what "
@@ -911,7 +909,7 @@ def decode_weights(
         inv = jnp.where(keep, 1.0 / jnp.where(keep, sv, 1.0), 0.0)  # [r]
         w = vt.T @ (inv * (u.T @ target))  # [M]
         return jnp.where(alive, w, 0.0).astype(dtype)
-    _fail("decoder", decoder, f"must be one of {', '.join(DECODER_NAMES)}")
+    fail("decoder", decoder, f"must be one of {', '.join(DECODER_NAMES)}")
 
 
 def can_decode(B, straggles, *, tol: float = 1e-5) -> bool:

