@@ -41,6 +41,11 @@ def _ref_ms(ref: dict) -> str:
     return _fmt_ms(ref["step_s"])
 
 
+def case_cells(case: dict) -> list[str]:
+    """The cells that name a benchmark case: task, M, d, rows per partition."""
+    return [case["task"], str(case["M"]), f"{case['d']:,}", str(case["n_k"])]
+
+
 def format_report(result: dict) -> str:
     """The benchmark's text table: the machine header, then one block per section the
     run measured, then the total time."""
@@ -94,10 +99,7 @@ THROUGHPUT_HEADER = (
 def _throughput_row(r: dict) -> list[str]:
     e = r["engine"]
     return [
-        r["task"],
-        str(r["M"]),
-        f"{r['d']:,}",
-        str(r["n_k"]),
+        *case_cells(r),
         _fmt_ms(e["step_s"]),
         f"[{_fmt_ms(e['step_s_min'])}-{_fmt_ms(e['step_s_max'])}]",
         _fmt_rate(e["steps_per_s"]),
@@ -247,10 +249,7 @@ def format_roofline(result: dict) -> str:
         return ""
     rows = [
         [
-            c["task"],
-            str(c["M"]),
-            f"{c['d']:,}",
-            str(c["n_k"]),
+            *case_cells(c),
             _fmt_rate(c["flops_per_s"]),
             f"{100 * c['flops_fraction']:.1f}%",
             _fmt_rate(c["x_bytes_per_s"]),
