@@ -386,3 +386,22 @@ def test_device_momentum_with_beta_zero_is_the_rule(name):
     chex.assert_trees_all_close((msg, comp_in, new["rule"]), (msg0, comp_in0, new0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(new["u"], g, rtol=1e-6)
     chex.assert_trees_all_close(rule.hold(g, state, hp)["rule"], inner.hold(g, state["rule"], hp), rtol=1e-6)
+
+
+def test_diana_warns_when_a_set_alpha_exceeds_its_bound_and_defaults_to_it():
+    """DIANA needs α ≤ 1/(ω+1): a set value above it warns (before compiling), the
+    default (None) takes the bound, a value within it is silent."""
+    import warnings
+
+    import coco_jax as cj
+    from coco_jax.engine import prepare
+
+    base = cj.preset("gc-diana", num_devices=4, num_samples=64, num_features=64, steps=2)
+    bound = diana_alpha_bound(prepare(base).comps.compressor)
+    assert base.diana_alpha is None and 0 < bound < 0.5
+    with pytest.warns(UserWarning, match="exceeds DIANA's bound"):
+        prepare(base.replace(diana_alpha=min(1.0, 2 * bound)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(base.replace(diana_alpha=bound / 2))
+        prepare(base)
