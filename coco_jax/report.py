@@ -183,6 +183,19 @@ def reach_means(df: pd.DataFrame, y: str, target: float, *, x: str = "step", by=
     return pd.DataFrame(rows)
 
 
+def bits_to_reach(df: pd.DataFrame, y: str, target: float, a: str = "coco-ef", b: str = "gc"):
+    """Mean uploaded bits of methods `a` and `b` to first reach `y` <= `target`, with the
+    ratio said in words ("3.1× fewer bits", or "more"); None unless both reach it."""
+    hits = reach_means(df, y, target, x="bits").set_index("method")["final"]
+    bits_a, bits_b = hits.get(a, np.nan), hits.get(b, np.nan)
+    if not (np.isfinite(bits_a) and np.isfinite(bits_b) and bits_a > 0):
+        return None
+    ratio = (
+        f"{num(bits_b / bits_a)}× fewer bits" if bits_b >= bits_a else f"{num(bits_a / bits_b)}× more bits"
+    )
+    return bits_a, bits_b, ratio
+
+
 def observations_of(exp, section: Section) -> list[str]:
     """The computed sentences of a section: its `observe` function, else the
     ``observations(df)`` of its experiment module (the experiment itself, or for a

@@ -163,14 +163,13 @@ def _setting_sentences(sub, name) -> list[str]:
     start = float(sub.loc[sub["step"] == 0, y].mean())
     if "gc" in fin and np.isfinite(fin["gc"]) and np.isfinite(coco) and start > max(coco, fin["gc"]) > 0:
         target = float(np.sqrt(start * max(coco, fin["gc"])))
-        hits = rp.reach_means(sub, y, target, x="bits").set_index("method")["final"]
-        b_c, b_g = hits.get("coco-ef", np.nan), hits.get("gc", np.nan)
-        if np.isfinite(b_c) and np.isfinite(b_g) and b_c > 0:
+        reached = rp.bits_to_reach(sub, y, target)
+        if reached is not None:
+            b_c, b_g, ratio = reached
             out.append(
                 f"{name}: to reach {what} ≤ {rp.num(target)} (the geometric mean of the initial value and the "
                 f"higher of the two final values) COCO-EF uploads {rp.num(b_c / 1e6)} Mbit and gc "
-                f"{rp.num(b_g / 1e6)} Mbit: "
-                + (f"{rp.num(b_g / b_c)}× fewer bits." if b_g >= b_c else f"{rp.num(b_c / b_g)}× more bits.")
+                f"{rp.num(b_g / 1e6)} Mbit: {ratio}."
             )
     if "test_accuracy" in sub and sub["test_accuracy"].notna().any():
         acc = rp.final_means(sub, "test_accuracy").set_index("method")["final"].sort_values(ascending=False)

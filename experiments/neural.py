@@ -95,19 +95,12 @@ def observations(df):
         )
         if {"coco-ef", "gc"} <= set(fin.index) and np.isfinite(fin[["coco-ef", "gc"]]).all():
             target = min(fin["coco-ef"], fin["gc"]) / 100 - 0.02
-            hits = rp.reach_means(
-                sub.assign(err=1 - sub["test_accuracy"]), "err", 1 - target, x="bits"
-            ).set_index("method")["final"]
-            b_c, b_g = hits.get("coco-ef", np.nan), hits.get("gc", np.nan)
-            if np.isfinite(b_c) and np.isfinite(b_g) and b_c > 0:
+            reached = rp.bits_to_reach(sub.assign(err=1 - sub["test_accuracy"]), "err", 1 - target)
+            if reached is not None:
+                b_c, b_g, ratio = reached
                 out.append(
                     f"{name}: to first reach {100 * target:.1f}% test accuracy (2 points below the lower of the "
                     f"two final accuracies) COCO-EF uploads {rp.num(b_c / 1e6)} Mbit and gc "
-                    f"{rp.num(b_g / 1e6)} Mbit ("
-                    + (
-                        f"{rp.num(b_g / b_c)}× fewer bits)."
-                        if b_g >= b_c
-                        else f"{rp.num(b_c / b_g)}× more bits)."
-                    )
+                    f"{rp.num(b_g / 1e6)} Mbit ({ratio})."
                 )
     return out
