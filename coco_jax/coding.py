@@ -757,14 +757,7 @@ def _allocation(
 
 def _checked_matrix(name: str, entry, kwargs: dict, shape: tuple[int, int]) -> np.ndarray:
     """The factory's B as a read-only float64 [M, K] array; a clear error otherwise."""
-    try:
-        out = entry.factory(**kwargs)
-    except ConfigError:
-        raise
-    except Exception as err:
-        if entry.builtin:
-            raise
-        raise ConfigError(f"code {name!r}: the factory raised {type(err).__name__}: {err}") from err
+    out = CODES.call(entry, kwargs)
     if isinstance(out, jax.Array):
         out = np.asarray(out)
     if not isinstance(out, np.ndarray):

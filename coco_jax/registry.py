@@ -254,6 +254,22 @@ class Registry:
                 )
         return args
 
+    def call(self, entry: Entry, kwargs: Mapping[str, Any]) -> Any:
+        """`entry.factory(**kwargs)`; a user factory's error becomes a ConfigError that
+        names the component (a built-in's passes through: it names its field)."""
+        try:
+            return entry.factory(**kwargs)
+        except ConfigError as err:
+            if entry.builtin:
+                raise
+            raise ConfigError(f"{self.kind} {entry.name!r}: {err}") from None
+        except Exception as err:
+            if entry.builtin:
+                raise
+            raise ConfigError(
+                f"{self.kind} {entry.name!r}: the factory raised {type(err).__name__}: {err}"
+            ) from err
+
     def build(self, name: str, provided: Mapping[str, Any], fields: Mapping[str, Any] = {}) -> Any:
         """Call `name`'s factory with the arguments it declares and check the result.
         Equal arguments return the very same (cached) component."""
@@ -263,18 +279,7 @@ class Registry:
         hit = self._built.get(key)
         if hit is not None:
             return hit
-        try:
-            component = entry.factory(**args)
-        except ConfigError as err:
-            if entry.builtin:
-                raise
-            raise ConfigError(f"{self.kind} {name!r}: {err}") from None
-        except Exception as err:
-            if entry.builtin:
-                raise
-            raise ConfigError(
-                f"{self.kind} {name!r}: the factory raised {type(err).__name__}: {err}"
-            ) from err
+        component = self.call(entry, args)
         if self.check is not None:
             component = self.check(component, entry, args)
         self._built[key] = component
