@@ -179,7 +179,7 @@ def write_run(result, out: pathlib.Path) -> None:
 
     import numpy as np
 
-    from coco_jax import store
+    from coco_jax import fileio
 
     out.mkdir(parents=True, exist_ok=True)
     keys = list(result.history)
@@ -191,8 +191,8 @@ def write_run(result, out: pathlib.Path) -> None:
         "diverged_step": result.diverged_step,
         "bits_per_message": result.bits_per_message,
     }
-    store.atomic_write_bytes(out / "history.csv", buf.getvalue().encode())
-    store.write_json(out / "config.json", meta)
+    fileio.atomic_write_bytes(out / "history.csv", buf.getvalue().encode())
+    fileio.write_json(out / "config.json", meta)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

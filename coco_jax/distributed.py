@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from coco_jax.errors import ConfigError
-from coco_jax.store import jsonable
+from coco_jax.fileio import jsonable
 
 __all__ = ["Comm", "init_distributed", "use_cpu_devices"]
 

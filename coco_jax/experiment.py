@@ -381,7 +381,7 @@ def apply_overrides(parts: list[tuple[str, Any]], overrides: dict | None) -> lis
 
 
 def _write_meta(out: pathlib.Path, meta: dict) -> None:
-    from coco_jax.store import write_json
+    from coco_jax.fileio import write_json
 
     write_json(out / META, meta)
 
@@ -602,7 +602,8 @@ def _adopt_sweep_directory(out: pathlib.Path) -> dict:
     it holds (found by the grid's name in the sidecar or by the directory's name,
     <name>[-quick]), or else as a plain grid (a YAML/JSON file, `cj.sweep`) drawn with
     the standard curves."""
-    from coco_jax.store import SIDECAR, TABLE, part_files, read_json
+    from coco_jax.fileio import read_json
+    from coco_jax.store import SIDECAR, TABLE, part_files
 
     try:
         root = read_json(out / SIDECAR)
@@ -623,7 +624,8 @@ def _adopt_sweep_directory(out: pathlib.Path) -> dict:
 
 
 def _adopt_module(out: pathlib.Path, root: dict) -> dict:
-    from coco_jax.store import SIDECAR, read_json
+    from coco_jax.fileio import read_json
+    from coco_jax.store import SIDECAR
     from coco_jax.sweep import out_status
 
     quick = out.name.endswith("-quick")

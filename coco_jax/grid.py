@@ -21,10 +21,10 @@ import numpy as np
 
 from coco_jax.config import FIELD_NAMES, FIELDS, ExperimentConfig
 from coco_jax.errors import ConfigError
+from coco_jax.fileio import jsonable
 from coco_jax.presets import preset_fields
 from coco_jax.registry import PRESETS
 from coco_jax.results import config_id
-from coco_jax.store import jsonable
 
 __all__ = ["Grid", "load_grid_file", "load_grids"]
 

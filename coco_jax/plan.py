@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coco_jax import store
+from coco_jax import fileio, store
 from coco_jax.config import (
     CHOICE_FIELDS,
     CHOICES,
@@ -510,7 +510,7 @@ def plan_sweep(
     ghash = grid_hash(entries, data, test_data, straggler_trace)
     done: set = set()
     if out is not None:
-        meta = store.read_json(pathlib.Path(out) / store.SIDECAR)
+        meta = fileio.read_json(pathlib.Path(out) / store.SIDECAR)
         if meta is not None and meta.get("grid_hash") == ghash:
             if (pathlib.Path(out) / store.TABLE).exists():
                 done = {e.key for e in entries}

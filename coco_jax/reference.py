@@ -153,7 +153,7 @@ def optimum(fields: tuple) -> float | None:
         return float(known[key])
     value = _solve_optimum(fields)
     if path is not None and value is not None:
-        from coco_jax.store import write_json
+        from coco_jax.fileio import write_json
 
         with contextlib.suppress(OSError):
             write_json(path, {**known, key: value})

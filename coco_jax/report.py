@@ -374,7 +374,7 @@ def _wall(meta: dict) -> str:
 
 def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) -> pathlib.Path:
     """Write out/report.md (atomically) and return its path."""
-    from coco_jax.store import atomic_write_bytes
+    from coco_jax.fileio import atomic_write_bytes
 
     out = pathlib.Path(out)
     composite = bool(getattr(exp, "parts", ()))
@@ -477,7 +477,7 @@ def _compact_grids(grids: dict) -> dict:
     """Grid descriptions with the base reduced to the fields that differ from the
     ExperimentConfig defaults (the rest is the default)."""
     from coco_jax.config import ExperimentConfig
-    from coco_jax.results import jsonable
+    from coco_jax.fileio import jsonable
 
     defaults = jsonable(ExperimentConfig().to_dict())
     out = {}

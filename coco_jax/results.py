@@ -34,12 +34,11 @@ if TYPE_CHECKING:
 
 from coco_jax.config import FIELDS, ExperimentConfig
 from coco_jax.errors import ConfigError
+from coco_jax.fileio import jsonable, read_json
 from coco_jax.store import (
     SIDECAR,
     TABLE,
-    jsonable,
     read_error,
-    read_json,
     read_parts,
     read_table,
     unreadable_message,

@@ -30,9 +30,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from coco_jax.errors import ConfigError
+from coco_jax.fileio import atomic_write_bytes, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,40 +49,7 @@ QUARANTINE = "quarantine"
 invoked_as: str | None = None
 
 
-def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of `value` (tuples -> lists, numpy scalars -> Python)."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 # ------------------------------------------------------------------- atomic files
-
-
-def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over `path`."""
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.filename or err.errno is None:
-            raise
-        raise OSError(err.errno, err.strerror, str(path)) from err  # name the file (a full disk, ...)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def table_bytes(df: pd.DataFrame) -> bytes:
@@ -106,20 +74,6 @@ def write_table(path: str | os.PathLike, df: pd.DataFrame) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, table_bytes(df))
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as JSON at `path`, atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: str | os.PathLike) -> dict | None:
-    path = pathlib.Path(path)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
 
 
 # ------------------------------------------------------------------ directories

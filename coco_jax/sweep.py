@@ -45,8 +45,8 @@ import jax
 import numpy as np
 import pandas as pd
 
+from coco_jax import fileio, store
 from coco_jax import results as res_lib
-from coco_jax import store
 from coco_jax.config import DYNAMIC_FIELDS, hparams_of
 from coco_jax.distributed import Comm
 from coco_jax.errors import ConfigError
@@ -299,7 +299,7 @@ def _saved_configs(outp: pathlib.Path | None, entries: list[Entry]) -> int:
     """How many of `entries` have their rows saved in `outp` (table or parts)."""
     if outp is None:
         return 0
-    side = store.read_json(outp / store.SIDECAR) or {}
+    side = fileio.read_json(outp / store.SIDECAR) or {}
     if (outp / store.TABLE).exists() and side.get("status") == "complete":
         return len(entries)
     done, _ = store.read_parts_checked(outp)
@@ -475,10 +475,10 @@ def _sweep(
             f"sweep: {len(missing)} configurations missing from the gathered table: {missing[:3]}"
         )
     if outp is not None:
-        previous = (store.read_json(outp / store.SIDECAR) or {}).get("invocations", [])
+        previous = (fileio.read_json(outp / store.SIDECAR) or {}).get("invocations", [])
         store.write_table(outp / store.TABLE, table)
         sidecar = _sidecar(grid, ghash, groups, "complete", invocation, previous, rows=len(table))
-        store.write_json(outp / store.SIDECAR, sidecar)
+        fileio.write_json(outp / store.SIDECAR, sidecar)
         store.remove_parts(outp)
         comm.barrier("coco_jax_sweep_done")
         return _result(res_lib.load_results(outp), stats)
@@ -489,13 +489,13 @@ def _sweep(
 def _mark_running(outp: pathlib.Path, comm: Comm, sidecar_of) -> None:
     """Write the sidecar `sidecar_of(earlier invocations)` with status "running" on every
     process's view of `outp` (a process-local directory without a shared filesystem)."""
-    previous = (store.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
+    previous = (fileio.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
     sidecar = sidecar_of(previous)
     if comm.index == 0:
-        store.write_json(outp / store.SIDECAR, sidecar)
+        fileio.write_json(outp / store.SIDECAR, sidecar)
     comm.barrier("coco_jax_sweep_sidecar")
-    if comm.index != 0 and store.read_json(outp / store.SIDECAR) is None:
-        store.write_json(outp / store.SIDECAR, sidecar)
+    if comm.index != 0 and fileio.read_json(outp / store.SIDECAR) is None:
+        fileio.write_json(outp / store.SIDECAR, sidecar)
 
 
 def _gather(mine_df, comm: Comm, stats: SweepStats, t_start: float) -> tuple[list, dict]:

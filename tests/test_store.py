@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import coco_jax as cj
-from coco_jax import store
+from coco_jax import fileio, store
 from coco_jax.config import ConfigError
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -149,7 +149,7 @@ def test_corrupt_part_among_good_ones_recomputes_only_its_configurations(tmp_pat
         store.write_part(out, f"batch-test{i}-p0", rows)
     (out / store.TABLE).unlink()
     side = json.loads((out / store.SIDECAR).read_text())
-    store.write_json(out / store.SIDECAR, {**side, "status": "running"})
+    fileio.write_json(out / store.SIDECAR, {**side, "status": "running"})
     bad = out / store.PARTS / "batch-test1-p0.parquet"
     bad.write_bytes(b"PAR1" + b"\0" * 64)
     rerun = ch.cli("sweep", "grid.yaml", "--out", "done", "--no-progress", cwd=tmp_path)
