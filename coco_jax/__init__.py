@@ -15,6 +15,7 @@ from coco_jax.cache import setup_compilation_cache
 
 setup_compilation_cache()  # before anything compiles: the library and the CLI share it
 
+from coco_jax import coding, cyclic_mds  # noqa: F401 - register the built-in codes
 from coco_jax.compressors import Compressor
 from coco_jax.config import ExperimentConfig, HParams
 from coco_jax.engine import RunResult, run

@@ -54,6 +54,7 @@ __all__ = [
 _BUILTIN_MODULES = (
     "coco_jax.compressors",
     "coco_jax.coding",
+    "coco_jax.cyclic_mds",
     "coco_jax.feedback",
     "coco_jax.stragglers",
     "coco_jax.tasks",

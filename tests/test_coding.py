@@ -12,11 +12,11 @@ import pytest
 from coco_jax.coding import (
     DECODER_NAMES,
     can_decode,
-    cyclic_mds_matrix,
     decode_weights,
     make_allocation,
 )
 from coco_jax.config import DECODERS, ConfigError
+from coco_jax.cyclic_mds import cyclic_mds_matrix
 from coco_jax.registry import CODES
 
 ALLOCATION_NAMES = CODES.builtin_names()

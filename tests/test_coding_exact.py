@@ -1,7 +1,7 @@
 """Exact recovery of the gradient codes from every set of <= s stragglers, through the
 jitted `optimal` decoder the engine uses, on fresh random gradients.
 
-The documented guarantee (coco_jax.coding): the relative gradient error
+The documented guarantee (coco_jax.cyclic_mds): the relative gradient error
 ||g_hat - grad F|| / max_k ||grad f_k|| is at most `decode_error_bound` =
 eps (2 kappa + sqrt(M)), kappa = max over sets of sum_m |w_m| ||B_m||_1
 (`cyclic_mds_condition` for cyclic_mds), and at most MDS_TOLERANCE wherever
@@ -25,18 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coco_jax import coding
-from coco_jax.coding import (
+from coco_jax import coding, cyclic_mds
+from coco_jax.coding import decode_weights, make_allocation
+from coco_jax.config import ConfigError
+from coco_jax.cyclic_mds import (
     MDS_TOLERANCE,
     check_cyclic_mds,
     cyclic_mds_analysis,
     cyclic_mds_condition,
     cyclic_mds_matrix,
     decode_error_bound,
-    decode_weights,
-    make_allocation,
 )
-from coco_jax.config import ConfigError
 
 SEED = int(np.random.SeedSequence().entropy % (2**31))  # fresh gradients each run
 EPS32 = float(np.finfo(np.float32).eps)
@@ -200,7 +199,7 @@ def test_bound_regime_is_an_upper_bound():
     """The rigorous bounds (used when enumeration is too long) dominate the exact values."""
     for m_dev, s in [(9, 2), (12, 5), (20, 4), (30, 3), (40, 2), (25, 4)]:
         info = cyclic_mds_analysis(m_dev, s)
-        kappa_bound, floor_bound = coding._mds_bound(coding._mds_code(m_dev, s), s)
+        kappa_bound, floor_bound = cyclic_mds._mds_bound(cyclic_mds._mds_code(m_dev, s), s)
         assert info.exhaustive
         assert info.kappa <= kappa_bound <= 10 * info.kappa
         assert floor_bound <= info.sigma_floor
@@ -279,9 +278,9 @@ def test_check_refuses_exactly_the_documented(key):
 def test_float32_device_table(s):
     """The largest M of the error message's table: accepted there, refused just above,
     and every smaller M accepted."""
-    top = coding._FLOAT32_MAX_DEVICES[s]
-    assert all(coding.cyclic_mds_ok(m, s, "float32") for m in range(s + 1, top + 1))
-    assert not coding.cyclic_mds_ok(top + 1, s, "float32")
+    top = cyclic_mds._FLOAT32_MAX_DEVICES[s]
+    assert all(cyclic_mds.cyclic_mds_ok(m, s, "float32") for m in range(s + 1, top + 1))
+    assert not cyclic_mds.cyclic_mds_ok(top + 1, s, "float32")
     with pytest.raises(ConfigError, match=rf"num_devices <= {top}"):
         check_cyclic_mds(top + 1, s, "float32")
 
@@ -296,14 +295,14 @@ _X64_SCRIPT = textwrap.dedent(
     """
     import itertools, json, sys
     import jax, jax.numpy as jnp, numpy as np
-    from coco_jax import coding
+    from coco_jax import coding, cyclic_mds
     assert jax.config.jax_enable_x64
     out = {}
     # the float64 B is the exact matrix, not a float32-rounded copy
     alloc = coding.make_allocation("cyclic_mds", 20, 20, 4)
     B64 = np.asarray(alloc.sample(jax.random.key(0), dtype=jnp.float64))
     B32 = np.asarray(alloc.sample(jax.random.key(0), dtype=jnp.float32))
-    exact = coding.cyclic_mds_matrix(20, 4)
+    exact = cyclic_mds.cyclic_mds_matrix(20, 4)
     out["b64_dtype"] = str(B64.dtype)
     out["b64_exact"] = bool(np.array_equal(B64, exact))
     out["b64_not_rounded"] = bool(not np.array_equal(B64, B32.astype(np.float64)))
@@ -319,7 +318,7 @@ _X64_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(int(sys.argv[2]))
     errs = {}
     for m_dev, s, sets in cases:
-        coding.check_cyclic_mds(m_dev, s, "float64")
+        cyclic_mds.check_cyclic_mds(m_dev, s, "float64")
         B = coding.make_allocation("cyclic_mds", m_dev, m_dev, s).sample(jax.random.key(0), dtype=jnp.float64)
         masks = np.zeros((len(sets), m_dev), bool)
         for i, dead in enumerate(sets):
@@ -329,10 +328,10 @@ _X64_SCRIPT = textwrap.dedent(
         w = np.asarray(f(jnp.asarray(masks)))
         ghat = w @ (np.asarray(B) @ g)
         err = np.linalg.norm(ghat - g.mean(0), axis=1) / np.linalg.norm(g, axis=1).max()
-        coef = m_dev * np.abs(w @ coding.cyclic_mds_matrix(m_dev, s) - 1.0 / m_dev).max(1)
+        coef = m_dev * np.abs(w @ cyclic_mds.cyclic_mds_matrix(m_dev, s) - 1.0 / m_dev).max(1)
         errs[f"{m_dev},{s}"] = [float(err.max()), float(coef.max()), bool(np.all(w[masks] == 0)),
-                                coding.cyclic_mds_condition(m_dev, s),
-                                coding.decode_error_bound(coding.cyclic_mds_condition(m_dev, s), m_dev, "float64")]
+                                cyclic_mds.cyclic_mds_condition(m_dev, s),
+                                cyclic_mds.decode_error_bound(cyclic_mds.cyclic_mds_condition(m_dev, s), m_dev, "float64")]
     out["errs"] = errs
     print("RESULT" + json.dumps(out))
     """
