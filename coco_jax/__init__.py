@@ -7,7 +7,8 @@ compressed gradients with error feedback (COCO-EF) as one jit-compiled JAX progr
     True
 
 New methods plug in by name (`register_compressor`, `register_code`,
-`register_feedback`, `register_straggler_model`, `register_model`, `register_preset`);
+`register_decoder`, `register_feedback`, `register_straggler_model`, `register_model`,
+`register_dataset`, `register_preset`);
 see the README, "Add your own compressor / code / feedback rule".
 """
 
@@ -15,19 +16,33 @@ from coco_jax.cache import setup_compilation_cache
 
 setup_compilation_cache()  # before anything compiles: the library and the CLI share it
 
-from coco_jax import coding, cyclic_mds  # noqa: F401 - register the built-in codes
+# Every module that registers built-in components, so their names exist from here on.
+from coco_jax import (  # noqa: F401
+    coding,
+    compressors,
+    cyclic_mds,
+    datasets,
+    decoders,
+    feedback,
+    presets,
+    stragglers,
+    tasks,
+)
 from coco_jax.compressors import Compressor
 from coco_jax.config import ExperimentConfig, HParams
+from coco_jax.data import Dataset
+from coco_jax.decoders import Decoder
 from coco_jax.engine import RunResult, run
 from coco_jax.errors import ConfigError
 from coco_jax.feedback import Feedback, Server
-from coco_jax.presets import PRESETS, preset
+from coco_jax.presets import PRESETS, preset, register_preset
 from coco_jax.registry import (
     register_code,
     register_compressor,
+    register_dataset,
+    register_decoder,
     register_feedback,
     register_model,
-    register_preset,
     register_straggler_model,
 )
 from coco_jax.results import load_results
@@ -38,6 +53,8 @@ __all__ = [
     "PRESETS",
     "Compressor",
     "ConfigError",
+    "Dataset",
+    "Decoder",
     "ExperimentConfig",
     "Feedback",
     "Grid",
@@ -50,6 +67,8 @@ __all__ = [
     "preset",
     "register_code",
     "register_compressor",
+    "register_dataset",
+    "register_decoder",
     "register_feedback",
     "register_model",
     "register_preset",

@@ -1,4 +1,4 @@
-"""Gradient codes (allocations, the encoding matrix B) and decoders.
+"""Gradient codes: allocations and the encoding matrix B.
 
 An allocation says which device holds which data partition: B is [M, K] with
 B[m, k] the coefficient of partition k's gradient in device m's coded gradient
@@ -37,32 +37,21 @@ enumerating every straggler set (tests: all M <= 20, s <= 4; `cyclic_mds_analysi
   configurations it refuses are in `coco_jax.cyclic_mds`.
 - ``uncoded``/``bernoulli``: no guarantee (s = 0; random support).
 
-Decoders (w_m = 0 for every straggler; r = ``Allocation.replication``):
-
-- ``fixed``: w_m = 1 / (K (1 - p_m) r) with p_m the nominal straggling rate of
-  device m. Unbiased: E[B^T w] = (1/K) * 1 (for ``bernoulli`` also over B).
-- ``received``: w_m = M / (|S| K r) for m in the set S of non-stragglers (0 if S empty).
-- ``optimal``: minimum-norm least-squares w over S with B_S^T w ~= (1/K) * 1, by a
-  truncated SVD in B's dtype with the relative cutoff `lstsq_rcond` = 4 eps
-  sqrt(max(M, K)) (not pinv's default); exact whenever the code can decode, to the
-  dtype's precision as above. ``Allocation.sample(key, dtype)`` gives B in the run's
-  dtype, by default the widest float jax holds (a float64 B is the exact code, never
-  a float32-rounded copy; a float32 B is rounded once from it).
+``Allocation.sample(key, dtype)`` gives B in the run's dtype, by default the widest
+float jax holds (a float64 B is the exact code, never a float32-rounded copy; a
+float32 B is rounded once from it). Decoders are in `coco_jax.decoders`.
 
 Example:
     >>> alloc = make_allocation("cyclic", 4, 4, 1)
     >>> B = alloc.sample(jax.random.key(0))  # [4, 4]
-    >>> w = decode_weights("optimal", B, jnp.array([False, True, False, False]),
-    ...                    jnp.zeros(4), alloc.replication)
-    >>> bool(jnp.allclose(B.T @ w, 0.25, atol=1e-5))
-    True
+    >>> B.sum(axis=0).tolist()  # every partition on s + 1 = 2 devices
+    [2.0, 2.0, 2.0, 2.0]
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,19 +59,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coco_jax.config import float_dtype_of, static_fields
 from coco_jax.errors import ConfigError, fail
 from coco_jax.registry import CODES, register_code
 
 DECODER_NAMES: tuple[str, ...] = ("fixed", "received", "optimal")
-
-
-def _float_dtype(dtype) -> np.dtype:
-    """`dtype` as jax will hold it: float64 only where x64 is enabled; None -> the
-    widest float (float64 with x64, else float32)."""
-    dt = jnp.dtype(jnp.float64 if dtype is None else dtype)
-    if not jnp.issubdtype(dt, jnp.floating):
-        dt = jnp.dtype(jnp.float32)
-    return jnp.dtype(jax.dtypes.canonicalize_dtype(dt))
 
 
 class Allocation(NamedTuple):
@@ -250,7 +231,7 @@ def _allocation(
         rep = entry.option("replication")
 
         def sample_random(key: jax.Array, dtype=None) -> jax.Array:
-            return jnp.asarray(entry.factory(**kwargs, key=key)).astype(_float_dtype(dtype))  # [M, K]
+            return jnp.asarray(entry.factory(**kwargs, key=key)).astype(float_dtype_of(dtype))  # [M, K]
 
         out = jax.eval_shape(sample_random, jax.random.key(0))
         if out.shape != (m_dev, k_parts):
@@ -271,7 +252,7 @@ def _allocation(
 
     def sample_fixed(key: jax.Array, dtype=None) -> jax.Array:
         del key
-        dt = np.dtype(_float_dtype(dtype))
+        dt = np.dtype(float_dtype_of(dtype))
         if dt not in rounded:  # rounded once from the float64 matrix (never via float32)
             rounded[dt] = B.astype(dt)
             rounded[dt].setflags(write=False)
@@ -309,142 +290,12 @@ def _checked_matrix(name: str, entry, kwargs: dict, shape: tuple[int, int]) -> n
 
 def allocation_of(cfg) -> Allocation:
     """The code of a configuration (factory arguments from its static fields)."""
-    from coco_jax.config import static_fields
-
     return make_allocation(
         cfg.allocation, cfg.num_devices, cfg.num_partitions_resolved, cfg.redundancy, dict(static_fields(cfg))
     )
 
 
+@CODES.add_config_check
 def check_code(cfg) -> None:
-    """Config-time checks of the code: build it (its factory checks M, K, s) and refuse
-    decoders it cannot serve: fixed and received need a common column sum r, and
-    received (an average of what arrives) is unbiased only when every device straggles
-    with the same law, so it is refused with a straggler model whose rates differ."""
-    from coco_jax.registry import STRAGGLER_MODELS
-
-    alloc = allocation_of(cfg)
-    if cfg.decoder in ("fixed", "received") and alloc.replication is None:
-        if alloc.random:
-            why = (
-                f"allocation={cfg.allocation!r} is a random code registered without its expected column "
-                "sum: register it with cj.register_code(name, factory, replication=lambda M, K, s: ...)"
-            )
-        else:
-            why = (
-                f"allocation={cfg.allocation!r} has columns of B with different sums, so no common "
-                "replication r exists"
-            )
-        fail("decoder", cfg.decoder, f"{why} for the fixed/received weights; or use decoder='optimal'")
-    if cfg.decoder != "received":
-        return
-    exchangeable = STRAGGLER_MODELS.entry(cfg.straggler).option("exchangeable")
-    loads = None if alloc.matrix is None else (alloc.matrix != 0).sum(axis=1)
-    equal_loads = loads is not None and bool(np.all(loads == loads[0]))
-    if exchangeable is False or (exchangeable == "loads" and not equal_loads):
-        why = "devices straggle at different rates" if exchangeable is False else "devices hold unequal loads"
-        fail(
-            "decoder",
-            "received",
-            f"with straggler={cfg.straggler!r} and allocation={cfg.allocation!r} {why}, so averaging what "
-            "arrives over-weights the reliable devices' partitions (a biased gradient); use decoder='fixed' "
-            "(unbiased: it divides by each device's own rate) or 'optimal'",
-        )
-
-
-# ---------------------------------------------------------------------------------
-# decoders
-
-
-def lstsq_rcond(dtype, num_devices: int, num_partitions: int) -> float:
-    """The `optimal` decoder's relative singular-value cutoff: 4 eps sqrt(max(M, K)).
-
-    A singular value of the survivors' matrix below ``rcond * sigma_max`` is treated as
-    zero. Rounding B to ``dtype`` and the SVD itself leave the exactly-zero singular
-    values of a rank-deficient survivor matrix (fewer than s stragglers of an MDS code)
-    at about eps * sigma_max (measured at most 0.7 eps for M <= 100 in float32), so the
-    cutoff sits about 10 times above that noise; every genuine singular value of the
-    built-in codes lies above it wherever `check_cyclic_mds` accepts the configuration
-    (its ``sigma_floor`` condition). jnp.linalg.pinv's default (10 eps max(M, K)) cut
-    genuine singular values of cyclic MDS codes at M = 20 in float32.
-    """
-    return _rcond(float(jnp.finfo(_float_dtype(dtype)).eps), num_devices, num_partitions)
-
-
-def _rcond(eps: float, num_devices: int, num_partitions: int) -> float:
-    return 4.0 * eps * math.sqrt(max(int(num_devices), int(num_partitions)))
-
-
-def decode_weights(
-    decoder: str,
-    B: jax.Array,
-    straggles: jax.Array,
-    straggle_rates: jax.Array,
-    replication,
-    *,
-    rcond=None,
-) -> jax.Array:
-    """Decoding weights w [M]; zero for every straggler. jit/vmap friendly.
-
-    Args:
-        decoder: one of ``DECODER_NAMES`` (static).
-        B: [M, K] encoding matrix (its dtype is the working dtype).
-        straggles: [M] bool, True = the device did not deliver.
-        straggle_rates: [M] nominal straggling probabilities (used by ``fixed`` only;
-            a rate of 1 gives weight 0 instead of inf).
-        replication: ``Allocation.replication`` (python float or array).
-        rcond: ``optimal`` only: relative cutoff of the least-squares solve (singular
-            values <= rcond * sigma_max are dropped); default `lstsq_rcond` of B's
-            dtype and shape.
-
-    Returns:
-        w [M] in B's dtype; the estimate of (1/K) sum_k g_k is sum_m w_m (B g)_m.
-        ``optimal``: the minimum-norm least-squares solution of B_S^T w = (1/K) 1 over
-        the non-stragglers S (truncated SVD of the masked [K, M] matrix, fixed shapes).
-    """
-    B = jnp.asarray(B)
-    dtype = B.dtype if jnp.issubdtype(B.dtype, jnp.floating) else jnp.float32
-    B = B.astype(dtype)
-    m_dev, k_parts = B.shape
-    alive = jnp.logical_not(jnp.asarray(straggles, bool))  # [M]
-    r = jnp.asarray(replication, dtype)
-    if decoder == "fixed":
-        keep = 1.0 - jnp.asarray(straggle_rates, dtype)  # [M]
-        keep = jnp.where(keep > 0, keep, 1.0)
-        w = 1.0 / (k_parts * keep * r)
-        return jnp.where(alive & (jnp.asarray(straggle_rates) < 1), w, 0.0).astype(dtype)
-    if decoder == "received":
-        n_alive = jnp.sum(alive)
-        w = m_dev / (jnp.maximum(n_alive, 1).astype(dtype) * k_parts * r)
-        return jnp.where(alive, w, 0.0).astype(dtype)
-    if decoder == "optimal":
-        cutoff = lstsq_rcond(dtype, m_dev, k_parts) if rcond is None else rcond
-        mask = alive.astype(dtype)  # [M]
-        A = (B * mask[:, None]).T  # [K, M]
-        target = jnp.full((k_parts,), 1.0 / k_parts, dtype)  # [K]
-        u, sv, vt = jnp.linalg.svd(A, full_matrices=False)  # [K, r], [r], [r, M]
-        keep = sv > jnp.asarray(cutoff, dtype) * sv[0]  # sv[0] = sigma_max; all False if A = 0
-        inv = jnp.where(keep, 1.0 / jnp.where(keep, sv, 1.0), 0.0)  # [r]
-        w = vt.T @ (inv * (u.T @ target))  # [M]
-        return jnp.where(alive, w, 0.0).astype(dtype)
-    fail("decoder", decoder, f"must be one of {', '.join(DECODER_NAMES)}")
-
-
-def can_decode(B, straggles, *, tol: float = 1e-5) -> bool:
-    """Whether (1/K) * 1 lies exactly in the span of the non-stragglers' rows (numpy).
-
-    Args:
-        B: [M, K] encoding matrix.
-        straggles: [M] bool, True = straggles.
-        tol: tolerance on the max-abs residual of the float64 least-squares fit of the
-            all-ones vector (loose enough for float32 copies of cyclic_mds codes).
-    """
-    B = np.asarray(B, np.float64)
-    alive = ~np.asarray(straggles, bool)
-    k_parts = B.shape[1]
-    target = np.ones(k_parts)
-    if not alive.any():
-        return False
-    Bs = B[alive]  # [|S|, K]
-    w, *_ = np.linalg.lstsq(Bs.T, target, rcond=None)
-    return bool(np.abs(Bs.T @ w - target).max() <= tol)
+    """Config-time check of the code: build it (its factory checks M, K and s)."""
+    allocation_of(cfg)

@@ -6,6 +6,10 @@ Each field declares itself: its documentation, its group (for `coco-jax run --he
 whether it is dynamic, and its allowed values (a fixed tuple, or the registry whose
 registered names it takes, see `coco_jax.registry`). `DYNAMIC_FIELDS`, `HParams` and
 `hparams_of` are generated from those declarations.
+
+Validation (`validate`) checks every field on its own and against the others, then
+runs the config-time checks that each kind of component installed in its registry
+(`registry.CONFIG_REGISTRIES`): this module imports no component.
 """
 
 from __future__ import annotations
@@ -23,9 +27,6 @@ from coco_jax import registry
 from coco_jax.errors import ConfigError, fail
 
 LINEAR_TASKS = ("linreg", "logreg", "softmax")
-DATASETS = ("synthetic", "digits", "breast_cancer", "mnist", "fashion_mnist", "cifar10")
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
-DECODERS = ("fixed", "received", "optimal")
 STRAGGLER_ERRORS = ("keep", "reset", "accumulate")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 PARTITIONINGS = ("contiguous", "iid", "sorted", "dirichlet")
@@ -101,7 +102,7 @@ class ExperimentConfig:
         registry_of=registry.MODELS,
     )  # fmt: skip
     dataset: str = _field(
-        "synthetic", "named dataset (no download; files from data_dir)", _DATA, choices=DATASETS
+        "synthetic", "named dataset (no download; files from data_dir)", _DATA, registry_of=registry.DATASETS
     )
     num_samples: int = _field(1024, "synthetic: training rows", _DATA)
     num_test: int = _field(256, "synthetic: test rows", _DATA)
@@ -127,7 +128,9 @@ class ExperimentConfig:
     redundancy: int = _field(1, "s: each partition is held by s+1 devices", _CODE)
     allocation: str = _field("cyclic", "gradient code: which device holds which partition", _CODE,
                              registry_of=registry.CODES)  # fmt: skip
-    decoder: str = _field("fixed", "decoding weights of the delivered messages", _CODE, choices=DECODERS)
+    decoder: str = _field(
+        "fixed", "decoding weights of the delivered messages", _CODE, registry_of=registry.DECODERS
+    )
 
     # stragglers
     straggler: str = _field("bernoulli", "straggler model", _STRAG, registry_of=registry.STRAGGLER_MODELS)
@@ -191,20 +194,11 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Ex
 FIELD_NAMES = tuple(FIELDS)
 DYNAMIC_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["dynamic"])
 STATIC_FIELDS = tuple(n for n in FIELD_NAMES if n not in DYNAMIC_FIELDS)
+registry.declare_fields(STATIC_FIELDS, DYNAMIC_FIELDS)
 
-# Fields `data.load_dataset` reads: configurations equal on these share a dataset.
-DATASET_FIELDS = (
-    "task",
-    "dataset",
-    "num_samples",
-    "num_test",
-    "num_features",
-    "num_classes",
-    "noise",
-    "data_seed",
-    "test_fraction",
-    "data_dir",
-)
+# Fields a named dataset depends on (its factory's arguments and the task that shapes
+# it): configurations equal on these share a dataset.
+DATASET_FIELDS = ("task", *registry.DATASET_FIELDS)
 
 
 def allowed_values(name: str) -> tuple[str, ...] | None:
@@ -316,6 +310,8 @@ def _validate_compression(cfg) -> None:
 
 
 def _validate_data(cfg) -> None:
+    """The data fields on their own (the dataset's own constraints are its registry's
+    config checks, `coco_jax.data`)."""
     _int(cfg, "num_samples", 1)
     _int(cfg, "num_test", 0)
     _int(cfg, "num_features", 1)
@@ -331,23 +327,14 @@ def _validate_data(cfg) -> None:
         fail("shared_minibatch", cfg.shared_minibatch, "must be True or False")
     if cfg.task == "linreg" and cfg.partitioning in ("sorted", "dirichlet"):
         fail("partitioning", cfg.partitioning, "label-based partitioning needs a classification task")
-    if cfg.dataset == "breast_cancer" and cfg.task in ("linreg", "softmax"):
-        fail("task", cfg.task, "dataset='breast_cancer' is binary: use task 'logreg' or a model (mlp, ...)")
-    if cfg.dataset in IMAGE_DATASETS and cfg.task in ("linreg", "logreg"):
-        fail(
-            "task",
-            cfg.task,
-            f"dataset={cfg.dataset!r} has 10 classes: use 'softmax' or a model (mlp, cnn, ...)",
-        )
-    needs_images = cfg.task not in LINEAR_TASKS and registry.MODELS.entry(cfg.task).option("images")
-    if needs_images and cfg.dataset not in IMAGE_DATASETS:
-        fail("dataset", cfg.dataset, f"task={cfg.task!r} needs an image dataset: {', '.join(IMAGE_DATASETS)}")
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Check every field on its own and against the others, and build the gradient
-    code (its factory checks M, K and s). Data-dependent checks (k <= d, rows divisible
-    by K, trace shape) happen in `engine.prepare`, before anything compiles."""
+    """Check every field on its own and against the others, then run every registry's
+    config-time checks (`registry.CONFIG_REGISTRIES`: the code is built, the decoder
+    and the feedback rule checked against it and the compressor, the dataset against
+    the task, ...). Data-dependent checks (k <= d, rows divisible by K, trace shape)
+    happen in `engine.prepare`, before anything compiles."""
     for name in FIELD_NAMES:
         meta = FIELDS[name].metadata
         if meta["choices"] is not None or meta["registry"] is not None:
@@ -362,32 +349,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _int(cfg, "seed", 0)
     _int(cfg, "data_seed", 0)
     _validate_data(cfg)
-    from coco_jax.coding import check_code  # the code registry's own constraints
-
-    check_code(cfg)
-    _check_feedback_with_compressor(cfg)
-
-
-_PROBE_DIM = 64
-
-
-def _check_feedback_with_compressor(cfg: ExperimentConfig) -> None:
-    """Build the feedback rule around the compressor at a probe dimension, so a rule's
-    own requirements (DIANA: an unbiased compressor) fail at config time. The real
-    dimension is known only with the data; a compressor that cannot be built at the
-    probe dimension is checked then (`engine.prepare`), before anything compiles."""
-    from coco_jax.compressors import make_compressor
-    from coco_jax.feedback import make_feedback
-
-    dim = max(_PROBE_DIM, cfg.compress_k or 1)
-    fields = dict(static_fields(cfg))
-    try:
-        comp = make_compressor(
-            cfg.compressor, dim, k=resolve_k(dim, cfg.compress_k, cfg.compress_ratio), fields=fields
-        )
-    except ConfigError:
-        return
-    make_feedback(cfg.error_feedback, comp, dim=dim, fields=fields)
+    for reg in registry.CONFIG_REGISTRIES:
+        reg.check_config(cfg)
 
 
 # ---------------------------------------------------------- static / dynamic
@@ -427,11 +390,19 @@ HParams.__doc__ = (
 )
 
 
+def float_dtype_of(dtype=None) -> np.dtype:
+    """A float dtype as jax holds it: float64 only where jax x64 is enabled, else
+    float32; a non-float dtype gives float32 and None the widest float."""
+    dt = jnp.dtype(jnp.float64 if dtype is None else dtype)
+    if not jnp.issubdtype(dt, jnp.floating):
+        dt = jnp.dtype(jnp.float32)
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(dt))
+
+
 def float_dtype(cfg) -> Any:
-    """The run's float dtype: float64 only where jax x64 is enabled."""
-    if cfg.dtype == "float64" and jax.config.jax_enable_x64:
-        return jnp.float64
-    return jnp.float32
+    """The run's float dtype (the scalar type, e.g. jnp.float32): float64 only where
+    jax x64 is enabled."""
+    return jnp.float64 if float_dtype_of(cfg.dtype) == jnp.float64 else jnp.float32
 
 
 def hparams_of(cfg: ExperimentConfig) -> HParams:

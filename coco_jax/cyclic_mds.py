@@ -32,10 +32,10 @@ import itertools
 import math
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
-from coco_jax.coding import _rcond
+from coco_jax.config import float_dtype_of
+from coco_jax.decoders import svd_cutoff
 from coco_jax.errors import fail
 from coco_jax.registry import register_code
 
@@ -400,7 +400,7 @@ def _floor_ok(info: CyclicMdsCondition, dtype_name: str) -> bool:
     """The decoder's cutoff stays 2 times below every genuine singular value (the
     computed singular values move by about eps sigma_max, the cutoff is >= 4 eps)."""
     eps = float(np.finfo(np.dtype(dtype_name)).eps)
-    return info.sigma_floor >= 2.0 * _rcond(eps, info.num_devices, info.num_devices)
+    return info.sigma_floor >= 2.0 * svd_cutoff(eps, info.num_devices, info.num_devices)
 
 
 def cyclic_mds_ok(num_devices: int, redundancy: int, dtype_name: str) -> bool:
@@ -471,30 +471,25 @@ def check_cyclic_mds(num_devices: int, redundancy: int, dtype_name: str) -> None
     )
 
 
-@register_code("cyclic_mds")
-def cyclic_mds(
-    num_devices: int,
-    num_partitions: int,
-    redundancy: int,
-    decoder: str | None = None,
-    straggler: str | None = None,
-    error_feedback: str | None = None,
-    dtype: str | None = None,
-) -> np.ndarray:
-    """Tandon et al. 2017's cyclic MDS code (real coefficients, K = M). Built for a
-    configuration (its fields given) with the optimal decoder, configurations whose
-    float error bound exceeds its tolerance in the run's dtype are refused
-    (`check_cyclic_mds`); without stragglers, or with ef21 (whose server decodes all
-    devices), only the well-conditioned full set is ever decoded."""
+def validate_cyclic_mds(cfg) -> None:
+    """Config-time check of a configuration that uses the cyclic MDS code: its real
+    coefficients need the ``optimal`` or ``received`` decoder, and with the optimal
+    decoder under stragglers the float error bound must meet its tolerance in the run's
+    dtype (`check_cyclic_mds`). Without stragglers, or with ef21 (whose server decodes
+    all devices), only the well-conditioned full set is ever decoded."""
+    if cfg.decoder == "fixed":
+        fail("decoder", cfg.decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
+    if cfg.decoder == "optimal" and cfg.straggler != "none" and cfg.error_feedback != "ef21":
+        check_cyclic_mds(cfg.num_devices, cfg.redundancy, float_dtype_of(cfg.dtype).name)
+
+
+@register_code("cyclic_mds", validate=validate_cyclic_mds)
+def cyclic_mds(num_devices: int, num_partitions: int, redundancy: int) -> np.ndarray:
+    """Tandon et al. 2017's cyclic MDS code (real coefficients, K = M)."""
     if num_partitions != num_devices:
         fail(
             "num_partitions",
             num_partitions,
             f"allocation='cyclic_mds' needs num_partitions = num_devices = {num_devices}",
         )
-    if decoder == "fixed":
-        fail("decoder", decoder, "allocation='cyclic_mds' needs decoder 'optimal' or 'received'")
-    if decoder == "optimal" and straggler not in (None, "none") and error_feedback != "ef21":
-        effective = "float64" if dtype == "float64" and jax.config.jax_enable_x64 else "float32"
-        check_cyclic_mds(num_devices, redundancy, effective)
     return cyclic_mds_matrix(num_devices, redundancy)

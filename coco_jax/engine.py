@@ -21,7 +21,8 @@ from coco_jax.config import (
     resolve_k,
     static_fields,
 )
-from coco_jax.registry import CODES, COMPRESSORS, FEEDBACKS, MODELS, STRAGGLER_MODELS
+from coco_jax.partition import partition, truncate_to_multiple
+from coco_jax.registry import CODES, COMPRESSORS, DECODERS, FEEDBACKS, MODELS, STRAGGLER_MODELS
 from coco_jax.step import Components, RunData, compiled_run, components
 from coco_jax.tasks import task_of
 
@@ -117,12 +118,12 @@ def prepare(
         if test_data is not None:
             raise ConfigError("test_data is only used together with data=(X, y)")
         loaded = dataset if dataset is not None else data_lib.load_dataset(cfg)
-        ds = data_lib.truncate_to_multiple(loaded, k_parts)
+        ds = truncate_to_multiple(loaded, k_parts)
     else:
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ConfigError(f"data={type(data).__name__} is invalid: must be a pair (X, y)")
         ds = data_lib.from_arrays(data[0], data[1], cfg.task, test=test_data)
-    xp, yp = data_lib.partition(
+    xp, yp = partition(
         ds.x_train, ds.y_train, k_parts, cfg.partitioning, cfg.data_seed, cfg.dirichlet_alpha
     )
     n_k = xp.shape[1]
@@ -170,6 +171,7 @@ def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]
     pairs = [
         (COMPRESSORS, cfg.compressor),
         (CODES, cfg.allocation),
+        (DECODERS, cfg.decoder),
         (FEEDBACKS, cfg.error_feedback),
         (STRAGGLER_MODELS, cfg.straggler),
     ]

@@ -39,6 +39,9 @@ Built-in rules (registered like a user's, `cj.register_feedback`):
 
 Device momentum (`with_device_momentum`, β = hp.device_momentum, EF-SGDM style):
 u <- β u + g before the rule, only on steps the device delivers; the rule sees u.
+
+Device states are NamedTuples, as optax's transform states are (`NoMemory`,
+`ErrorMemory`, `Shift`, `MomentumMemory`); a registered rule may use any pytree.
 """
 
 from __future__ import annotations
@@ -50,11 +53,35 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from coco_jax.compressors import Compressor
+from coco_jax.compressors import Compressor, make_compressor
+from coco_jax.config import STRAGGLER_ERRORS, resolve_k, static_fields
 from coco_jax.errors import ConfigError, fail
 from coco_jax.registry import FEEDBACKS, Entry, register_feedback
 
 State = Any  # one device's memory: a pytree of [d] arrays
+
+
+class NoMemory(NamedTuple):
+    """The state of a rule that keeps nothing (none)."""
+
+
+class ErrorMemory(NamedTuple):
+    """Error feedback's memory: what compression left out so far."""
+
+    e: jax.Array  # [d]
+
+
+class Shift(NamedTuple):
+    """EF21's and DIANA's shift h, mirrored by the server."""
+
+    h: jax.Array  # [d]
+
+
+class MomentumMemory(NamedTuple):
+    """Device momentum around another rule: the rule's own state and the momentum u."""
+
+    rule: Any  # the inner rule's state
+    u: jax.Array  # [d]
 
 
 class Server(NamedTuple):
@@ -97,7 +124,7 @@ class Feedback(NamedTuple):
     """An error-feedback rule (see the module docstring); what a feedback factory returns.
 
     Attributes:
-        init: (dim, dtype) -> one device's memory (a pytree; `{}` for none).
+        init: (dim, dtype) -> one device's memory (a pytree; `NoMemory()` for none).
         send: (key, g [d], state, hp) -> (message [d], compressor input [d], state):
             a device that delivers at this step.
         hold: (g, state, hp) -> state: a device that straggles (default: unchanged).
@@ -130,32 +157,32 @@ def no_feedback(compressor: Compressor) -> Feedback:
         c = compressor.compress(key, g)
         return c, g, state
 
-    return Feedback(lambda dim, dtype: {}, send)
+    return Feedback(lambda dim, dtype: NoMemory(), send)
 
 
 @register_feedback("ef")
 def error_feedback(compressor: Compressor, straggler_error: str = "keep") -> Feedback:
     """Classic error feedback: v = g + e, c = C(v), e <- v - c."""
-    if straggler_error not in ("keep", "reset", "accumulate"):
-        fail("straggler_error", straggler_error, "must be one of keep, reset, accumulate")
+    if straggler_error not in STRAGGLER_ERRORS:
+        fail("straggler_error", straggler_error, f"must be one of {', '.join(STRAGGLER_ERRORS)}")
 
     def init(dim, dtype):
-        return {"e": jnp.zeros(dim, dtype)}
+        return ErrorMemory(jnp.zeros(dim, dtype))
 
     def send(key, g, state, hp):
-        v = g + state["e"]
+        v = g + state.e
         c = compressor.compress(key, v)
-        return c, v, {"e": v - c}
+        return c, v, ErrorMemory(v - c)
 
     def hold(g, state, hp):
         if straggler_error == "reset":
-            return {"e": jnp.zeros_like(state["e"])}
+            return ErrorMemory(jnp.zeros_like(state.e))
         if straggler_error == "accumulate":
-            return {"e": state["e"] + g}
+            return ErrorMemory(state.e + g)
         return state
 
     def memory(state, g):
-        return jnp.linalg.norm(state["e"])
+        return jnp.linalg.norm(state.e)
 
     def sum_delivered_unscaled(server: Server):
         return sum_delivered(server._replace(weights=server.full_weights))
@@ -165,11 +192,11 @@ def error_feedback(compressor: Compressor, straggler_error: str = "keep") -> Fee
 
 
 def _shift_init(dim, dtype):
-    return {"h": jnp.zeros(dim, dtype)}
+    return Shift(jnp.zeros(dim, dtype))
 
 
 def _shift_memory(state, g):
-    return jnp.linalg.norm(g - state["h"])
+    return jnp.linalg.norm(g - state.h)
 
 
 @register_feedback("ef21")
@@ -177,12 +204,12 @@ def ef21(compressor: Compressor) -> Feedback:
     """EF21: c = C(g - h), h <- h + c; the server aggregates every device's h."""
 
     def send(key, g, state, hp):
-        delta = g - state["h"]
+        delta = g - state.h
         c = compressor.compress(key, delta)
-        return c, delta, {"h": state["h"] + c}
+        return c, delta, Shift(state.h + c)
 
     def aggregate(server: Server):
-        return server.full_weights @ server.after["h"]
+        return server.full_weights @ server.after.h
 
     return Feedback(_shift_init, send, keep, aggregate, _shift_memory)
 
@@ -199,13 +226,13 @@ def diana(compressor: Compressor) -> Feedback:
     default_alpha = 1.0 / (1.0 + (compressor.omega or 0.0))
 
     def send(key, g, state, hp):
-        delta = g - state["h"]
+        delta = g - state.h
         c = compressor.compress(key, delta)
         alpha = jnp.where(jnp.isnan(hp.diana_alpha), default_alpha, hp.diana_alpha).astype(g.dtype)
-        return c, delta, {"h": state["h"] + alpha * c}
+        return c, delta, Shift(state.h + alpha * c)
 
     def aggregate(server: Server):
-        return server.full_weights @ server.before["h"] + sum_delivered(server)
+        return server.full_weights @ server.before.h + sum_delivered(server)
 
     def check(cfg):
         if cfg.diana_alpha is not None and cfg.diana_alpha > default_alpha * (1 + 1e-9):
@@ -233,24 +260,24 @@ def with_device_momentum(rule: Feedback) -> Feedback:
     its rule's `hold` sees the would-be u)."""
 
     def init(dim, dtype):
-        return {"rule": rule.init(dim, dtype), "u": jnp.zeros(dim, dtype)}
+        return MomentumMemory(rule.init(dim, dtype), jnp.zeros(dim, dtype))
 
     def momentum(g, state, hp):
-        return hp.device_momentum.astype(g.dtype) * state["u"] + g
+        return hp.device_momentum.astype(g.dtype) * state.u + g
 
     def send(key, g, state, hp):
         u = momentum(g, state, hp)
-        message, comp_in, inner = rule.send(key, u, state["rule"], hp)
-        return message, comp_in, {"rule": inner, "u": u}
+        message, comp_in, inner = rule.send(key, u, state.rule, hp)
+        return message, comp_in, MomentumMemory(inner, u)
 
     def hold(g, state, hp):
-        return {"rule": rule.hold(momentum(g, state, hp), state["rule"], hp), "u": state["u"]}
+        return MomentumMemory(rule.hold(momentum(g, state, hp), state.rule, hp), state.u)
 
     def aggregate(server: Server):
-        return rule.aggregate(server._replace(before=server.before["rule"], after=server.after["rule"]))
+        return rule.aggregate(server._replace(before=server.before.rule, after=server.after.rule))
 
     def memory(state, g):
-        return rule.memory(state["rule"], g)
+        return rule.memory(state.rule, g)
 
     return Feedback(init, send, hold, aggregate, memory, rule.name, rule.check)
 
@@ -285,9 +312,34 @@ def make_feedback(
     return FEEDBACKS.build(name, {"compressor": compressor, "dim": dim}, fields or {})
 
 
+_PROBE_DIM = 64
+
+
+@FEEDBACKS.add_config_check
+def check_feedback_with_compressor(cfg) -> None:
+    """Build the feedback rule around the compressor at a probe dimension, so a rule's
+    own requirements (DIANA: an unbiased compressor) fail at config time. The real
+    dimension is known only with the data; a compressor that cannot be built at the
+    probe dimension is checked then (`engine.prepare`), before anything compiles."""
+    dim = max(_PROBE_DIM, cfg.compress_k or 1)
+    fields = dict(static_fields(cfg))
+    try:
+        comp = make_compressor(
+            cfg.compressor, dim, k=resolve_k(dim, cfg.compress_k, cfg.compress_ratio), fields=fields
+        )
+    except ConfigError:
+        return
+    make_feedback(cfg.error_feedback, comp, dim=dim, fields=fields)
+
+
 __all__ = [
+    "ErrorMemory",
     "Feedback",
+    "MomentumMemory",
+    "NoMemory",
     "Server",
+    "Shift",
+    "check_feedback_with_compressor",
     "diana_alpha_bound",
     "keep",
     "make_feedback",

@@ -33,6 +33,7 @@ from coco_jax.config import (
 )
 from coco_jax.errors import ConfigError
 from coco_jax.grid import Grid
+from coco_jax.registry import DECODERS
 from coco_jax.results import config_id
 
 __all__ = [
@@ -298,9 +299,9 @@ def _merge_key(prep) -> tuple:
         static.compress_k,
         static.device_momentum,
         static.wait_mode,
-        tuple(c for c in static.components if c[0] not in ("code", "straggler model")),
+        tuple(c for c in static.components if c[0] not in ("code", "decoder", "straggler model")),
         ("random", cfg.allocation) if code.random else "deterministic",
-        "optimal" if cfg.decoder == "optimal" else "cheap",
+        "traceable" if DECODERS.entry(cfg.decoder).option("traceable") else ("static", cfg.decoder),
         jax.tree_util.tree_structure(state),
         tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(state)),
         id(prep.data),

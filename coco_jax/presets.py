@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
-from coco_jax.config import ExperimentConfig
+from coco_jax.config import FIELD_NAMES, ExperimentConfig
+from coco_jax.errors import ConfigError
 from coco_jax.registry import PRESETS as _REGISTRY
 
 
@@ -99,14 +100,15 @@ _BUILTIN: dict[str, Preset] = {
 }
 
 
-def _builtin_preset(fields: dict):
+def _preset_factory(fields: dict):
+    """A preset's factory: returns a fresh copy of its fields."""
     frozen = tuple(fields.items())
     return lambda: dict(frozen)
 
 
 for _name, _p in _BUILTIN.items():
     _REGISTRY.register(
-        _name, _builtin_preset(_p.fields), builtin=True, summary=_p.summary, reference=_p.reference
+        _name, _preset_factory(_p.fields), builtin=True, summary=_p.summary, reference=_p.reference
     )
 
 
@@ -127,6 +129,26 @@ class _Presets(Mapping):
 
 
 PRESETS: Mapping[str, Preset] = _Presets()
+
+
+def register_preset(
+    name: str, *, overwrite: bool = False, summary: str = "", reference: str = "", **fields
+) -> None:
+    """Register a method preset: config fields applied by `cj.preset(name, **overrides)`,
+    the `preset` axis of a Grid and `--preset` on the command line."""
+    for key in fields:
+        if key not in FIELD_NAMES:
+            raise ConfigError(
+                f"preset {name!r}: {key!r} is not an ExperimentConfig field (fields: {', '.join(FIELD_NAMES)})"
+            )
+    _REGISTRY.register(
+        name,
+        _preset_factory(fields),
+        overwrite=overwrite,
+        builtin=False,
+        summary=summary,
+        reference=reference,
+    )
 
 
 def preset_fields(name: str) -> dict:

@@ -16,10 +16,15 @@ import json
 import pathlib
 
 import numpy as np
+from scipy import optimize, special
 
-from coco_jax.config import DATASET_FIELDS
+from coco_jax import data as data_lib
+from coco_jax.cache import cache_dir
+from coco_jax.config import DATASET_FIELDS, LINEAR_TASKS, ExperimentConfig
+from coco_jax.fileio import write_json
+from coco_jax.partition import truncate_to_multiple
 
-CONVEX_TASKS = ("linreg", "logreg", "softmax")
+CONVEX_TASKS = LINEAR_TASKS  # linear models with a convex loss: F* is well defined
 # The fields F* depends on: the dataset and the rows kept (truncated to a multiple of K).
 DATA_FIELDS_OF_OPTIMUM = (*DATASET_FIELDS, "num_devices", "num_partitions")
 
@@ -141,8 +146,6 @@ def optimum(fields: tuple) -> float | None:
     (a deterministic function of the data: redrawing figures does not solve it again)."""
     if dict(fields).get("task") not in CONVEX_TASKS:
         return None
-    from coco_jax.cache import cache_dir
-
     key = json.dumps([[k, v] for k, v in fields], default=str)
     path = pathlib.Path(cache_dir()) / "optimum.json" if cache_dir() else None
     known = {}
@@ -153,24 +156,17 @@ def optimum(fields: tuple) -> float | None:
         return float(known[key])
     value = _solve_optimum(fields)
     if path is not None and value is not None:
-        from coco_jax.fileio import write_json
-
         with contextlib.suppress(OSError):
             write_json(path, {**known, key: value})
     return value
 
 
 def _solve_optimum(fields: tuple) -> float | None:
-    from scipy import optimize, special
-
-    from coco_jax import data as data_lib
-    from coco_jax.config import ExperimentConfig
-
     values = dict(fields)
     if values.get("task") not in CONVEX_TASKS:
         return None
     cfg = ExperimentConfig(**values)
-    ds = data_lib.truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved)
+    ds = truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved)
     x = ds.x_train.astype(np.float64).reshape(ds.x_train.shape[0], -1)
     y = ds.y_train
     n, d = x.shape

@@ -1,9 +1,21 @@
 """Registries of named components: the public extension API.
 
-A component (compressor, code, feedback rule, straggler model, model, preset) is a
-factory registered under a name; once registered, the name is a valid value of its
-config field everywhere (`cj.run`, `cj.Grid`/`cj.sweep`, presets, the CLI). Built-ins
-are registered exactly the same way, in the modules that define them.
+A component (compressor, code, decoder, feedback rule, straggler model, model, dataset,
+preset) is a factory registered under a name; once registered, the name is a valid
+value of its config field everywhere (`cj.run`, `cj.Grid`/`cj.sweep`, presets, the
+CLI). Built-ins are registered exactly the same way, in the modules that define them
+(the package imports every one of them, so the built-in names exist once `coco_jax`
+is imported).
+
+This module sits at the bottom of the package: it knows no component and no config.
+Whatever depends on them is installed from above, next to what it checks:
+
+- `Registry.check` (set by the component's module) validates what a factory returns;
+- `Registry.add_config_check` (installed by the component's module) adds a config-time
+  check that `config.validate` runs for every configuration, and a registration's own
+  ``validate=`` option checks the configurations that choose that name;
+- `declare_fields` (called by `coco_jax.config`) says which config fields are static
+  and which dynamic, so a factory that asks for a dynamic field gets a clear error.
 
     @cj.register_compressor("my_topk")
     def my_topk(dim: int, k: int) -> cj.Compressor: ...
@@ -26,52 +38,52 @@ component.
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import functools
+import importlib.util
 import inspect
 import itertools
+import pathlib
+import sys
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from coco_jax.errors import ConfigError
 
 __all__ = [
+    "ALL",
     "CODES",
     "COMPRESSORS",
+    "CONFIG_REGISTRIES",
+    "DATASETS",
+    "DECODERS",
     "FEEDBACKS",
     "MODELS",
     "PRESETS",
     "STRAGGLER_MODELS",
     "Registry",
+    "declare_fields",
     "register_code",
     "register_compressor",
+    "register_dataset",
+    "register_decoder",
     "register_feedback",
     "register_model",
-    "register_preset",
     "register_straggler_model",
 ]
 
-# Modules whose import registers the built-in components.
-_BUILTIN_MODULES = (
-    "coco_jax.compressors",
-    "coco_jax.coding",
-    "coco_jax.cyclic_mds",
-    "coco_jax.feedback",
-    "coco_jax.stragglers",
-    "coco_jax.tasks",
-    "coco_jax.presets",
-)
 _serials = itertools.count(1)
-_builtins_loaded = False
+_fields: dict[str, tuple[str, ...]] = {"static": (), "dynamic": ()}
 
 
-def ensure_builtins() -> None:
-    """Import the modules that register the built-in components (once)."""
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+def declare_fields(static: tuple[str, ...], dynamic: tuple[str, ...]) -> None:
+    """Record the config's static and dynamic field names (called by `coco_jax.config`)."""
+    _fields["static"], _fields["dynamic"] = tuple(static), tuple(dynamic)
+
+
+def field_names() -> tuple[str, ...]:
+    """Every config field name (static and dynamic), as declared by `coco_jax.config`."""
+    return _fields["static"] + _fields["dynamic"]
 
 
 def _hashable(value: Any) -> bool:
@@ -107,9 +119,13 @@ class Registry:
         field: the `ExperimentConfig` field whose values are the registered names.
         provided: argument names the engine provides to this kind's factories.
         options: registration keywords that are options of the registry, not
-            arguments bound to the factory (e.g. a code's `replication`).
+            arguments bound to the factory (e.g. a code's `replication`). Every
+            registry also takes ``validate``: a callable `validate(cfg)` run by
+            `check_config` for each configuration that chooses this name.
         check: `check(component, entry, args)` validates a built component; it raises
             `ConfigError` naming the component.
+        fields: the config fields a factory may ask for by name (default: every static
+            field).
     """
 
     def __init__(
@@ -120,12 +136,15 @@ class Registry:
         *,
         options: tuple[str, ...] = (),
         check: Callable[[Any, Entry, dict], Any] | None = None,
+        fields: tuple[str, ...] | None = None,
     ):
         self.kind = kind
         self.field = field
         self.provided = provided
-        self.options = options
+        self.options = (*options, "validate")
         self.check = check
+        self.fields = fields
+        self.config_checks: list[Callable[[Any], None]] = []
         self._entries: dict[str, Entry] = {}
         self._built: dict[tuple, Any] = {}
 
@@ -158,6 +177,8 @@ class Registry:
                 raise ConfigError(
                     f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it"
                 )
+            if kwargs.get("validate") is not None and not callable(kwargs["validate"]):
+                raise ConfigError(f"{self.kind} {name!r}: validate={kwargs['validate']!r} is not callable")
             info = tuple((k, v) for k, v in kwargs.items() if k in self.options)
             bound = tuple((k, v) for k, v in kwargs.items() if k not in self.options)
             params = _parameters(fn)
@@ -183,21 +204,17 @@ class Registry:
 
     # ------------------------------------------------------------------- lookup
     def names(self) -> tuple[str, ...]:
-        ensure_builtins()
         return tuple(self._entries)
 
     def builtin_names(self) -> tuple[str, ...]:
         """The names registered by coco_jax itself (tests parametrise over these)."""
-        ensure_builtins()
         return tuple(n for n, e in self._entries.items() if e.builtin)
 
     def __contains__(self, name: object) -> bool:
-        ensure_builtins()
         return name in self._entries
 
     def entry(self, name: str) -> Entry:
         """The entry of `name`; an unknown name raises ConfigError listing the names."""
-        ensure_builtins()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -218,11 +235,29 @@ class Registry:
             "in a plugin file loaded with --plugins FILE.py"
         )
 
+    # ------------------------------------------------------------ config checks
+    def add_config_check(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        """Install `fn(cfg)`, run by `check_config` (usable as a decorator). The module
+        that defines a kind of component installs the checks of that kind."""
+        self.config_checks.append(fn)
+        return fn
+
+    def check_config(self, cfg: Any) -> None:
+        """Run the installed config checks on `cfg`, then the chosen entry's own
+        ``validate`` (a user's error becomes a ConfigError naming the component)."""
+        for fn in self.config_checks:
+            fn(cfg)
+        name = getattr(cfg, self.field, None)
+        if name not in self._entries:
+            return
+        entry = self._entries[name]
+        own = entry.option("validate")
+        if own is not None:
+            self.call(entry, {}, functools.partial(own, cfg))
+
     # -------------------------------------------------------------------- build
     def arguments(self, name: str, provided: Mapping[str, Any], fields: Mapping[str, Any]) -> dict:
         """The keyword arguments `name`'s factory receives (checked, hashable)."""
-        from coco_jax.config import DYNAMIC_FIELDS
-
         entry = self.entry(name)
         params = _parameters(entry.factory)
         bound = dict(entry.bound)
@@ -234,18 +269,21 @@ class Registry:
                 args[pname] = bound[pname]
             elif pname in provided:
                 args[pname] = provided[pname]
-            elif pname in DYNAMIC_FIELDS:
+            elif pname in _fields["dynamic"]:
                 raise ConfigError(
                     f"{self.kind} {name!r}: factory argument {pname!r} is a dynamic config field; "
                     "it changes without recompiling, so read it at run time from the HParams the "
                     "component receives, not in the factory"
                 )
-            elif pname in fields:
+            elif pname in fields and (self.fields is None or pname in self.fields):
                 args[pname] = fields[pname]
             elif param.default is param.empty:
+                offered = "the static config fields (e.g. redundancy, qsgd_levels)"
+                if self.fields is not None:
+                    offered = "the config fields " + ", ".join(self.fields)
                 raise ConfigError(
                     f"{self.kind} {name!r}: factory argument {pname!r} is unknown: the engine provides "
-                    f"{', '.join(self.provided)} and the static config fields (e.g. redundancy, qsgd_levels)"
+                    f"{', '.join(self.provided)} and {offered}"
                 )
         for key, value in args.items():
             if not _hashable(value):
@@ -255,11 +293,12 @@ class Registry:
                 )
         return args
 
-    def call(self, entry: Entry, kwargs: Mapping[str, Any]) -> Any:
-        """`entry.factory(**kwargs)`; a user factory's error becomes a ConfigError that
-        names the component (a built-in's passes through: it names its field)."""
+    def call(self, entry: Entry, kwargs: Mapping[str, Any], fn: Callable | None = None) -> Any:
+        """`entry.factory(**kwargs)` (or `fn(**kwargs)`, another callable of the entry);
+        a user's error becomes a ConfigError that names the component (a built-in's
+        passes through: it names its field)."""
         try:
-            return entry.factory(**kwargs)
+            return (entry.factory if fn is None else fn)(**kwargs)
         except ConfigError as err:
             if entry.builtin:
                 raise
@@ -291,11 +330,6 @@ def exec_module(path, mod_name: str):
     """Import the Python file `path` as module `mod_name` (registering whatever it
     registers). A syntax or import error becomes one ConfigError line naming the file
     and the line."""
-    import importlib.util
-    import pathlib
-    import sys
-    import traceback
-
     path = pathlib.Path(path).resolve()
     if not path.is_file():
         raise ConfigError(f"{str(path)!r} does not exist")
@@ -326,8 +360,6 @@ _PLUGINS: dict = {}
 def load_plugin(path) -> Any:
     """Import a plugin file (`--plugins FILE.py`) once per process; it registers its
     components with the `register_*` functions at import."""
-    import pathlib
-
     resolved = pathlib.Path(path).resolve()
     if resolved not in _PLUGINS:
         name = f"coco_jax_plugins.{resolved.stem}_{len(_PLUGINS)}"
@@ -352,12 +384,37 @@ COMPRESSORS = Registry("compressor", "compressor", ("dim", "k", "segments", "dty
 CODES = Registry(
     "code", "allocation", ("num_devices", "num_partitions", "redundancy", "key"), options=("replication",)
 )
+DECODERS = Registry(
+    "decoder",
+    "decoder",
+    ("num_devices", "num_partitions", "dtype"),
+    options=("replication", "exchangeable", "traceable"),
+)
 FEEDBACKS = Registry("feedback", "error_feedback", ("compressor", "dim"))
 STRAGGLER_MODELS = Registry(
     "straggler model", "straggler", ("num_devices", "loads", "wait_mode"), options=("exchangeable",)
 )
 MODELS = Registry("model", "task", ("num_classes", "feature_shape"), options=("images",))
+# The fields a dataset factory may read: equal values load the same dataset.
+DATASET_FIELDS = (
+    "dataset",
+    "num_samples",
+    "num_test",
+    "num_features",
+    "num_classes",
+    "noise",
+    "data_seed",
+    "test_fraction",
+    "data_dir",
+)
+DATASETS = Registry(
+    "dataset", "dataset", ("task", "images"), options=("images", "classes", "label"), fields=DATASET_FIELDS
+)
 PRESETS = Registry("preset", "preset", (), options=("summary", "reference"))
+ALL = (COMPRESSORS, CODES, DECODERS, FEEDBACKS, STRAGGLER_MODELS, MODELS, DATASETS, PRESETS)
+# The registries whose config-time checks `config.validate` runs, in this order (a
+# check may build what an earlier one checked: a decoder's needs the code).
+CONFIG_REGISTRIES = (MODELS, DATASETS, CODES, DECODERS, STRAGGLER_MODELS, COMPRESSORS, FEEDBACKS)
 
 
 def register_compressor(name: str, factory: Callable | None = None, *, overwrite: bool = False, **bound):
@@ -383,6 +440,52 @@ def register_code(
     (optional) gives a random code's expected column sum for the fixed decoder."""
     extra = {} if replication is None else {"replication": replication}
     return CODES.register(name, factory, overwrite=overwrite, **extra, **bound)
+
+
+def register_decoder(
+    name: str,
+    factory: Callable | None = None,
+    *,
+    overwrite: bool = False,
+    replication: bool = True,
+    exchangeable: bool = False,
+    traceable: bool = True,
+    **bound,
+):
+    """Register a decoder: a factory returning `cj.Decoder(weights)` with
+    ``weights(B [M, K], straggles [M] bool, rates [M], replication) -> w [M]`` (zero
+    for stragglers; ĝ = Σ_m w_m (B g)_m estimates (1/K) Σ_k ∇f_k). Provided:
+    `num_devices`, `num_partitions`, `dtype`; and any static config field.
+    `replication=True`: the weights use the code's common column sum r (a code without
+    one is refused for this decoder). `exchangeable=True`: the decoder is unbiased only
+    when every device straggles with the same law (refused with straggler models whose
+    rates differ). `traceable=True`: cheap enough (O(M) per step) that configurations
+    differing only in this decoder share one compiled program."""
+    extra = {"replication": replication, "exchangeable": exchangeable, "traceable": traceable}
+    return DECODERS.register(name, factory, overwrite=overwrite, **extra, **bound)
+
+
+def register_dataset(
+    name: str,
+    factory: Callable | None = None,
+    *,
+    overwrite: bool = False,
+    images: bool = False,
+    classes: int | None = None,
+    label: Callable[[Any], str] | None = None,
+    **bound,
+):
+    """Register a named dataset: a factory returning `cj.Dataset` (numpy train and test
+    arrays; see `coco_jax.data`). Provided: `task` and `images` (whether the task's
+    model takes images [n, H, W, C] instead of flat rows); and the dataset fields of
+    the config (`DATASET_FIELDS`: num_samples, data_seed, test_fraction, data_dir, ...).
+    Nothing may be downloaded: generate the data, read a packaged file or a file under
+    ``data_dir``. `images=True`: it can deliver images (for cnn-like models);
+    `classes`: its fixed number of classes (2: binary, refused for softmax/linreg;
+    more: refused for logreg/linreg), None when it depends on the config;
+    `label(cfg) -> str`: an honest display name when it differs from `name`."""
+    extra = {"images": images, "classes": classes, "label": label}
+    return DATASETS.register(name, factory, overwrite=overwrite, **extra, **bound)
 
 
 def register_feedback(name: str, factory: Callable | None = None, *, overwrite: bool = False, **bound):
@@ -420,25 +523,3 @@ def register_model(
     field (e.g. `hidden_sizes`). `images=True` makes the named datasets deliver images
     [n, H, W, C] instead of flat rows. The name becomes a valid `task`."""
     return MODELS.register(name, factory, overwrite=overwrite, images=images, **bound)
-
-
-def register_preset(
-    name: str, *, overwrite: bool = False, summary: str = "", reference: str = "", **fields
-) -> None:
-    """Register a method preset: config fields applied by `cj.preset(name, **overrides)`,
-    the `preset` axis of a Grid and `--preset` on the command line."""
-    from coco_jax.config import FIELD_NAMES
-
-    for key in fields:
-        if key not in FIELD_NAMES:
-            raise ConfigError(
-                f"preset {name!r}: {key!r} is not an ExperimentConfig field (fields: {', '.join(FIELD_NAMES)})"
-            )
-    frozen = tuple(fields.items())
-
-    def preset_fields() -> dict:
-        return dict(frozen)
-
-    PRESETS.register(
-        name, preset_fields, overwrite=overwrite, builtin=False, summary=summary, reference=reference
-    )

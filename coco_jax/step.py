@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from coco_jax import coding, compressors, feedback, stragglers, tasks
+from coco_jax import coding, compressors, decoders, feedback, stragglers, tasks
 from coco_jax.config import HParams, Static, eval_schedule, float_dtype
 from coco_jax.feedback import Server
 
@@ -58,7 +58,7 @@ class Components(NamedTuple):
     compressor: compressors.Compressor
     feedback: feedback.Feedback
     codes: tuple[coding.Allocation, ...]
-    decoders: tuple[str, ...]
+    decoders: tuple[decoders.Decoder, ...]
     straggler_models: tuple[stragglers.StragglerModel, ...]
 
 
@@ -139,7 +139,10 @@ def components(static: Static) -> Components:
         )
         for name in static.options("straggler")
     )
-    return Components(static, task, comp, rule, codes, static.options("decoder"), models)
+    decoder_options = tuple(
+        decoders.make_decoder(name, cfg.num_devices, k_parts, dtype, fields) for name in static.options("decoder")
+    )
+    return Components(static, task, comp, rule, codes, decoder_options, models)
 
 
 def _pick(options: tuple, index, make):
@@ -249,7 +252,7 @@ def decoder_weights(comps: Components, b, straggles, rates, hp: HParams) -> jax.
     """The decoder's weights w [M] for this step's straggler set (0 for stragglers)."""
     r = _pick(comps.codes, hp.code_choice, lambda code: jnp.asarray(code.replication or 1.0, b.dtype))
     return _pick(
-        comps.decoders, hp.decoder_choice, lambda name: coding.decode_weights(name, b, straggles, rates, r)
+        comps.decoders, hp.decoder_choice, lambda decoder: decoder.weights(b, straggles, rates, r)
     )
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from coco_jax.config import LINEAR_TASKS, StaticFields
 from coco_jax.errors import ConfigError
 from coco_jax.registry import MODELS, Entry, register_model
 
@@ -143,7 +144,7 @@ def make_task(cfg, x_shape: tuple[int, ...], num_classes: int, dtype) -> Task:
     """The task of `cfg` (a linear task or a registered model) for rows of shape
     x_shape[1:] (x_shape = one example batch's shape)."""
     feature_shape = tuple(x_shape[1:])
-    if cfg.task in ("linreg", "logreg", "softmax"):
+    if cfg.task in LINEAR_TASKS:
         if len(feature_shape) != 1:
             raise ConfigError(f"task={cfg.task!r} needs 2-D data [n, d]; got rows of shape {feature_shape}")
         return _linear_task(cfg.task, feature_shape[0], num_classes, dtype)
@@ -190,7 +191,5 @@ def task_of(fields: tuple, feature_shape: tuple[int, ...], num_classes: int, dty
 
 @functools.lru_cache(maxsize=128)
 def _task_of(fields: tuple, feature_shape: tuple[int, ...], num_classes: int, dtype, serial: int) -> Task:
-    from coco_jax.config import StaticFields
-
     del serial  # part of the cache key only
     return make_task(StaticFields(dict(fields)), (1, *feature_shape), num_classes, dtype)

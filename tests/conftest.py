@@ -93,15 +93,7 @@ def _subprocess_env_fixture():
 def _registries():
     from coco_jax import registry
 
-    registry.ensure_builtins()
-    return (
-        registry.COMPRESSORS,
-        registry.CODES,
-        registry.FEEDBACKS,
-        registry.STRAGGLER_MODELS,
-        registry.MODELS,
-        registry.PRESETS,
-    )
+    return registry.ALL
 
 
 @contextlib.contextmanager

@@ -9,17 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coco_jax.coding import (
-    DECODER_NAMES,
-    can_decode,
-    decode_weights,
-    make_allocation,
-)
-from coco_jax.config import DECODERS, ConfigError
+from coco_jax.coding import make_allocation
+from coco_jax.config import ConfigError, allowed_values
 from coco_jax.cyclic_mds import cyclic_mds_matrix
-from coco_jax.registry import CODES
+from coco_jax.decoders import can_decode, decode_weights
+from coco_jax.registry import CODES, DECODERS
 
 ALLOCATION_NAMES = CODES.builtin_names()
+DECODER_NAMES = DECODERS.builtin_names()
 
 SEED = int(np.random.SeedSequence().entropy % (2**31))  # fresh inputs each run; shown on failure
 KEY = jax.random.key(SEED)
@@ -57,7 +54,8 @@ def _ref_support(name: str, m_dev: int, k_parts: int, s: int) -> np.ndarray:
 
 def test_names_match_config():
     assert set(ALLOCATION_NAMES) >= {"uncoded", "cyclic", "frc", "bernoulli", "cyclic_mds"}
-    assert DECODER_NAMES == DECODERS
+    assert set(DECODER_NAMES) == {"fixed", "received", "optimal"}
+    assert allowed_values("decoder") == DECODERS.names()  # the config takes every registered decoder
 
 
 def test_hand_written_small_cases():

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from coco_jax import coding, cyclic_mds
-from coco_jax.coding import decode_weights, make_allocation
+from coco_jax.coding import make_allocation
 from coco_jax.config import ConfigError
 from coco_jax.cyclic_mds import (
     MDS_TOLERANCE,
@@ -36,6 +36,7 @@ from coco_jax.cyclic_mds import (
     cyclic_mds_matrix,
     decode_error_bound,
 )
+from coco_jax.decoders import decode_weights, lstsq_rcond
 
 SEED = int(np.random.SeedSequence().entropy % (2**31))  # fresh gradients each run
 EPS32 = float(np.finfo(np.float32).eps)
@@ -295,7 +296,7 @@ _X64_SCRIPT = textwrap.dedent(
     """
     import itertools, json, sys
     import jax, jax.numpy as jnp, numpy as np
-    from coco_jax import coding, cyclic_mds
+    from coco_jax import coding, cyclic_mds, decoders
     assert jax.config.jax_enable_x64
     out = {}
     # the float64 B is the exact matrix, not a float32-rounded copy
@@ -324,7 +325,7 @@ _X64_SCRIPT = textwrap.dedent(
         for i, dead in enumerate(sets):
             masks[i, dead] = True
         g = rng.standard_normal((m_dev, 8))
-        f = jax.jit(jax.vmap(lambda st: coding.decode_weights("optimal", B, st, jnp.zeros(m_dev), 1.0)))
+        f = jax.jit(jax.vmap(lambda st: decoders.decode_weights("optimal", B, st, jnp.zeros(m_dev), 1.0)))
         w = np.asarray(f(jnp.asarray(masks)))
         ghat = w @ (np.asarray(B) @ g)
         err = np.linalg.norm(ghat - g.mean(0), axis=1) / np.linalg.norm(g, axis=1).max()
@@ -390,10 +391,10 @@ def test_float32_sample_is_rounded_from_float64():
 
 
 def test_lstsq_rcond_rule():
-    assert coding.lstsq_rcond(jnp.float32, 100, 100) == pytest.approx(4 * EPS32 * 10)
-    assert coding.lstsq_rcond(jnp.float32, 20, 40) == pytest.approx(4 * EPS32 * math.sqrt(40))
+    assert lstsq_rcond(jnp.float32, 100, 100) == pytest.approx(4 * EPS32 * 10)
+    assert lstsq_rcond(jnp.float32, 20, 40) == pytest.approx(4 * EPS32 * math.sqrt(40))
     # below pinv's default cutoff (10 eps max(M, K)), above float32 noise (~eps)
-    assert coding.lstsq_rcond(jnp.float32, 20, 20) < 10 * EPS32 * 20
+    assert lstsq_rcond(jnp.float32, 20, 20) < 10 * EPS32 * 20
 
 
 def test_optimal_is_min_norm_least_squares():
@@ -416,7 +417,7 @@ def test_custom_rcond_keyword():
     B = jnp.asarray(cyclic_mds_matrix(8, 2), jnp.float32)
     st = jnp.array([True, False, False, True, False, False, False, False])
     w_default = decode_weights("optimal", B, st, jnp.zeros(8), 3.0)
-    w_same = decode_weights("optimal", B, st, jnp.zeros(8), 3.0, rcond=coding.lstsq_rcond(jnp.float32, 8, 8))
+    w_same = decode_weights("optimal", B, st, jnp.zeros(8), 3.0, rcond=lstsq_rcond(jnp.float32, 8, 8))
     np.testing.assert_array_equal(np.asarray(w_default), np.asarray(w_same))
     # a cutoff above every singular value drops everything
     np.testing.assert_array_equal(

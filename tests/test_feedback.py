@@ -20,10 +20,14 @@ import pytest
 
 import coco_jax as cj
 from coco_jax import config as config_lib
-from coco_jax.coding import decode_weights, make_allocation
+from coco_jax.coding import make_allocation
 from coco_jax.compressors import make_compressor
+from coco_jax.decoders import decode_weights
 from coco_jax.feedback import (
+    ErrorMemory,
+    MomentumMemory,
     Server,
+    Shift,
     diana_alpha_bound,
     make_feedback,
     sum_delivered,
@@ -138,8 +142,8 @@ def test_vmap_over_devices_equals_loop(name):
 def test_make_feedback_passes_static_fields_and_checks_them():
     comp = make_compressor("topk", D, k=K)
     reset = make_feedback("ef", comp, fields={"straggler_error": "reset"})
-    state = {"e": jnp.ones(D)}
-    np.testing.assert_array_equal(reset.hold(jnp.ones(D), state, _hp())["e"], 0.0)
+    state = ErrorMemory(jnp.ones(D))
+    np.testing.assert_array_equal(reset.hold(jnp.ones(D), state, _hp()).e, 0.0)
     with pytest.raises(cj.ConfigError, match="straggler_error"):
         make_feedback("ef", comp, fields={"straggler_error": "forget"})
     with pytest.raises(cj.ConfigError, match="error_feedback"):
@@ -153,10 +157,10 @@ def test_none_sends_the_compressed_gradient_and_sums_what_arrives():
     rule = _rule("none")
     comp = _compressor("none")
     g = jax.random.normal(_key(11), (M, D))
-    msg, comp_in, state = rule.send(_key(12), g[0], {}, _hp())
+    msg, comp_in, state = rule.send(_key(12), g[0], NoMemory(), _hp())
     np.testing.assert_array_equal(msg, comp.compress(_key(12), g[0]))
     np.testing.assert_array_equal(comp_in, g[0])
-    assert state == {} and rule.init(D, jnp.float32) == {}
+    assert state == NoMemory() and rule.init(D, jnp.float32) == NoMemory()
     assert float(rule.memory({}, g[0])) == 0.0
     delivered = jnp.array([True, False, True, False, True])
     weights = jnp.arange(1.0, M + 1)  # a straggler's weight is ignored: it delivered nothing
@@ -173,12 +177,12 @@ def test_error_feedback_send_keeps_what_it_did_not_send():
     rule = _rule("ef")
     comp = _compressor("ef")
     g, e = jax.random.normal(_key(13), (2, D))
-    msg, comp_in, state = rule.send(_key(14), g, {"e": e}, _hp())
+    msg, comp_in, state = rule.send(_key(14), g, ErrorMemory(e), _hp())
     np.testing.assert_allclose(comp_in, g + e, rtol=1e-6)
     np.testing.assert_allclose(msg, comp.compress(_key(14), g + e), rtol=1e-6)
-    np.testing.assert_allclose(state["e"], g + e - msg, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(state.e, g + e - msg, rtol=1e-6, atol=1e-7)
     assert np.count_nonzero(np.asarray(msg)) == K
-    np.testing.assert_allclose(rule.memory(state, g), np.linalg.norm(np.asarray(state["e"])), rtol=1e-6)
+    np.testing.assert_allclose(rule.memory(state, g), np.linalg.norm(np.asarray(state.e)), rtol=1e-6)
 
 
 def test_error_feedback_conserves_mass():
@@ -195,11 +199,11 @@ def test_error_feedback_conserves_mass():
         state = fb.init(d, jnp.float32)
         sent = np.zeros(d, np.float32)
         for t in range(steps):
-            before = np.asarray(state["e"])
+            before = np.asarray(state.e)
             g = jnp.asarray(gs[t])
             if straggles[t]:
                 state = fb.hold(g, state, hp)
-                after = np.asarray(state["e"])
+                after = np.asarray(state.e)
                 expected = {"keep": before, "reset": np.zeros(d), "accumulate": before + gs[t]}[mode]
                 np.testing.assert_allclose(after, expected, atol=1e-6)
             else:
@@ -208,7 +212,7 @@ def test_error_feedback_conserves_mass():
                 assert np.count_nonzero(np.asarray(msg)) == 3
         total = gs.sum(0) if mode == "accumulate" else gs[~straggles].sum(0)
         if mode != "reset":
-            np.testing.assert_allclose(sent + np.asarray(state["e"]), total, atol=1e-4)
+            np.testing.assert_allclose(sent + np.asarray(state.e), total, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- ef21
@@ -218,12 +222,12 @@ def test_ef21_send_moves_the_shift_by_the_message():
     rule = _rule("ef21")
     comp = _compressor("ef21")
     g, h = jax.random.normal(_key(15), (2, D))
-    msg, comp_in, state = rule.send(_key(16), g, {"h": h}, _hp())
+    msg, comp_in, state = rule.send(_key(16), g, Shift(h), _hp())
     np.testing.assert_allclose(comp_in, g - h, rtol=1e-6)
     np.testing.assert_allclose(msg, comp.compress(_key(16), g - h), rtol=1e-6)
-    np.testing.assert_allclose(state["h"], h + msg, rtol=1e-6)
-    assert rule.hold(g, {"h": h}, _hp())["h"] is h  # a straggler's shift stays as last received
-    np.testing.assert_allclose(rule.memory(state, g), np.linalg.norm(np.asarray(g - state["h"])), rtol=1e-6)
+    np.testing.assert_allclose(state.h, h + msg, rtol=1e-6)
+    assert rule.hold(g, Shift(h), _hp()).h is h  # a straggler's shift stays as last received
+    np.testing.assert_allclose(rule.memory(state, g), np.linalg.norm(np.asarray(g - state.h)), rtol=1e-6)
 
 
 def test_ef21_aggregate_uses_every_shift_with_the_no_straggler_weights():
@@ -238,16 +242,16 @@ def test_ef21_aggregate_uses_every_shift_with_the_no_straggler_weights():
     np.testing.assert_allclose(B.T @ w_bar, 1.0 / m_dev, rtol=1e-6)
     rule = _rule("ef21")
     partition_grads = jax.random.normal(_key(17), (m_dev, D))
-    h_after = {"h": B @ partition_grads}  # every device's shift equals its coded gradient
+    h_after = Shift(B @ partition_grads)  # every device's shift equals its coded gradient
     rng = np.random.default_rng(SEED)
     for _ in range(5):
         straggles = jnp.asarray(rng.random(m_dev) < 0.5)
         weights = decode_weights("fixed", B, straggles, jnp.full(m_dev, 0.5), alloc.replication)
         messages = jax.random.normal(_key(int(rng.integers(1 << 30))), (m_dev, D))
-        before = {"h": jnp.zeros((m_dev, D))}
+        before = Shift(jnp.zeros((m_dev, D)))
         server = Server(weights, w_bar, ~straggles, messages, before, h_after)
         g_hat = rule.aggregate(server)
-        np.testing.assert_allclose(g_hat, w_bar @ h_after["h"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(g_hat, w_bar @ h_after.h, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(g_hat, partition_grads.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
@@ -260,12 +264,12 @@ def test_diana_send_alpha_and_refusal_of_biased_compressors():
     g, h = jax.random.normal(_key(18), (2, D))
     default = diana_alpha_bound(comp)
     assert math.isclose(default, 1.0 / (1.0 + comp.omega))
-    msg, comp_in, state = rule.send(_key(19), g, {"h": h}, _hp())
+    msg, comp_in, state = rule.send(_key(19), g, Shift(h), _hp())
     np.testing.assert_allclose(comp_in, g - h, rtol=1e-6)
     np.testing.assert_allclose(msg, comp.compress(_key(19), g - h), rtol=1e-6)
-    np.testing.assert_allclose(state["h"], h + default * msg, rtol=1e-5, atol=1e-6)
-    _, _, state = rule.send(_key(19), g, {"h": h}, _hp(diana_alpha=0.25))
-    np.testing.assert_allclose(state["h"], h + 0.25 * msg, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.h, h + default * msg, rtol=1e-5, atol=1e-6)
+    _, _, state = rule.send(_key(19), g, Shift(h), _hp(diana_alpha=0.25))
+    np.testing.assert_allclose(state.h, h + 0.25 * msg, rtol=1e-5, atol=1e-6)
     with pytest.raises(cj.ConfigError, match="unbiased"):
         make_feedback("diana", make_compressor("topk", D, k=K))
 
@@ -282,7 +286,7 @@ def _diana_estimates(rule, B, g, h, p, n, *, correct_weights: bool):
     def one(key):
         k_mask, k_comp = jax.random.split(key)
         straggles = jax.random.uniform(k_mask, (m_dev,)) < p
-        before = {"h": h}
+        before = Shift(h)
         msgs, _, sent = jax.vmap(rule.send, (0, 0, 0, None))(jax.random.split(k_comp, m_dev), g, before, hp)
         held = jax.vmap(rule.hold, (0, 0, None))(g, before, hp)
         after = jax.tree_util.tree_map(lambda a, b: jnp.where(straggles[:, None], a, b), held, sent)
@@ -346,8 +350,8 @@ def test_device_momentum_semantics():
     rule = with_device_momentum(inner)
     assert rule.name == "recording"
     state = rule.init(D, jnp.float32)
-    assert set(state) == {"rule", "u"}
-    np.testing.assert_array_equal(state["u"], 0.0)
+    assert isinstance(state, MomentumMemory)
+    np.testing.assert_array_equal(state.u, 0.0)
     rng = np.random.default_rng(SEED)
     u = np.zeros(D, np.float32)
     for t, delivers in enumerate([True, True, False, True, False, False, True]):
@@ -357,18 +361,18 @@ def test_device_momentum_semantics():
             u = beta * u + g
             np.testing.assert_allclose(msg, 2 * u, rtol=1e-6)
             np.testing.assert_allclose(comp_in, u, rtol=1e-6)
-            np.testing.assert_allclose(state["rule"]["seen"], u, rtol=1e-6)
+            np.testing.assert_allclose(state.rule["seen"], u, rtol=1e-6)
         else:
             state = rule.hold(jnp.asarray(g), state, hp)
-            np.testing.assert_allclose(state["rule"]["held"], beta * u + g, rtol=1e-6)
-        np.testing.assert_allclose(state["u"], u, rtol=1e-6)
+            np.testing.assert_allclose(state.rule["held"], beta * u + g, rtol=1e-6)
+        np.testing.assert_allclose(state.u, u, rtol=1e-6)
         np.testing.assert_allclose(
-            rule.memory(state, jnp.asarray(g)), inner.memory(state["rule"], g), rtol=1e-6
+            rule.memory(state, jnp.asarray(g)), inner.memory(state.rule, g), rtol=1e-6
         )
     states = _stack(state, M)
     w_bar = jnp.linspace(0.1, 0.5, M)
     server = Server(w_bar, w_bar, jnp.ones(M, bool), jnp.zeros((M, D)), states, states)
-    inner_server = server._replace(before=states["rule"], after=states["rule"])
+    inner_server = server._replace(before=states.rule, after=states.rule)
     np.testing.assert_allclose(rule.aggregate(server), inner.aggregate(inner_server), rtol=1e-6)
 
 
@@ -379,13 +383,13 @@ def test_device_momentum_with_beta_zero_is_the_rule(name):
     hp = _hp()  # device_momentum = 0
     assert float(hp.device_momentum) == 0.0
     state = rule.init(D, jnp.float32)
-    state = {"rule": _row(_random_state(inner, jnp.float32, 40), 0), "u": jax.random.normal(_key(41), (D,))}
+    state = MomentumMemory(_row(_random_state(inner, jnp.float32, 40), 0), jax.random.normal(_key(41), (D,)))
     g = jax.random.normal(_key(42), (D,))
     msg, comp_in, new = rule.send(_key(43), g, state, hp)
-    msg0, comp_in0, new0 = inner.send(_key(43), g, state["rule"], hp)
-    chex.assert_trees_all_close((msg, comp_in, new["rule"]), (msg0, comp_in0, new0), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(new["u"], g, rtol=1e-6)
-    chex.assert_trees_all_close(rule.hold(g, state, hp)["rule"], inner.hold(g, state["rule"], hp), rtol=1e-6)
+    msg0, comp_in0, new0 = inner.send(_key(43), g, state.rule, hp)
+    chex.assert_trees_all_close((msg, comp_in, new.rule), (msg0, comp_in0, new0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(new.u, g, rtol=1e-6)
+    chex.assert_trees_all_close(rule.hold(g, state, hp).rule, inner.hold(g, state.rule, hp), rtol=1e-6)
 
 
 def test_diana_warns_when_a_set_alpha_exceeds_its_bound_and_defaults_to_it():

@@ -30,8 +30,8 @@ import pytest
 
 import coco_jax as cj
 from coco_jax import plan as plan_lib
-from coco_jax.coding import can_decode
 from coco_jax.config import hparams_in_group
+from coco_jax.decoders import can_decode
 from coco_jax.feedback import Feedback, sum_delivered
 from coco_jax.step import init_run, iterate
 

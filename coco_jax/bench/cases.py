@@ -56,7 +56,7 @@ def code_matrix(m: int, s: int) -> np.ndarray:
 def decode_weights(m: int, s: int, p: float = STRAGGLER_PROB) -> np.ndarray:
     """The engine's fixed decoder with nobody straggling, w_m = 1/(K (1-p) (s+1)) (the
     step zeroes the stragglers' weights)."""
-    from coco_jax.coding import decode_weights as engine_weights
+    from coco_jax.decoders import decode_weights as engine_weights
 
     return np.asarray(engine_weights("fixed", code_matrix(m, s), np.zeros(m, bool), np.full(m, p), s + 1.0))
 
