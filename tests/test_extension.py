@@ -2,8 +2,8 @@
 
 A user top-k and a user cyclic code, written exactly as the DESIGN.md example, give the
 histories and bits of the built-ins `topk` / `cyclic` in `cj.run`, `cj.sweep` and on
-the command line (`--plugins FILE.py`); user presets, feedback rules, straggler models,
-models and random codes work as documented; bad plugins fail with a ConfigError naming
+the command line (`--plugins FILE.py`); user presets, decoders, feedback rules,
+straggler models, models, datasets and random codes work as documented; bad plugins fail with a ConfigError naming
 the component before anything compiles; results load and plot in a process that never
 imported the plugin; the example experiment (experiments/custom_compressor.py) runs.
 
@@ -35,6 +35,7 @@ from coco_jax import registry
 from coco_jax.bench import CompileCounter
 from coco_jax.cli import main
 from coco_jax.compressors import empirical_contraction, make_compressor
+from coco_jax.data import dataset_label, load_dataset
 from coco_jax.engine import prepare
 from coco_jax.results import HISTORY_KEYS, config_id
 from coco_jax.step import init_run
@@ -349,6 +350,109 @@ def test_user_random_code():
     np.testing.assert_allclose(cj.run(gd_like).params, cj.run(uncoded).params, rtol=1e-5, atol=1e-6)
 
 
+def _received_by_hand() -> cj.Decoder:
+    """The built-in `received` decoder written as a user would: M / (|S| K r)."""
+
+    def weights(B, straggles, rates, replication):
+        m_dev, k_parts = B.shape
+        alive = ~straggles
+        n_alive = jnp.maximum(jnp.sum(alive), 1).astype(B.dtype)
+        return jnp.where(alive, m_dev / (n_alive * k_parts * replication), 0.0).astype(B.dtype)
+
+    return cj.Decoder(weights)
+
+
+def test_user_decoder_equals_the_builtin_and_shares_its_program():
+    """A user decoder written like `received` gives received's history; registered
+    exchangeable, it is refused with heterogeneous stragglers like the built-in; as a
+    traceable decoder it is merged into one program with the built-in ones."""
+    cj.register_decoder("my_received", _received_by_hand, exchangeable=True)
+    base = cj.preset("coco-ef", **SMALL)
+    builtin = cj.run(base.replace(decoder="received"))
+    mine = cj.run(base.replace(decoder="my_received"))
+    assert_same_history(mine.history, builtin.history)
+    assert mine.config.decoder == "my_received"
+    probs = tuple(np.linspace(0.0, 0.4, SMALL["num_devices"]).tolist())
+    with (
+        CompileCounter() as cc,
+        pytest.raises(cj.ConfigError, match="decoder='my_received'.*different rates"),
+    ):
+        cj.ExperimentConfig(**{**SMALL, "decoder": "my_received", "straggler": "heterogeneous",
+                               "straggler_probs": probs})  # fmt: skip
+    assert cc.count == 0
+    grid = cj.Grid(base=base, axes={"decoder": ["fixed", "received", "my_received"], "seed": [0, 1]})
+    df = cj.sweep(grid, progress=False)
+    assert df.stats.groups == 1  # the three decoders are one traced choice
+    for dec in ("received", "my_received"):
+        rows = df[(df.decoder == dec) & (df.seed == 0)].sort_values("step")
+        np.testing.assert_allclose(rows["loss"].to_numpy(), builtin.history["loss"], rtol=1e-5)
+
+
+def test_user_decoder_validate_option_refuses_before_compiling():
+    """A registration's own `validate(cfg)` runs for every configuration that chooses it."""
+
+    def needs_no_stragglers(cfg):
+        if cfg.straggler != "none":
+            raise cj.ConfigError(f"straggler={cfg.straggler!r} is invalid: decoder 'all_in' needs 'none'")
+
+    cj.register_decoder("all_in", lambda: cj.Decoder(lambda B, st, r, rep: jnp.full(B.shape[0], 1.0 / B.shape[1]) / rep),
+                        validate=needs_no_stragglers)  # fmt: skip
+    uncoded = {**SMALL, "redundancy": 0}
+    cfg = cj.preset("gd", **uncoded, decoder="all_in")
+    # both weight every device by the same float32 1/K, so the runs differ at most by
+    # float32 reassociation in the update: a few eps per step
+    steps_eps = 4 * SMALL["steps"] * float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(cj.run(cfg).params, cj.run(cj.preset("gd", **uncoded)).params, rtol=steps_eps)
+    with pytest.raises(cj.ConfigError, match="decoder 'all_in' needs 'none'"):
+        cfg.replace(straggler="bernoulli")
+
+
+def _two_blobs(task: str, num_samples: int, num_test: int, num_features: int, data_seed: int) -> cj.Dataset:
+    """Two Gaussian blobs at ±1 (binary labels), generated from data_seed."""
+    rng = np.random.default_rng(data_seed)
+    n = num_samples + num_test
+    y = (rng.random(n) < 0.5).astype(np.int32)
+    x = (rng.normal(size=(n, num_features)) + np.where(y[:, None] == 1, 1.0, -1.0)).astype(np.float32)
+    return cj.Dataset("two_blobs", x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:], 2,
+                      source="generated")  # fmt: skip
+
+
+def test_user_dataset_runs_sweeps_and_is_checked():
+    """A registered dataset is a config value: it loads from the config's data fields
+    (data_seed changes it), logreg learns it, a sweep over datasets runs, its label
+    shows, and a task its class count cannot serve is refused at config time."""
+    cj.register_dataset("two_blobs", _two_blobs, classes=2, label=lambda cfg: "two blobs (±1)")
+    cfg = cj.preset("coco-ef", **{**SMALL, "task": "logreg", "dataset": "two_blobs", "lr": 0.5})
+    res = cj.run(cfg)
+    assert res.history["loss"][-1] < 0.8 * res.history["loss"][0]
+    assert res.history["test_accuracy"][-1] > 0.8
+    a = load_dataset(cfg)
+    assert not np.array_equal(a.x_train, load_dataset(cfg.replace(data_seed=1)).x_train)
+    assert dataset_label(cfg) == "two blobs (±1)"
+    with pytest.raises(cj.ConfigError, match="dataset='two_blobs' is binary"):
+        cfg.replace(task="softmax")
+    df = cj.sweep(cj.Grid(base=cfg, axes={"dataset": ["synthetic", "two_blobs"]}), progress=False)
+    assert sorted(df.dataset.unique()) == ["synthetic", "two_blobs"]
+
+
+def test_user_dataset_errors_name_the_dataset():
+    cj.register_dataset("bad_ds", lambda task: (np.zeros((4, 2)), np.zeros(4)))
+    with pytest.raises(
+        cj.ConfigError, match=r"dataset 'bad_ds': the factory returned tuple, must return cj\.Dataset"
+    ):
+        cj.run(cj.preset("coco-ef", **SMALL, dataset="bad_ds"))
+    cj.register_dataset("nan_ds", lambda num_features: cj.Dataset(
+        "nan_ds", np.full((12, num_features), np.nan, np.float32), np.zeros(12, np.float32),
+        np.zeros((0, num_features), np.float32), np.zeros(0, np.float32), 0))  # fmt: skip
+    with pytest.raises(cj.ConfigError, match="dataset 'nan_ds': training data: x contains NaN"):
+        cj.run(cj.preset("coco-ef", **SMALL, dataset="nan_ds"))
+    cj.register_dataset("wants_lr", lambda task, hidden_sizes: None)
+    with pytest.raises(
+        cj.ConfigError, match="dataset 'wants_lr': factory argument 'hidden_sizes' is unknown"
+    ):
+        cj.run(cj.preset("coco-ef", **SMALL, dataset="wants_lr"))
+
+
 # =============================================================== bad plugins, clear errors
 
 
@@ -486,6 +590,8 @@ def test_bad_registrations_fail_at_registration():
         ("error_feedback", "FEEDBACKS", "register_feedback"),
         ("straggler", "STRAGGLER_MODELS", "register_straggler_model"),
         ("task", "MODELS", "register_model"),
+        ("decoder", "DECODERS", "register_decoder"),
+        ("dataset", "DATASETS", "register_dataset"),
     ],
 )
 def test_unknown_name_lists_registered_names_and_how_to_register(contract, field, registry_name, register):
@@ -530,7 +636,8 @@ def test_presets_command_lists_plugin_presets(tmp_path, capsys):
 def test_taken_names_need_overwrite(contract):
     for register, name in ((cj.register_compressor, "topk"), (cj.register_compressor, "user_topk"),
                            (cj.register_code, "user_cyclic"), (cj.register_feedback, "ef"),
-                           (cj.register_straggler_model, "bernoulli"), (cj.register_model, "mlp")):  # fmt: skip
+                           (cj.register_straggler_model, "bernoulli"), (cj.register_model, "mlp"),
+                           (cj.register_decoder, "fixed"), (cj.register_dataset, "digits")):  # fmt: skip
         with pytest.raises(cj.ConfigError, match=rf"'{name}' is already registered; pass overwrite=True"):
             register(name, lambda **kw: None)
     with pytest.raises(cj.ConfigError, match="'coco-ef' is already registered"):
@@ -605,6 +712,16 @@ OVERWRITES = {
         lambda: cj.register_straggler_model("swap", _everyone_at_ten_percent, overwrite=True),
         {"straggler": "swap"},
         lambda prep: float(prep.comps.straggler_models[0].marginal_rate(None)[1]),
+    ),
+    "decoder": (
+        lambda: cj.register_decoder("swap", _received_by_hand),
+        lambda: cj.register_decoder(
+            "swap", lambda: cj.Decoder(lambda B, st, r, rep: jnp.zeros(B.shape[0])), overwrite=True
+        ),
+        {"decoder": "swap"},
+        lambda prep: float(
+            prep.comps.decoders[0].weights(jnp.ones((2, 2)), jnp.zeros(2, bool), jnp.zeros(2), 1.0)[0]
+        ),
     ),
     "model": (
         lambda: cj.register_model("swap", _model_v1),
