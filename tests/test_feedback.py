@@ -26,6 +26,7 @@ from coco_jax.decoders import decode_weights
 from coco_jax.feedback import (
     ErrorMemory,
     MomentumMemory,
+    NoMemory,
     Server,
     Shift,
     diana_alpha_bound,
