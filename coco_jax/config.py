@@ -29,6 +29,8 @@ from coco_jax.errors import ConfigError, fail
 LINEAR_TASKS = ("linreg", "logreg", "softmax")
 STRAGGLER_ERRORS = ("keep", "reset", "accumulate")
 OPTIMIZERS = ("sgd", "momentum", "adam")
+# eta_t = lr * f(t), t the 0-based iteration, t0 = lr_decay_steps (`coco_jax.schedules`)
+LR_SCHEDULES = ("constant", "inverse_time", "inverse_sqrt", "cosine", "step")
 PARTITIONINGS = ("contiguous", "iid", "sorted", "dirichlet")
 DTYPES = ("float32", "float64")
 
@@ -74,6 +76,20 @@ def _wait_for_hp(cfg, dt) -> np.ndarray:
 
 def _seed_hp(cfg, dt) -> np.ndarray:
     return np.asarray(cfg.seed, np.uint32)
+
+
+def _lr_schedule_hp(cfg, dt) -> np.ndarray:
+    # the schedule is a traced index: its formulas are a few scalar operations, so every
+    # schedule shares one compiled program
+    return np.asarray(LR_SCHEDULES.index(cfg.lr_schedule), np.int32)
+
+
+def _lr_decay_steps_hp(cfg, dt) -> np.ndarray:
+    return np.asarray(cfg.steps if cfg.lr_decay_steps is None else cfg.lr_decay_steps, dt)
+
+
+def _upload_bandwidth_hp(cfg, dt) -> np.ndarray:
+    return np.asarray(np.inf if cfg.upload_bandwidth is None else cfg.upload_bandwidth, dt)
 
 
 def _diana_alpha_hp(cfg, dt) -> np.ndarray:
@@ -147,9 +163,17 @@ class ExperimentConfig:
         1.0, "latency: per-partition time = shift + Exp(rate)", _STRAG, dynamic=True
     )
     latency_rate: float = _field(1.0, "latency: rate of the exponential part", _STRAG, dynamic=True)
+    latency_fixed: float = _field(
+        0.0, "latency: mean of a load-independent Exp delay added to every device's time", _STRAG,
+        dynamic=True,
+    )  # fmt: skip
     deadline: float = _field(4.0, "latency: devices slower than this straggle", _STRAG, dynamic=True)
     wait_for: int | None = _field(None, "latency: wait for the n fastest devices instead of a deadline",
                                   _STRAG, dynamic=True, to_hp=_wait_for_hp)  # fmt: skip
+    upload_bandwidth: float | None = _field(
+        None, "bits per simulated second a device uploads; a message arrives bits/bandwidth after its "
+        "compute time (none = instantaneous)", _STRAG, dynamic=True, to_hp=_upload_bandwidth_hp,
+    )  # fmt: skip
 
     # compression and feedback
     compressor: str = _field("topk", "gradient compressor", _COMP, registry_of=registry.COMPRESSORS)
@@ -169,6 +193,15 @@ class ExperimentConfig:
     # server optimiser and run
     optimizer: str = _field("sgd", "server optimiser", _OPT, choices=OPTIMIZERS)
     lr: float = _field(0.1, "server learning rate (0 freezes the parameters)", _OPT, dynamic=True)
+    lr_schedule: str = _field(
+        "constant", "step size eta_t = lr * f(t/t0): constant, inverse_time 1/(1+t/t0), inverse_sqrt, "
+        "cosine (to 0 at t0), step (x0.1 every t0)", _OPT, dynamic=True, choices=LR_SCHEDULES,
+        to_hp=_lr_schedule_hp,
+    )  # fmt: skip
+    lr_decay_steps: float | None = _field(
+        None, "t0, the schedule's horizon in iterations (none = steps)", _OPT, dynamic=True,
+        to_hp=_lr_decay_steps_hp,
+    )  # fmt: skip
     momentum: float = _field(0.9, "momentum of optimizer=momentum", _OPT, dynamic=True)
     steps: int = _field(200, "iterations", _OPT)
     eval_every: int = _field(1, "evaluate every this many steps (and at the last)", _OPT)
@@ -291,6 +324,9 @@ def _validate_stragglers(cfg) -> None:
     _real(cfg, "latency_shift", low=0.0)
     _real(cfg, "latency_rate", low=0.0, low_open=True)
     _real(cfg, "deadline", low=0.0, low_open=True)
+    _real(cfg, "latency_fixed", low=0.0)
+    if cfg.upload_bandwidth is not None:
+        _real(cfg, "upload_bandwidth", low=0.0, low_open=True)
     if cfg.wait_for is not None:
         _int(cfg, "wait_for", 1, m, what=f"must satisfy 1 <= wait_for <= num_devices={m}")
         if cfg.straggler != "latency":
@@ -343,6 +379,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _validate_stragglers(cfg)
     _validate_compression(cfg)
     _real(cfg, "lr", low=0.0)
+    if cfg.lr_decay_steps is not None:
+        _real(cfg, "lr_decay_steps", low=0.0, low_open=True)
     _real(cfg, "momentum", low=0.0, high=1.0, high_open=True)
     _int(cfg, "steps", 1)
     _int(cfg, "eval_every", 1)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from coco_jax import coding, compressors, decoders, feedback, stragglers, tasks
+from coco_jax import coding, compressors, decoders, feedback, schedules, stragglers, tasks
 from coco_jax.config import HParams, Static, eval_schedule, float_dtype
 from coco_jax.feedback import Server
 
@@ -140,7 +140,8 @@ def components(static: Static) -> Components:
         for name in static.options("straggler")
     )
     decoder_options = tuple(
-        decoders.make_decoder(name, cfg.num_devices, k_parts, dtype, fields) for name in static.options("decoder")
+        decoders.make_decoder(name, cfg.num_devices, k_parts, dtype, fields)
+        for name in static.options("decoder")
     )
     return Components(static, task, comp, rule, codes, decoder_options, models)
 
@@ -155,13 +156,16 @@ def _pick(options: tuple, index, make):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[index], *outs)
 
 
-def make_optimizer(name: str, hp: HParams) -> optax.GradientTransformation:
-    """The server optimiser; hp values may be tracers (no recompilation per value)."""
+def make_optimizer(name: str, hp: HParams, lr: jax.Array | None = None) -> optax.GradientTransformation:
+    """The server optimiser with step size `lr` (default hp.lr); hp values may be
+    tracers (no recompilation per value). The state's structure does not depend on
+    the step size, so the optimiser is rebuilt each step with that step's eta_t."""
+    lr = hp.lr if lr is None else lr
     if name == "sgd":
-        return optax.sgd(hp.lr)
+        return optax.sgd(lr)
     if name == "momentum":
-        return optax.sgd(hp.lr, momentum=hp.momentum)
-    return optax.adam(hp.lr)
+        return optax.sgd(lr, momentum=hp.momentum)
+    return optax.adam(lr)
 
 
 # ------------------------------------------------------------------- the step
@@ -251,15 +255,13 @@ def device_messages(comps: Components, key, state: RunState, b, straggles, hp: H
 def decoder_weights(comps: Components, b, straggles, rates, hp: HParams) -> jax.Array:
     """The decoder's weights w [M] for this step's straggler set (0 for stragglers)."""
     r = _pick(comps.codes, hp.code_choice, lambda code: jnp.asarray(code.replication or 1.0, b.dtype))
-    return _pick(
-        comps.decoders, hp.decoder_choice, lambda decoder: decoder.weights(b, straggles, rates, r)
-    )
+    return _pick(comps.decoders, hp.decoder_choice, lambda decoder: decoder.weights(b, straggles, rates, r))
 
 
-def server_update(comps: Components, state: RunState, b, straggles, out: DeviceOutput, consts, hp):
+def server_update(comps: Components, state: RunState, b, straggles, out: DeviceOutput, consts, hp, t):
     """The server's estimate ĝ from what was delivered (the feedback rule's aggregate
-    over the straggler mask and the decoder's weights), then the optax update.
-    Returns (params, opt_state, ĝ)."""
+    over the straggler mask and the decoder's weights), then the optax update with
+    the scheduled step size eta_t (iteration t, 1-based). Returns (params, opt_state, ĝ)."""
     server = Server(
         weights=decoder_weights(comps, b, straggles, consts.rates, hp),
         full_weights=consts.full_weights,
@@ -269,7 +271,7 @@ def server_update(comps: Components, state: RunState, b, straggles, out: DeviceO
         after=out.fb_state,
     )
     g_hat = comps.feedback.aggregate(server)  # [d]
-    opt = make_optimizer(comps.static.cfg.optimizer, hp)
+    opt = make_optimizer(comps.static.cfg.optimizer, hp, schedules.learning_rate(hp, t - 1))
     updates, opt_state = opt.update(g_hat, state.opt_state, state.params)
     return optax.apply_updates(state.params, updates), opt_state, g_hat
 
@@ -329,6 +331,12 @@ def _eval_index(comps: Components, t):
     return jnp.where(t == cfg.steps, last, t // cfg.eval_every)
 
 
+def upload_time(comps: Components, hp: HParams) -> jax.Array:
+    """Seconds one delivered message takes to upload: bits / upload_bandwidth (0 with
+    unlimited bandwidth)."""
+    return (comps.compressor.bits / hp.upload_bandwidth).astype(hp.upload_bandwidth.dtype)
+
+
 class Update(NamedTuple):
     """What one iteration produced besides the new state (for metrics and tests)."""
 
@@ -344,13 +352,16 @@ def iterate(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> t
     k_t = jax.random.fold_in(carry.step_key, t)
     trace_row = None if data.trace is None else data.trace[t - 1]
     k_strag = jax.random.fold_in(k_t, 0)
+    upload = upload_time(comps, hp)
     straggles, dt, s_state = _pick(
         comps.straggler_models,
         hp.straggler_choice,
-        lambda model: model.sample(k_strag, state.straggler_state, hp, carry.consts.load, trace_row),
+        lambda model: stragglers.sample_with_upload(
+            model, k_strag, state.straggler_state, hp, carry.consts.load, trace_row, upload
+        ),
     )
     out = device_messages(comps, k_t, state, carry.b, straggles, hp, data)
-    params, opt_state, g_hat = server_update(comps, state, carry.b, straggles, out, carry.consts, hp)
+    params, opt_state, g_hat = server_update(comps, state, carry.b, straggles, out, carry.consts, hp, t)
     finite = jnp.all(jnp.isfinite(params))
     new = RunState(
         params=params,
@@ -411,8 +422,11 @@ def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
         diverged_step=jnp.full((), -1, jnp.int32),
     )
     load = jnp.sum(b != 0, axis=1).astype(dtype)  # [M]
+    upload = upload_time(comps, hp)
     rates = _pick(
-        comps.straggler_models, hp.straggler_choice, lambda model: model.marginal_rate(hp, load)
+        comps.straggler_models,
+        hp.straggler_choice,
+        lambda model: stragglers.rate_with_upload(model, hp, load, upload),
     )  # [M]
     nobody = jnp.zeros((m_dev,), bool)
     consts = RunConstants(load, rates, decoder_weights(comps, b, nobody, jnp.zeros_like(rates), hp))

@@ -11,7 +11,8 @@ scalar (simulated wall-clock of the step) and ``load`` [M] the number of partiti
 each device holds (row sums of B). ``model.marginal_rate(hp)`` is the nominal
 per-device straggling probability [M] that the ``fixed`` decoder divides by.
 
-Models (all but ``latency`` take one time unit per step: step_time = 1.0):
+Models (all but ``latency`` take one time unit of compute per step, plus the upload
+time u of a message when ``upload_bandwidth`` is set: step_time = 1 + u):
 
 - ``none``: nobody straggles; rate 0.
 - ``bernoulli``: each device independently with probability ``straggler_prob``.
@@ -23,17 +24,23 @@ Models (all but ``latency`` take one time unit per step: step_time = 1.0):
   The initial state is drawn from the stationary law, so every step has the
   stationary rate pi_bad = p_gb / (p_gb + p_bg); a bad burst lasts 1 / p_bg steps on
   average (geometric), a good spell 1 / p_gb.
-- ``latency``: shifted exponential compute times (standard in coded computing):
-  time_m = load_m * (latency_shift + Exp(latency_rate)), Exp of mean 1/rate.
-  Deadline mode: devices with time_m > ``deadline`` straggle; the step takes the
-  deadline if anyone straggles, else the slowest time. Rate
-  P(time_m > deadline) = exp(-rate (deadline/load_m - shift)) if deadline/load_m >
-  shift else 1 (0 for a device with load 0). Wait mode (``wait_mode=True``): the
-  server waits for the ``wait_for`` = n fastest devices; the M - n slowest straggle
-  (ties broken by index: the higher index is slower) and the step takes the n-th
-  smallest time; nominal rate (M - n) / M for every device under equal loads, and
-  under unequal loads a seeded Monte-Carlo estimate of each device's rate
-  (`wait_mode_rates`), so the fixed decoder stays unbiased.
+- ``latency``: shifted exponential compute times (standard in coded computing) plus a
+  load-independent delay: time_m = load_m * (latency_shift + Exp(latency_rate)) +
+  Exp(1/latency_fixed), Exp(r) of mean 1/r (the delay is 0 when latency_fixed = 0).
+  The first part grows with the partitions a device holds (the cost of redundancy),
+  the second does not (interference, network: what redundancy protects against). A
+  message arrives at arrival_m = time_m + u, u = bits per message / upload_bandwidth.
+  Deadline mode: devices with arrival_m > ``deadline`` straggle; the step takes the
+  deadline if anyone straggles, else the last arrival. Rate P(arrival_m > deadline)
+  = P(Y > y) with y = deadline - u - load_m shift and Y = Exp(rate/load_m) +
+  Exp(1/latency_fixed): exp(-l1 y) (1 + l1 y phi((l2 - l1) y)), l1 = rate/load_m,
+  l2 = 1/latency_fixed, phi(x) = (1 - e^-x)/x (exp(-l1 y) when latency_fixed = 0; 1
+  when y <= 0; 0 for a device with load 0). Wait mode (``wait_mode=True``): the
+  server waits for the ``wait_for`` = n first arrivals; the M - n last straggle (ties
+  broken by index: the higher index is later) and the step takes the n-th arrival;
+  nominal rate (M - n) / M for every device under equal loads, and under unequal
+  loads a seeded Monte-Carlo estimate of each device's rate (`wait_mode_rates`), so
+  the fixed decoder stays unbiased.
 - ``trace``: straggles = the given trace row (user array, True = straggles); the
   nominal rate is the user-declared ``straggler_prob``.
 
@@ -70,6 +77,11 @@ class StragglerModel(NamedTuple):
         marginal_rate: (hp, load=None) -> [M] nominal straggling probability per
             device (what the ``fixed`` decoder divides by).
         name: registry name (filled in from the registration when None).
+        upload_aware: False (default): the engine adds the upload time u of a message
+            to ``step_time``. True: the model times uploads itself and takes u as a
+            last argument of ``sample(..., upload_time)`` and
+            ``marginal_rate(hp, load, upload_time)`` (a deadline then acts on arrival
+            times).
     """
 
     init: Callable[[jax.Array, Any], Any]
@@ -78,6 +90,23 @@ class StragglerModel(NamedTuple):
     ]
     marginal_rate: Callable[..., jax.Array]
     name: str | None = None
+    upload_aware: bool = False
+
+
+def sample_with_upload(model: StragglerModel, key, state, hp, load, trace_row, upload_time):
+    """`model.sample` with uploads of ``upload_time`` seconds: passed to an
+    upload-aware model, else added to its step time."""
+    if model.upload_aware:
+        return model.sample(key, state, hp, load, trace_row, upload_time)
+    straggles, step_time, state = model.sample(key, state, hp, load, trace_row)
+    return straggles, step_time + jnp.asarray(upload_time).astype(step_time.dtype), state
+
+
+def rate_with_upload(model: StragglerModel, hp, load, upload_time) -> jax.Array:
+    """`model.marginal_rate` with uploads of ``upload_time`` seconds (see `sample_with_upload`)."""
+    if model.upload_aware:
+        return model.marginal_rate(hp, load, upload_time)
+    return model.marginal_rate(hp, load)
 
 
 def _float_dtype(x) -> Any:
@@ -120,24 +149,41 @@ def _ranks(x: jax.Array) -> jax.Array:
 def latency_times(key: jax.Array, hp, load: jax.Array) -> jax.Array:
     """Per-device compute times [M] of the ``latency`` model for this step's key.
 
-    time_m = load_m * (latency_shift + E_m / latency_rate), E_m ~ Exp(1) drawn from
-    ``key`` exactly as `StragglerModel.sample` draws them (so tests can re-derive).
+    time_m = load_m * (latency_shift + E_m / latency_rate) + latency_fixed * F_m, with
+    E_m ~ Exp(1) drawn from ``key`` and F_m ~ Exp(1) from ``fold_in(key, 1)``, exactly
+    as `StragglerModel.sample` draws them (so tests can re-derive them); a device with
+    load 0 has time 0.
     """
     load = jnp.asarray(load)
     dtype = _float_dtype(hp.latency_shift)
     expo = jax.random.exponential(key, load.shape, dtype) / hp.latency_rate  # [M]
-    return load.astype(dtype) * (hp.latency_shift + expo)
+    delay = jax.random.exponential(jax.random.fold_in(key, 1), load.shape, dtype)  # [M]
+    delay = jnp.where(load > 0, hp.latency_fixed * delay, 0.0)  # a device holding nothing has nothing to do
+    return load.astype(dtype) * (hp.latency_shift + expo) + delay
 
 
-def latency_rate_closed_form(hp, load: jax.Array) -> jax.Array:
-    """P(time_m > deadline) [M] for the deadline mode of ``latency``."""
+def _one_minus_exp_over(x: jax.Array) -> jax.Array:
+    """(1 - e^-x) / x, stable at x = 0 (value 1) and for either sign of x."""
+    small = jnp.abs(x) < 1e-4
+    safe = jnp.where(small, 1.0, x)
+    return jnp.where(small, 1.0 - 0.5 * x, -jnp.expm1(-safe) / safe)
+
+
+def latency_rate_closed_form(hp, load: jax.Array, upload_time=0.0) -> jax.Array:
+    """P(arrival_m > deadline) [M] for the deadline mode of ``latency`` (see the module
+    docstring): the tail of a shifted sum of two exponentials."""
     load = jnp.asarray(load)
     dtype = _float_dtype(hp.latency_shift)
     load = load.astype(dtype)
     positive = load > 0
-    ratio = hp.deadline / jnp.where(positive, load, 1.0)  # [M]
-    excess = ratio - hp.latency_shift
-    tail = jnp.where(excess > 0, jnp.exp(-hp.latency_rate * jnp.maximum(excess, 0.0)), 1.0)
+    y = hp.deadline - jnp.asarray(upload_time, dtype) - load * hp.latency_shift  # [M]
+    l1 = hp.latency_rate / jnp.where(positive, load, 1.0)  # rate of the load-scaled tail
+    c = jnp.asarray(hp.latency_fixed, dtype)
+    l2 = 1.0 / jnp.where(c > 0, c, 1.0)
+    yp = jnp.maximum(y, 0.0)
+    with_delay = jnp.exp(-l1 * yp) * (1.0 + l1 * yp * _one_minus_exp_over((l2 - l1) * yp))
+    tail = jnp.where(c > 0, with_delay, jnp.exp(-l1 * yp))
+    tail = jnp.where(y > 0, jnp.minimum(tail, 1.0), 1.0)
     return jnp.where(positive, tail, 0.0).astype(dtype)
 
 
@@ -255,30 +301,35 @@ def latency(
             return jnp.asarray(loads, jnp.float32)
         return jnp.ones((m_dev,), jnp.float32)
 
+    def arrivals(key, hp, load, upload_time):
+        times = latency_times(key, hp, resolve_load(load))  # [M]
+        return times + jnp.asarray(upload_time, times.dtype)
+
     if wait_mode:
 
-        def sample(key, state, hp, load=None, trace_row=None):
-            times = latency_times(key, hp, resolve_load(load))  # [M]
+        def sample(key, state, hp, load=None, trace_row=None, upload_time=0.0):
+            arrival = arrivals(key, hp, load, upload_time)  # [M]
             n = jnp.clip(hp.wait_for, 1, m_dev)
-            straggles = _ranks(times) >= n
-            step_time = jnp.sort(times)[n - 1]
+            straggles = _ranks(arrival) >= n
+            step_time = jnp.sort(arrival)[n - 1]
             return straggles, step_time.astype(jnp.float32), state
 
-        def rate(hp, load=None):
+        def rate(hp, load=None, upload_time=0.0):
+            del upload_time  # every message takes the same upload time: the order is the compute order
             return wait_mode_rates(hp, resolve_load(load))
 
     else:
 
-        def sample(key, state, hp, load=None, trace_row=None):
-            times = latency_times(key, hp, resolve_load(load))  # [M]
-            straggles = times > hp.deadline
-            step_time = jnp.where(jnp.any(straggles), hp.deadline, jnp.max(times))
+        def sample(key, state, hp, load=None, trace_row=None, upload_time=0.0):
+            arrival = arrivals(key, hp, load, upload_time)  # [M]
+            straggles = arrival > hp.deadline
+            step_time = jnp.where(jnp.any(straggles), hp.deadline, jnp.max(arrival))
             return straggles, step_time.astype(jnp.float32), state
 
-        def rate(hp, load=None):
-            return latency_rate_closed_form(hp, resolve_load(load))
+        def rate(hp, load=None, upload_time=0.0):
+            return latency_rate_closed_form(hp, resolve_load(load), upload_time)
 
-    return StragglerModel(_stateless_init, sample, rate)
+    return StragglerModel(_stateless_init, sample, rate, upload_aware=True)
 
 
 def _check_model(model, entry: Entry, args: dict) -> StragglerModel:

@@ -6,7 +6,7 @@ above; inside a layer the graph must still be acyclic):
 
     1  errors, registry, fileio, cache          the error type, the registries, files
     2  config                                   field metadata, validation through hooks
-    3  components: codes, decoders, compressors, feedback, stragglers, tasks, data, presets
+    3  components: codes, decoders, compressors, feedback, stragglers, tasks, data, presets, schedules
     4  step, engine, reference
     5  grid, plan, program, costs, store, results, sweep, distributed
     6  tables, plots, report, testing
@@ -46,6 +46,7 @@ LAYERS = {
     "datasets": 3,
     "partition": 3,
     "presets": 3,
+    "schedules": 3,
     "step": 4,
     "engine": 4,
     "reference": 4,
