@@ -430,7 +430,7 @@ def _check_compressor(comp, entry: Entry, args: dict) -> Compressor:
         return comp
     v = jax.ShapeDtypeStruct((dim,), dtype)
     try:
-        out = jax.eval_shape(comp.compress, jax.random.key(0), v)
+        out = jax.eval_shape(lambda v: comp.compress(jax.random.key(0), v), v)  # the key traced too
     except Exception as err:
         raise ConfigError(
             f"compressor {name!r}: compress(key, v) fails on one device's vector v of shape ({dim},) "
@@ -441,6 +441,12 @@ def _check_compressor(comp, entry: Entry, args: dict) -> Compressor:
         raise ConfigError(
             f"compressor {name!r}: compress(key, v) returned shape {got} for v of shape ({dim},); "
             f"it must return one device's compressed vector of shape ({dim},)"
+        )
+    if out.dtype != jnp.dtype(dtype):
+        raise ConfigError(
+            f"compressor {name!r}: compress(key, v) returned dtype {out.dtype} for v of dtype "
+            f"{jnp.dtype(dtype).name}; it must return v's dtype (an integer or rounded copy would "
+            "silently change the message)"
         )
     inner = comp.compress
 

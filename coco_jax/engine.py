@@ -5,6 +5,8 @@ run the compiled program of the configuration's static group and return its hist
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from typing import Any
 
 import jax
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coco_jax import data as data_lib
+from coco_jax import interrupt
 from coco_jax.config import (
     ConfigError,
     ExperimentConfig,
@@ -22,8 +25,8 @@ from coco_jax.config import (
     static_fields,
 )
 from coco_jax.partition import partition, truncate_to_multiple
-from coco_jax.registry import CODES, COMPRESSORS, DECODERS, FEEDBACKS, MODELS, STRAGGLER_MODELS
-from coco_jax.step import Components, RunData, compiled_run, components
+from coco_jax.registry import CODES, COMPRESSORS, DATASETS, DECODERS, FEEDBACKS, MODELS, STRAGGLER_MODELS
+from coco_jax.step import Components, RunData, compiled_run, components, history
 from coco_jax.tasks import task_of
 
 
@@ -123,9 +126,7 @@ def prepare(
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
             raise ConfigError(f"data={type(data).__name__} is invalid: must be a pair (X, y)")
         ds = data_lib.from_arrays(data[0], data[1], cfg.task, test=test_data)
-    xp, yp = partition(
-        ds.x_train, ds.y_train, k_parts, cfg.partitioning, cfg.data_seed, cfg.dirichlet_alpha
-    )
+    xp, yp = partition(ds.x_train, ds.y_train, k_parts, cfg.partitioning, cfg.data_seed, cfg.dirichlet_alpha)
     n_k = xp.shape[1]
     if cfg.batch_size is not None and cfg.batch_size > n_k:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid: must be <= rows per partition ({n_k})")
@@ -180,6 +181,23 @@ def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]
     return tuple((reg.kind, name, reg.entry(name).serial) for reg, name in pairs)
 
 
+def component_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+    """ "<kind> <name>" -> `Registry.fingerprint` of each registered component `cfg` uses
+    (its dataset included): what a results directory records to refuse a resume after a
+    component changed."""
+    pairs = [
+        (COMPRESSORS, cfg.compressor),
+        (CODES, cfg.allocation),
+        (DECODERS, cfg.decoder),
+        (FEEDBACKS, cfg.error_feedback),
+        (STRAGGLER_MODELS, cfg.straggler),
+        (DATASETS, cfg.dataset),
+    ]
+    if cfg.task in MODELS:
+        pairs.append((MODELS, cfg.task))
+    return {f"{reg.kind} {name}": reg.fingerprint(name) for reg, name in pairs}
+
+
 def history_to_numpy(history: dict, bits_per_message: int) -> tuple[dict[str, np.ndarray], int | None]:
     """Host-side history: numpy arrays, cumulative bits (exact, float64) and the
     divergence step (None if the run stayed finite)."""
@@ -187,6 +205,32 @@ def history_to_numpy(history: dict, bits_per_message: int) -> tuple[dict[str, np
     div = int(hist.pop("diverged_step"))
     hist["bits"] = hist["delivered"].astype(np.float64) * float(bits_per_message)
     return hist, (div if div >= 0 else None)
+
+
+CHUNK_SECONDS = 0.25  # target wall time of one chunk: how soon a run notices Ctrl-C
+
+
+def run_in_chunks(prep: Prepared) -> tuple[jax.Array, dict]:
+    """(θ_final, history) of a prepared run, advanced in chunks whose length adapts so
+    each takes about `CHUNK_SECONDS`; between chunks a pending Ctrl-C or SIGTERM stops
+    the run (`interrupt.check`). Chunking never changes the result: every chunk runs
+    the same compiled step."""
+    progs = compiled_run(prep.static)
+    hp = hparams_of(prep.cfg)
+    steps = prep.cfg.steps
+    carry = progs.init(hp, prep.data)
+    t, n, timed = 0, max(1, math.ceil(steps / 64)), False
+    while t < steps:
+        n = min(n, steps - t)
+        start = time.perf_counter()
+        carry = jax.block_until_ready(progs.advance(carry, hp, prep.data, np.int32(t), np.int32(n)))
+        elapsed = time.perf_counter() - start
+        interrupt.check()
+        t += n
+        if timed:  # the first call compiles: its time says nothing about a step
+            n = int(min(4 * n, max(1, n * CHUNK_SECONDS / max(elapsed, 1e-6))))
+        timed = True
+    return history(carry)
 
 
 def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) -> RunResult:
@@ -205,7 +249,7 @@ def run(cfg: ExperimentConfig, data=None, straggler_trace=None, test_data=None) 
         (21,)
     """
     prep = prepare(cfg, data, straggler_trace, test_data)
-    params, history = compiled_run(prep.static)(hparams_of(prep.cfg), prep.data)
-    hist, div = history_to_numpy(history, prep.bits_per_message)
+    params, records = run_in_chunks(prep)
+    hist, div = history_to_numpy(records, prep.bits_per_message)
     params = jax.tree_util.tree_map(np.asarray, prep.unravel(params))
     return RunResult(prep.cfg, hist, params, div, prep.bits_per_message)

@@ -37,8 +37,10 @@ component.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import inspect
 import itertools
@@ -310,6 +312,23 @@ class Registry:
                 f"{self.kind} {entry.name!r}: the factory raised {type(err).__name__}: {err}"
             ) from err
 
+    def fingerprint(self, name: str) -> str:
+        """A hash of what `name` computes: its factory's source (and the source of its
+        callable options), the arguments bound at registration and, for a component
+        defined outside coco_jax, the whole file that defines it (a plug-in). Results
+        record it, so a resume with a changed component can be refused."""
+        entry = self.entry(name)
+        h = hashlib.sha256(f"{self.kind}|{name}|{entry.bound!r}".encode())
+        parts = [entry.factory] + [v for _, v in entry.info if callable(v)]
+        for part in parts:
+            h.update(_source_of(part).encode())
+        if not entry.builtin:
+            path = _file_of(entry.factory)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    h.update(path.read_bytes())
+        return h.hexdigest()[:16]
+
     def build(self, name: str, provided: Mapping[str, Any], fields: Mapping[str, Any] = {}) -> Any:
         """Call `name`'s factory with the arguments it declares and check the result.
         Equal arguments return the very same (cached) component."""
@@ -372,6 +391,23 @@ def _parameters(fn: Callable) -> dict[str, inspect.Parameter] | None:
         return dict(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return None
+
+
+def _source_of(fn: Callable) -> str:
+    """The source text of `fn`, else its compiled code (a function typed at a prompt)."""
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        return repr(fn) if code is None else repr((code.co_code, code.co_consts, code.co_names))
+
+
+def _file_of(fn: Callable) -> pathlib.Path | None:
+    try:
+        name = inspect.getsourcefile(fn)
+    except TypeError:
+        return None
+    return pathlib.Path(name) if name else None
 
 
 def _qualname(fn: Callable) -> str:

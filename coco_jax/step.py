@@ -442,17 +442,19 @@ def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
     return Carry(state, b, jax.random.fold_in(key, _KEY_STEPS), consts, records)
 
 
-def advance(comps: Components, carry: Carry, hp: HParams, data: RunData, t0, length: int) -> Carry:
-    """Steps t0+1 .. t0+length (a `lax.scan`); steps past the run's end are no-ops, so
-    a run can advance in chunks of a fixed length with one compiled program."""
+def advance(comps: Components, carry: Carry, hp: HParams, data: RunData, t0, length) -> Carry:
+    """Steps t0+1 .. t0+length; steps past the run's end are no-ops, so a run can
+    advance in chunks with one compiled program. A Python int `length` is a `lax.scan`
+    of that many steps; a traced one a loop whose trip count is chosen at run time
+    (one program for any chunk length). The step itself is the same either way."""
     steps = comps.static.cfg.steps
+    start = jnp.asarray(t0, jnp.int32) + 1
 
-    def body(c, t):
-        return jax.lax.cond(t <= steps, lambda c: step(comps, c, t, hp, data), lambda c: c, c), None
+    def body(i, c):
+        t = start + i
+        return jax.lax.cond(t <= steps, lambda c: step(comps, c, t, hp, data), lambda c: c, c)
 
-    ts = jnp.asarray(t0, jnp.int32) + 1 + jnp.arange(length, dtype=jnp.int32)
-    carry, _ = jax.lax.scan(body, carry, ts)
-    return carry
+    return jax.lax.fori_loop(0, length, body, carry)
 
 
 def history(carry: Carry) -> tuple[jax.Array, dict]:
@@ -477,8 +479,21 @@ def make_run(static: Static):
     return run
 
 
+class RunPrograms(NamedTuple):
+    """The jitted programs of a single run: `init(hp, data) -> carry` and
+    `advance(carry, hp, data, t0, length) -> carry` (any number of steps)."""
+
+    init: Any
+    advance: Any
+
+
 @functools.lru_cache(maxsize=64)
-def compiled_run(static: Static):
-    """The jitted single-run program of a static group (cached: dynamic values and
-    data of equal shapes never recompile)."""
-    return jax.jit(make_run(static))
+def compiled_run(static: Static) -> RunPrograms:
+    """The jitted single-run programs of a static group (cached: dynamic values, data of
+    equal shapes and chunk lengths never recompile). `engine.run` advances in chunks,
+    so a long run can be interrupted between them."""
+    comps = components(static)
+    return RunPrograms(
+        init=jax.jit(lambda hp, data: init_run(comps, hp, data)),
+        advance=jax.jit(lambda carry, hp, data, t0, n: advance(comps, carry, hp, data, t0, n)),
+    )

@@ -1,18 +1,23 @@
 """The engine end to end: exact semantics on small cases, properties, compilation."""
 
+import os
+import signal
+import threading
+import time
+
 import chex
 import jax
 import numpy as np
 import pytest
 
 import coco_jax as cj
-from coco_jax import bench, reference
+from coco_jax import bench, interrupt, reference
 from coco_jax import config as config_lib
 from coco_jax.compressors import make_compressor
 from coco_jax.engine import prepare
 from coco_jax.reference import gradient_descent
 from coco_jax.registry import FEEDBACKS, PRESETS
-from coco_jax.step import make_run
+from coco_jax.step import compiled_run, make_run
 
 
 def test_hand_computed_example():
@@ -137,12 +142,10 @@ def test_dynamic_values_do_not_recompile():
         outs.append(run(config_lib.hparams_of(other), data)[1]["loss"])
     assert not np.allclose(outs[0], outs[1])
     # cj.run reuses the cached program for configurations of one static group
-    from coco_jax.step import compiled_run
-
     cj.run(cfg)
-    size = compiled_run(static)._cache_size()
+    sizes = [p._cache_size() for p in compiled_run(static)]
     cj.run(cfg.replace(lr=0.01, seed=11, straggler_prob=0.1))
-    assert compiled_run(static)._cache_size() == size
+    assert [p._cache_size() for p in compiled_run(static)] == sizes
 
 
 def test_vmapped_runs_equal_runs_one_by_one():
@@ -415,3 +418,42 @@ def test_reference_topk_ties_match_engine_compressor():
         np.testing.assert_array_equal(reference.topk(v, k), engine)
         np.testing.assert_array_equal(reference._topk_rows(v, k), engine)
         np.testing.assert_array_equal(np.stack([_stable_argsort_topk(r, k) for r in v]), engine)
+
+
+def test_chunking_never_changes_a_run():
+    """`engine.run` advances in chunks of adaptive length; any chunking runs the same
+    compiled step, so the results are bitwise equal (here: one step at a time, uneven
+    chunks, and the whole run at once)."""
+    cfg = cj.preset("coco-ef", task="logreg", num_devices=4, steps=9, eval_every=2, num_samples=64)
+    prep = prepare(cfg)
+    progs = compiled_run(prep.static)
+    hp = config_lib.hparams_of(cfg)
+
+    def chunked(lengths):
+        carry, t = progs.init(hp, prep.data), 0
+        for n in lengths:
+            carry = progs.advance(carry, hp, prep.data, np.int32(t), np.int32(n))
+            t += n
+        return carry
+
+    whole = chunked([9])
+    for lengths in ([1] * 9, [2, 5, 2], [4, 20]):  # steps past the end are no-ops
+        chex.assert_trees_all_equal(chunked(lengths).records, whole.records)
+        chex.assert_trees_all_equal(chunked(lengths).state.params, whole.state.params)
+    np.testing.assert_array_equal(cj.run(cfg).history["loss"], np.asarray(whole.records["loss"]))
+
+
+def test_a_long_run_stops_soon_after_a_signal():
+    """With the CLI's signal handling active, SIGINT during a long single run stops it
+    at the next chunk boundary (chunks take about CHUNK_SECONDS) with `Interrupted`."""
+    cfg = cj.preset("coco-ef", num_devices=8, steps=2_000_000, eval_every=1000)
+    cj.run(cfg.replace(steps=10))  # compile outside the timed part
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    with interrupt.handling(), pytest.raises(interrupt.Interrupted) as info:
+        timer.start()
+        start = time.perf_counter()
+        cj.run(cfg)
+    elapsed = time.perf_counter() - start
+    timer.join()
+    assert info.value.exit_code == 130
+    assert elapsed < 2.0 + 3.0, elapsed  # a whole run would take minutes

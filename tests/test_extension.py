@@ -497,6 +497,13 @@ BAD_PLUGINS = {
         {"compressor": "bad_raise"},
         r"compressor 'bad_raise': the factory raised RuntimeError: my bug",
     ),
+    "compressor-returns-integers": (
+        lambda: cj.register_compressor(
+            "bad_int", lambda dim: cj.Compressor(compress=lambda key, v: v.astype(jnp.int32), bits=32 * dim)
+        ),
+        {"compressor": "bad_int"},
+        r"compressor 'bad_int': compress\(key, v\) returned dtype int32 for v of dtype float32",
+    ),
     "code-returns-list": (
         lambda: cj.register_code("bad_code", lambda num_devices, num_partitions: [[1.0]] * num_devices),
         {"allocation": "bad_code"},
@@ -903,3 +910,30 @@ def test_custom_compressor_experiment_runs_and_draws(tmp_path, monkeypatch):
     assert exp.module.METHOD in text and "figures/loss.png" in text
     df = cj.load_results(out)
     assert set(df.method) == {"coco-ef", exp.module.METHOD} and set(df.compressor) == {"topk", "topk_sign"}
+
+
+def test_fingerprints_follow_the_source(tmp_path):
+    """A component's fingerprint is stable for the same source and bound arguments, and
+    changes when its plug-in file or its bound arguments change (a resume can then be
+    refused); built-ins have one too."""
+    plugin = tmp_path / "fp_plugin.py"
+    source = (
+        "import coco_jax as cj\n"
+        "from coco_jax.compressors import make_compressor\n"
+        "@cj.register_compressor('fp_topk', overwrite=True)\n"
+        "def fp_topk(dim, k):\n"
+        "    return make_compressor('topk', dim, k=k)\n"
+    )
+    plugin.write_text(source)
+    registry.exec_module(plugin, "fp_plugin_a")
+    first = registry.COMPRESSORS.fingerprint("fp_topk")
+    registry.exec_module(plugin, "fp_plugin_b")
+    assert registry.COMPRESSORS.fingerprint("fp_topk") == first
+    plugin.write_text(source.replace("make_compressor('topk'", "make_compressor('randk'"))
+    registry.exec_module(plugin, "fp_plugin_c")
+    assert registry.COMPRESSORS.fingerprint("fp_topk") != first
+    cj.register_feedback("fp_half", _decaying_ef, keep=0.5)
+    cj.register_feedback("fp_quarter", _decaying_ef, keep=0.25)
+    assert registry.FEEDBACKS.fingerprint("fp_half") != registry.FEEDBACKS.fingerprint("fp_quarter")
+    assert registry.CODES.fingerprint("cyclic") == registry.CODES.fingerprint("cyclic")
+    assert registry.CODES.fingerprint("cyclic") != registry.CODES.fingerprint("frc")

@@ -4,7 +4,7 @@ one, and no package import made inside a function (they hide circles).
 Layers, bottom up (a module may import modules of its own layer or below, never
 above; inside a layer the graph must still be acyclic):
 
-    1  errors, registry, fileio, cache          the error type, the registries, files
+    1  errors, registry, fileio, cache, interrupt   errors, registries, files, signals
     2  config                                   field metadata, validation through hooks
     3  components: codes, decoders, compressors, feedback, stragglers, tasks, data, presets, schedules
     4  step, engine, reference
@@ -33,6 +33,7 @@ LAYERS = {
     "errors": 1,
     "registry": 1,
     "fileio": 1,
+    "interrupt": 1,
     "cache": 1,
     "config": 2,
     "coding": 3,
