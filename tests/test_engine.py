@@ -444,9 +444,10 @@ def test_chunking_never_changes_a_run():
 
 
 def test_a_long_run_stops_soon_after_a_signal():
-    """With the CLI's signal handling active, SIGINT during a long single run stops it
-    at the next chunk boundary (chunks take about CHUNK_SECONDS) with `Interrupted`."""
-    cfg = cj.preset("coco-ef", num_devices=8, steps=2_000_000, eval_every=1000)
+    """With the CLI's signal handling active, SIGINT during a run that would take hours
+    stops it at the next chunk boundary (chunks take about CHUNK_SECONDS) with
+    `Interrupted` and exit status 130."""
+    cfg = cj.preset("coco-ef", num_devices=8, steps=50_000_000, eval_every=100_000)  # hours to finish
     cj.run(cfg.replace(steps=10))  # compile outside the timed part
     timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
     with interrupt.handling(), pytest.raises(interrupt.Interrupted) as info:
@@ -456,4 +457,6 @@ def test_a_long_run_stops_soon_after_a_signal():
     elapsed = time.perf_counter() - start
     timer.join()
     assert info.value.exit_code == 130
-    assert elapsed < 2.0 + 3.0, elapsed  # a whole run would take minutes
+    # stopped at a chunk boundary, not at the end of the run: a bound with a wide margin
+    # for a loaded machine (the seconds themselves are measured in benchmarks, not here)
+    assert elapsed < 120.0, elapsed
