@@ -245,8 +245,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import jax
 
     from coco_jax.distributed import init_distributed, use_cpu_devices
-    from coco_jax.grid import load_grids
+    from coco_jax.experiment import load_grids
     from coco_jax.plan import plan_sweep
+    from coco_jax.program import plan_estimates
     from coco_jax.store import TABLE
     from coco_jax.sweep import check_memory_budget, sweep
 
@@ -261,7 +262,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             plan = plan_sweep(grid, memory_budget=args.memory_budget, out=d)
             check_memory_budget(args.memory_budget, plan.groups)
             print(f"grid {part!r} -> {d}")
-            print(plan.describe(plan.estimates(args.chunk_steps)))
+            print(plan.describe(plan_estimates(plan, args.chunk_steps)))
             continue
         df = sweep(
             grid,

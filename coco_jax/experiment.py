@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from coco_jax.config import ConfigError, ExperimentConfig
+from coco_jax.grid import load_grid_file
 
 __all__ = [
     "Experiment",
@@ -235,6 +236,27 @@ def parts_of(exp: Experiment, quick: bool) -> list[tuple[str, Any]]:
         if not isinstance(x, Grid):
             raise ConfigError(f"{exp.name}.grid(): part {n!r} is a {type(x).__name__}, not a Grid")
     return items
+
+
+def load_grids(target: str | os.PathLike, quick: bool = False) -> tuple[str, list[tuple[str, Any]]]:
+    """(name, [(part, grid)]) of an experiment module or a YAML/JSON grid file.
+
+    An experiment module is loaded by `load_experiment` (the one module loader); a bare name looks for experiments/<name>.py. A grid file's name is
+    its `name:` key, else its file stem."""
+    path = pathlib.Path(target)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise ConfigError(
+                f"{str(target)!r} does not exist: give experiments/<name>.py or a .yaml/.json grid file"
+            )
+        g = load_grid_file(path, quick)
+        return g.name or path.stem, [(g.name or path.stem, g)]
+    if path.suffix not in ("", ".py"):
+        raise ConfigError(
+            f"{str(path)!r}: expected an experiment module (.py) or a grid file (.yaml, .yml, .json)"
+        )
+    exp = load_experiment(target)
+    return exp.name, exp.grids(quick)
 
 
 # ================================================================ composites
