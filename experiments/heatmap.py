@@ -26,7 +26,7 @@ import pathlib
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
 from coco_jax.registry import exec_module
 
@@ -55,8 +55,8 @@ def grid(quick: bool = False):
 def gap_table(df) -> tuple:
     """(log10 ratio table [p x k/d], winner table): COCO-EF's mean final gap over the best
     baseline's, per cell."""
-    df, y = plots.with_gap(df)
-    fin = plots.final_values(df, y)
+    df, y = tables.with_gap(df)
+    fin = tables.final_values(df, y)
     fin = fin[~fin["final_diverged"]]
     means = fin.groupby(["method", "straggler_prob", "compress_ratio"])["final"].mean()
     ratios = sorted(fin["compress_ratio"].unique())
@@ -88,7 +88,7 @@ def figures(df):
         xlabel="Compression level k/d",
         ylabel="Straggling probability p",
         colorbar_label=f"log10( COCO-EF {what} / best baseline {what} )",
-        title=f"COCO-EF vs the best compressed baseline (blue: COCO-EF better; {plots.setting_label(df)})",
+        title=f"COCO-EF vs the best compressed baseline (blue: COCO-EF better; {tables.setting_label(df)})",
         note="Cell: log10 of the ratio of the mean final values over seeds, and the best baseline at that cell "
         "(among "
         + ", ".join(BASELINES)

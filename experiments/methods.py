@@ -36,7 +36,7 @@ import pathlib
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
 from coco_jax.registry import exec_module
 
@@ -103,7 +103,7 @@ def time_label(row) -> str:
 
 def _title(df, part) -> str:
     sub = df[df.part == part]
-    return f"{plots.setting_label(sub)}" if not sub.empty else part
+    return f"{tables.setting_label(sub)}" if not sub.empty else part
 
 
 def figures(df):
@@ -141,9 +141,9 @@ def figures(df):
 
 
 def _setting_sentences(sub, name) -> list[str]:
-    sub, y = plots.with_gap(sub)
+    sub, y = tables.with_gap(sub)
     what = "F − F*" if y == "gap" else "the training loss"
-    fin = rp.final_means(sub, y).set_index("method")["final"]
+    fin = tables.final_means(sub, y).set_index("method")["final"]
     if "coco-ef" not in fin:
         return []
     coco = fin["coco-ef"]
@@ -172,7 +172,9 @@ def _setting_sentences(sub, name) -> list[str]:
                 f"{rp.num(b_g / 1e6)} Mbit: {ratio}."
             )
     if "test_accuracy" in sub and sub["test_accuracy"].notna().any():
-        acc = rp.final_means(sub, "test_accuracy").set_index("method")["final"].sort_values(ascending=False)
+        acc = (
+            tables.final_means(sub, "test_accuracy").set_index("method")["final"].sort_values(ascending=False)
+        )
         out.append(
             f"{name}: final test accuracy (%): "
             + rp.listing((100 * acc).to_dict(), fmt=lambda v: f"{v:.1f}")
@@ -184,8 +186,8 @@ def _setting_sentences(sub, name) -> list[str]:
 def _time_sentences(tm) -> list[str]:
     if tm.empty:
         return []
-    tm, y = plots.with_gap(tm)
-    tm = tm.assign(label=plots.label_column(tm, time_label), _run=plots.run_key(tm))
+    tm, y = tables.with_gap(tm)
+    tm = tm.assign(label=tables.label_column(tm, time_label), _run=tables.run_key(tm))
     last = tm.sort_values("step").groupby("_run").tail(1)
     per_iter = (last["time"] / last["step"]).groupby(last["label"]).mean().sort_values()
     horizon = float(last["time"].min())
@@ -212,5 +214,5 @@ def observations(df):
     for part, name in SETTINGS.items():
         sub = df[df.part == part]
         if not sub.empty:
-            out += _setting_sentences(sub, f"{name} ({plots.setting_label(sub, short=True)})")
+            out += _setting_sentences(sub, f"{name} ({tables.setting_label(sub, short=True)})")
     return out + _time_sentences(df[df.part == "time"])

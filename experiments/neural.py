@@ -24,7 +24,7 @@ import pathlib
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
 from coco_jax.registry import exec_module
 
@@ -55,7 +55,7 @@ def grid(quick: bool = False):
 
 def _name(df, part):
     sub = df[df.part == part]
-    return plots.setting_label(sub) if not sub.empty else part
+    return tables.setting_label(sub) if not sub.empty else part
 
 
 def figures(df):
@@ -86,7 +86,7 @@ def observations(df):
             continue
         name = _name(df, part)
         steps = int(sub["steps"].max())
-        acc = rp.final_means(sub, "test_accuracy").set_index("method")
+        acc = tables.final_means(sub, "test_accuracy").set_index("method")
         fin = (100 * acc["final"]).sort_values(ascending=False)
         out.append(
             f"{name}: final test accuracy after {steps} iterations (%): "

@@ -27,7 +27,7 @@ import pathlib
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
 from coco_jax.registry import exec_module
 
@@ -68,7 +68,7 @@ def grid(quick: bool = False):
 
 
 def figures(df):
-    df, y = plots.with_gap(df)
+    df, y = tables.with_gap(df)
     it = df[df.part == "iterations"]
     tm = df[df.part == "time"]
     steps = int(it["steps"].max())
@@ -76,14 +76,14 @@ def figures(df):
     fig = plots.finals_figure(
         [
             {
-                "finals": plots.final_values(it, y),
+                "finals": tables.final_values(it, y),
                 "x": "redundancy",
                 "y": y,
                 "hue": "allocation",
                 "title": f"after {steps} iterations (Bernoulli p = 0.2)",
             },
             {
-                "finals": plots.steps_to_target(tm, y, TARGET_GAP, x="time"),
+                "finals": tables.steps_to_target(tm, y, TARGET_GAP, x="time"),
                 "x": "redundancy",
                 "y": "time",
                 "hue": "allocation",
@@ -94,7 +94,7 @@ def figures(df):
                 "logy": False,
             },
             {
-                "finals": plots.final_values(per_step, "step_time"),
+                "finals": tables.final_values(per_step, "step_time"),
                 "x": "redundancy",
                 "y": "step_time",
                 "hue": "allocation",
@@ -104,19 +104,19 @@ def figures(df):
                 "logy": False,
             },
         ],
-        title=f"Redundancy: cyclic vs fractional repetition code (COCO-EF, {plots.setting_label(df)})",
+        title=f"Redundancy: cyclic vs fractional repetition code (COCO-EF, {tables.setting_label(df)})",
     )
     return {"vs_s": fig}
 
 
 def observations(df):
-    df, y = plots.with_gap(df)
+    df, y = tables.with_gap(df)
     what = "F − F*" if y == "gap" else "the loss"
     out = []
     it = df[df.part == "iterations"]
     if not it.empty:
         steps = int(it["steps"].max())
-        fin = rp.final_means(it, y, by=("allocation", "redundancy"))
+        fin = tables.final_means(it, y, by=("allocation", "redundancy"))
         for alloc, g in fin.groupby("allocation"):
             g = g.sort_values("redundancy")
             out.append(
@@ -126,10 +126,10 @@ def observations(df):
             )
     tm = df[df.part == "time"]
     if not tm.empty:
-        tm = tm.assign(_run=plots.run_key(tm))
+        tm = tm.assign(_run=tables.run_key(tm))
         last = tm.sort_values("step").groupby("_run").tail(1)
         per = (last["time"] / last["step"]).groupby([last["allocation"], last["redundancy"]]).mean()
-        hits = rp.reach_means(tm, y, TARGET_GAP, x="time", by=("allocation", "redundancy"))
+        hits = tables.reach_means(tm, y, TARGET_GAP, x="time", by=("allocation", "redundancy"))
         for alloc in sorted(set(tm["allocation"])):
             p = per.loc[alloc] if alloc in per.index.get_level_values(0) else None
             if p is None:

@@ -345,13 +345,13 @@ def test_named_grids_and_composite_report(tmp_path):
 
 
 def test_report_renders_observations_and_survives_a_failing_one(tmp_path):
-    """Section.observe (or the module's observations) becomes a list under its own
+    """Section.observe (the module's observations) becomes a list under its own
     heading; an observation that raises is reported, and the report is still written."""
     import types
 
-    from coco_jax import plots, report
+    from coco_jax import report, testing
 
-    df = plots.synthetic_results(seeds=2).assign(part="x")
+    df = testing.synthetic_results(seeds=2).assign(part="x")
     exp = types.SimpleNamespace(
         name="x", description="d", doc="", parts=(), path=tmp_path / "x.py", module=None
     )
@@ -410,3 +410,4 @@ def test_plot_draws_a_directory_written_by_coco_jax_sweep(tmp_path, monkeypatch)
     assert main(["plot", str(out)]) == 0
     assert {p.name for p in (out / "figures").glob("*.png")} == {"loss_one.png", "loss_two.png"}
     assert "coco-jax sweep experiments/sweptexp.py --quick" in (out / "report.md").read_text()
+
