@@ -411,3 +411,34 @@ def test_plot_draws_a_directory_written_by_coco_jax_sweep(tmp_path, monkeypatch)
     assert {p.name for p in (out / "figures").glob("*.png")} == {"loss_one.png", "loss_two.png"}
     assert "coco-jax sweep experiments/sweptexp.py --quick" in (out / "report.md").read_text()
 
+
+def test_adopted_record_is_one_experiment_json_for_module_and_grid_sweeps():
+    """`coco-jax plot` of a sweep directory writes the experiment.json a run would
+    have: one builder for sweeps of an experiment module (several parts) and of a grid."""
+    env = {"versions": {"jax": "0.x"}, "python": "3.12", "devices": {"platform": "cpu"}, "git": None}
+    one = {
+        "command": None,
+        "invocations": [{"started": "2026-01-02T10:00"}, {"started": "2026-01-01T09:00"}],
+        "grid": {"name": "one"},
+        "num_configs": 4,
+        "total_wall_time_s": 1.234,
+        **env,
+    }
+    two = {"invocations": [{"started": "2026-01-03T08:00"}], "grid": {"name": "two"}, "num_configs": 2,
+           "total_wall_time_s": 2.0, "versions": {"jax": "other"}}  # fmt: skip
+    rec = ex.adopted_record("exp", "an experiment", "/x/exp.py", True, "coco-jax sweep exp.py --quick",
+                            {"one": ("one", one), "two": ("two", two)})  # fmt: skip
+    assert list(rec) == [
+        "experiment", "description", "module", "quick", "command", "started", "grids", "parts",
+        "wall_time_s", "versions", "python", "devices", "git", "status",
+    ]  # fmt: skip
+    assert rec["command"] == "coco-jax sweep exp.py --quick"  # the first sidecar recorded none
+    assert rec["started"] == "2026-01-01T09:00" and rec["wall_time_s"] == {"sweep": 3.23}
+    assert rec["grids"] == {"one": {"name": "one"}, "two": {"name": "two"}}
+    assert rec["parts"] == {
+        "one": {"dir": "one", "configs": 4, "compilations": 0},
+        "two": {"dir": "two", "configs": 2, "compilations": 0},
+    }
+    assert {k: rec[k] for k in env} == env and rec["status"] == "complete"  # the first part's environment
+    grid = ex.adopted_record("g", "d", None, False, "cj.sweep(...)", {"g": (".", {**one, "command": "c"})})
+    assert (grid["command"], grid["module"], grid["parts"]["g"]["dir"]) == ("c", None, ".")
