@@ -20,16 +20,14 @@ contraction can make the memory grow.
 Command: coco-jax run experiments/compression.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "compression"
 DESCRIPTION = "final loss against k/d (top-k, rand-k) and QSGD levels, with and without error feedback"
@@ -108,8 +106,7 @@ def _factors(table, ref, other):
 
 
 def observations(df):
-    df, y = tables.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
+    df, y, what = S.gap_of(df)
     out = []
     sp = df[df.part == "sparsification"]
     if not sp.empty:

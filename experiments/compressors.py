@@ -22,15 +22,14 @@ Command: coco-jax run experiments/compressors.py --quick   (full, 100 devices: w
 """
 
 import math
-import pathlib
 
 import coco_jax as cj
 from coco_jax import plots, tables
 from coco_jax import report as rp
 from coco_jax.compressors import make_compressor
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "compressors"
 DESCRIPTION = "eight compressors in the COCO-EF pipeline under the same upload budget"
@@ -99,8 +98,7 @@ def figures(df):
 
 
 def observations(df):
-    df, y = tables.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
+    df, y, what = S.gap_of(df)
     fin = tables.final_means(df, y, by=("compressor",)).set_index("compressor")
     if fin.empty:
         return []

@@ -22,16 +22,14 @@ the time to the target grows beyond small s. frc and cyclic behave alike at equa
 Command: coco-jax run experiments/redundancy.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "redundancy"
 DESCRIPTION = "COCO-EF against the redundancy s for cyclic and frc codes, in iterations and in simulated time"
@@ -110,8 +108,7 @@ def figures(df):
 
 
 def observations(df):
-    df, y = tables.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
+    df, y, what = S.gap_of(df)
     out = []
     it = df[df.part == "iterations"]
     if not it.empty:

@@ -21,30 +21,19 @@ COCO-EF at every p. At p = 0 COCO-EF is EF-SGD with top-k on a code.
 Command: coco-jax run experiments/straggler_prob.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "straggler_prob"
 DESCRIPTION = "final loss and iterations to a target loss against the straggling probability p"
 
-METHODS = (
-    "coco-ef",
-    "coco-ef21",
-    "gc",
-    "gc-compressed",
-    "gc-unbiased",
-    "onebit-gc",
-    "ef-uncoded",
-    "ignore-stragglers",
-)
+METHODS = S.methods_without("gc-diana", "gd")
 TARGET_GAP = 1e-3  # optimality gap F - F* counted as "reached"
 
 
@@ -88,8 +77,7 @@ def figures(df):
 
 
 def observations(df):
-    df, y = tables.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
+    df, y, what = S.gap_of(df)
     fin = tables.final_means(df, y, by=("method", "straggler_prob"))
     table = fin.pivot(index="straggler_prob", columns="method", values="final")
     if "coco-ef" not in table:

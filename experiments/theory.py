@@ -20,16 +20,14 @@ decoding error decays.
 Command: coco-jax run experiments/theory.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
 from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "theory"
 DESCRIPTION = "empirical contraction, error-feedback memory and decoding error per step, against p and k/d"

@@ -442,3 +442,24 @@ def test_adopted_record_is_one_experiment_json_for_module_and_grid_sweeps():
     assert {k: rec[k] for k in env} == env and rec["status"] == "complete"  # the first part's environment
     grid = ex.adopted_record("g", "d", None, False, "cj.sweep(...)", {"g": (".", {**one, "command": "c"})})
     assert (grid["command"], grid["module"], grid["parts"]["g"]["dir"]) == ("c", None, ".")
+
+
+def test_experiments_share_one_settings_module_and_method_list():
+    """experiments/_settings.py is loaded once (`helper_module`) and every study picks
+    its methods from its one list, in its order."""
+    from coco_jax import testing
+
+    settings = ex.helper_module(ROOT / "experiments" / "methods.py")
+    assert all(load(name).module.S is settings for name in EXPERIMENTS)
+    assert ex.helper_module(ROOT / "experiments" / "theory.py", "_settings") is settings
+    assert load("methods").module.METHODS == settings.METHODS
+    assert load("straggler_prob").module.METHODS == [
+        m for m in settings.METHODS if m not in ("gc-diana", "gd")
+    ]
+    for name in EXPERIMENTS:
+        used = set(getattr(load(name).module, "METHODS", ())) | set(
+            getattr(load(name).module, "BASELINES", ())
+        )
+        assert used <= set(settings.METHODS), name
+    df, y, what = settings.gap_of(testing.synthetic_results(methods=("coco-ef",), seeds=1))
+    assert (y, what) == ("gap", "F − F*") and "gap" in df

@@ -28,6 +28,7 @@ __all__ = [
     "compose_grids",
     "default_out",
     "find_experiments",
+    "helper_module",
     "load_experiment",
     "load_grids",
     "part_dir",
@@ -126,6 +127,25 @@ def load_experiment(target: str | os.PathLike) -> Experiment:
     )
     _LOADED[path] = exp
     return exp
+
+
+_HELPERS: dict[pathlib.Path, Any] = {}  # resolved path -> a helper module loaded once per process
+
+
+def helper_module(here: str | os.PathLike, name: str = "_settings"):
+    """The helper module `name` beside the experiment module `here` (a file whose name
+    starts with "_", such as experiments/_settings.py: shared settings, not an
+    experiment), loaded once per process as ``coco_jax_experiments.<name>``.
+
+    Example (in experiments/<study>.py):
+        >>> S = helper_module(__file__)  # doctest: +SKIP
+        >>> S.linreg(quick=True).num_devices  # doctest: +SKIP
+        16
+    """
+    path = pathlib.Path(here).resolve().with_name(f"{name}.py")
+    if path not in _HELPERS:
+        _HELPERS[path] = exec_module(path, f"coco_jax_experiments.{name}")
+    return _HELPERS[path]
 
 
 # ==================================================================== grids
