@@ -44,6 +44,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from coco_jax import results as res_lib
 from coco_jax import store
@@ -183,8 +184,6 @@ def _part_name(entries: list[Entry]) -> str:
 def _progress_bar(total: int, enabled: bool):
     if not enabled or total <= 0:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="cfg-step", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
 
 
