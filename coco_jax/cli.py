@@ -25,11 +25,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import pathlib
 import shlex
 import sys
 
+import jax
+import numpy as np
+
+from coco_jax import fileio, store
+from coco_jax.bench import cli_bench
 from coco_jax.config import FIELDS, GROUPS, ConfigError, ExperimentConfig, allowed_values
+from coco_jax.distributed import init_distributed, use_cpu_devices
+from coco_jax.engine import run
+from coco_jax.experiment import (
+    FIGURES,
+    REPORT,
+    default_out,
+    find_experiments,
+    load_experiment,
+    load_grids,
+    part_dir,
+    plot_directory,
+    run_experiment,
+)
+from coco_jax.plan import plan_sweep
+from coco_jax.presets import PRESETS, preset
+from coco_jax.program import plan_estimates
+from coco_jax.registry import load_plugin
+from coco_jax.sweep import check_memory_budget, sweep
 
 _FIELDS = FIELDS
 OUTPUT_GROUP = "output"
@@ -134,8 +158,6 @@ def field_overrides(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    from coco_jax.presets import preset
-
     overrides = field_overrides(args)
     if getattr(args, "preset", None):
         return preset(args.preset, **overrides)
@@ -175,12 +197,6 @@ def check_run_directory(out: pathlib.Path, overwrite: bool) -> None:
 def write_run(result, out: pathlib.Path) -> None:
     """history.csv (one row per evaluated step) and config.json in `out`, each written
     atomically (a temporary file renamed over the target)."""
-    import io
-
-    import numpy as np
-
-    from coco_jax import fileio
-
     out.mkdir(parents=True, exist_ok=True)
     keys = list(result.history)
     table = np.column_stack([result.history[k].astype(np.float64) for k in keys])
@@ -196,11 +212,8 @@ def write_run(result, out: pathlib.Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from coco_jax import store
-
+    """`coco-jax run`: one configuration, or an experiment module."""
     if args.experiment is not None:
-        from coco_jax.experiment import run_experiment
-
         if args.preset:
             raise ConfigError(
                 f"--preset {args.preset} is for a single run: an experiment's grids choose their methods "
@@ -215,14 +228,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.quick:
         raise ConfigError("--quick selects an experiment's small variant: give an experiment module to run")
-    from coco_jax.engine import run
-
     cfg = config_from_args(args)
-    out = store.check_directory(args.out) if args.out else None
-    with store.lock(out) if out is not None else contextlib.nullcontext():
-        if out is not None:  # before computing: refuse an earlier run, fail now on a read-only place
-            check_run_directory(out, args.overwrite)
-            store.ensure_writable(out)
+    rd = store.ResultsDir(args.out) if args.out else None
+    out = rd.path if rd is not None else None
+    with rd.lock() if rd is not None else contextlib.nullcontext():
+        if rd is not None:  # before computing: refuse an earlier run, fail now on a read-only place
+            check_run_directory(rd.path, args.overwrite)
+            rd.ensure_writable()
         try:
             result = run(cfg)
         except KeyboardInterrupt:
@@ -242,26 +254,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """`coco-jax sweep TARGET [--quick] [--out DIR] [--dry-run] ...`."""
-    import jax
-
-    from coco_jax.distributed import init_distributed, use_cpu_devices
-    from coco_jax.grid import load_grids
-    from coco_jax.plan import plan_sweep
-    from coco_jax.store import TABLE
-    from coco_jax.sweep import check_memory_budget, sweep
-
     use_cpu_devices(args.cpu_devices)
     init_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     name, parts = load_grids(args.target, quick=args.quick)
-    out = pathlib.Path(args.out or pathlib.Path("results", name + ("-quick" if args.quick else "")))
+    out = pathlib.Path(args.out) if args.out else default_out(name, args.quick)
     for part, grid in parts:
-        # a single grid sweeps into out itself, named parts into out/<part> (as `coco-jax run`)
-        d = out if len(parts) == 1 and part == name else out / part
+        d = part_dir(out, name, part, len(parts))  # as `coco-jax run`: a single grid into out itself
         if args.dry_run:
             plan = plan_sweep(grid, memory_budget=args.memory_budget, out=d)
             check_memory_budget(args.memory_budget, plan.groups)
             print(f"grid {part!r} -> {d}")
-            print(plan.describe(plan.estimates(args.chunk_steps)))
+            print(plan.describe(plan_estimates(plan, args.chunk_steps)))
             continue
         df = sweep(
             grid,
@@ -276,15 +279,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(
                 f"{part}: {st.num_configs} configurations, {len(df)} rows, {st.compilations} compilation(s) "
                 f"({st.compile_s:.1f} s), {st.computed_configs} computed ({st.run_s:.1f} s), "
-                f"{st.wall_time_s:.1f} s -> {d / TABLE}"
+                f"{st.wall_time_s:.1f} s -> {d / store.TABLE}"
             )
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from coco_jax.presets import PRESETS
-
+    """`coco-jax presets`: one line per method preset."""
     print(_format_table([(name, f"{p.summary} [{p.reference}]") for name, p in PRESETS.items()]))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """`coco-jax plot DIR`: redraw the figures (and report) from saved results."""
+    meta = plot_directory(args.results_dir)
+    out = pathlib.Path(args.results_dir)
+    print(f"redrew {len(meta['figures'])} figures in {out / FIGURES} and {out / REPORT}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """`coco-jax list`: one line per experiment module."""
+    rows = []
+    for path in find_experiments():
+        try:
+            exp = load_experiment(path)
+            rows.append((exp.name, exp.description))
+        except Exception as err:  # noqa: BLE001 - list the others
+            rows.append((path.stem, f"(cannot load: {err})"))
+    if not rows:
+        print("no experiment modules found (looked in ./experiments and the project's experiments/)")
+        return 1
+    width = max(len(n) for n, _ in rows)
+    for n, d in rows:
+        print(f"{n:<{width}}  {d}")
     return 0
 
 
@@ -322,10 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_plot.add_argument("results_dir")
     _add_common_flags(p_plot)
-    p_plot.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_plot(a))
+    p_plot.set_defaults(func=cmd_plot)
     p_list = _subparser(sub, "list", help="list the experiment modules")
     p_list.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p_list.set_defaults(func=lambda a: __import__("coco_jax.experiment", fromlist=["x"]).cli_list(a))
+    p_list.set_defaults(func=cmd_list)
     _add_bench(sub)
     return parser
 
@@ -457,7 +485,7 @@ def _add_bench(sub) -> None:
         help="clean (default): NumPy runs without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE; inherit: as set",
     )
     p_bench.add_argument("--numpy-budget", type=float, help="seconds a NumPy variant may run (else skipped)")
-    p_bench.set_defaults(func=lambda a: __import__("coco_jax.bench", fromlist=["x"]).cli_bench(a))
+    p_bench.set_defaults(func=cli_bench)
 
 
 def _preparse(argv: list[str]) -> argparse.Namespace:
@@ -493,15 +521,11 @@ def _say(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from coco_jax import store
-
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = _preparse(argv)
     command = "coco-jax " + shlex.join(argv)
     previous, store.invoked_as = store.invoked_as, command
     try:
-        from coco_jax.registry import load_plugin
-
         for path in pre.plugins:
             load_plugin(path)
         args = build_parser().parse_args(argv)

@@ -27,6 +27,7 @@ import pathlib
 import threading
 import time
 
+import jax
 import numpy as np
 
 from coco_jax.cache import cache_dir
@@ -51,8 +52,6 @@ class ProgramCost:
 
 def program_cost(init_lowered, chunk_lowered) -> ProgramCost:
     """Size and work of a group's lowered init and chunk programs."""
-    import jax
-
     text = init_lowered.as_text() + chunk_lowered.as_text()
     meta = f"{jax.__version__}|{jax.default_backend()}"
     fingerprint = hashlib.sha256((meta + text).encode()).hexdigest()[:24]

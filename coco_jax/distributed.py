@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils as mh
 
 from coco_jax.errors import ConfigError
 from coco_jax.fileio import jsonable
@@ -28,8 +29,6 @@ class Comm:
     def allgather_bytes(self, data: bytes) -> list[bytes]:
         if self.count == 1:
             return [data]
-        from jax.experimental import multihost_utils as mh
-
         lens = np.asarray(mh.process_allgather(np.asarray([len(data)], np.int32))).reshape(-1)
         buf = np.zeros(max(int(lens.max()), 1), np.uint8)
         buf[: len(data)] = np.frombuffer(data, np.uint8)
@@ -41,8 +40,6 @@ class Comm:
 
     def barrier(self, name: str) -> None:
         if self.count > 1:
-            from jax.experimental import multihost_utils as mh
-
             mh.sync_global_devices(name)
 
 

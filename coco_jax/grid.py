@@ -1,5 +1,5 @@
 """Grids of configurations: the product and zip of axes, exclusions, method presets,
-and grid files (YAML/JSON) or experiment modules that declare them.
+and grid files (YAML/JSON) that declare them (experiment modules: `coco_jax.experiment`).
 
 Example:
     >>> g = Grid(base="coco-ef", axes={"lr": [0.1, 0.2], "seed": range(2)})
@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import pathlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import yaml
 
-from coco_jax.config import FIELD_NAMES, FIELDS, ExperimentConfig
+from coco_jax.config import FIELD_NAMES, ExperimentConfig
 from coco_jax.errors import ConfigError
 from coco_jax.fileio import jsonable
 from coco_jax.presets import preset_fields
 from coco_jax.registry import PRESETS
-from coco_jax.results import config_id
+from coco_jax.results import TUPLE_FIELDS, config_id
 
-__all__ = ["Grid", "load_grid_file", "load_grids"]
-
-_TUPLE_FIELDS = {name for name, f in FIELDS.items() if "tuple" in str(f.type)}
+__all__ = ["Grid", "load_grid_file"]
 
 
 # ============================================================================ Grid
@@ -40,7 +38,7 @@ def _plain(value: Any, field: str | None = None) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         value = value.tolist()
-    if isinstance(value, list) and field in _TUPLE_FIELDS:
+    if isinstance(value, list) and field in TUPLE_FIELDS:
         return tuple(_plain(v) for v in value)
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
@@ -329,12 +327,7 @@ def load_grid_file(path: pathlib.Path, quick: bool = False) -> Grid:
     "quick": {overrides used with quick=True}}."""
     text = path.read_text()
     try:
-        if path.suffix == ".json":
-            spec = json.loads(text)
-        else:
-            import yaml
-
-            spec = yaml.safe_load(text)
+        spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except Exception as err:  # noqa: BLE001 - any parse error
         raise ConfigError(f"{str(path)!r} is not valid {path.suffix[1:].upper()}: {err}") from None
     if not isinstance(spec, dict):
@@ -351,27 +344,3 @@ def load_grid_file(path: pathlib.Path, quick: bool = False) -> Grid:
         return Grid.from_dict(spec, name=path.stem)
     except ConfigError as err:
         raise ConfigError(f"{path}: {str(err).removeprefix('grid file: ')}") from None
-
-
-def load_grids(target: str | os.PathLike, quick: bool = False) -> tuple[str, list[tuple[str, Grid]]]:
-    """(name, [(part, grid)]) of an experiment module or a YAML/JSON grid file.
-
-    An experiment module is loaded by `coco_jax.experiment.load_experiment` (the one
-    module loader); a bare name looks for experiments/<name>.py. A grid file's name is
-    its `name:` key, else its file stem."""
-    path = pathlib.Path(target)
-    if path.suffix in (".yaml", ".yml", ".json"):
-        if not path.is_file():
-            raise ConfigError(
-                f"{str(target)!r} does not exist: give experiments/<name>.py or a .yaml/.json grid file"
-            )
-        g = load_grid_file(path, quick)
-        return g.name or path.stem, [(g.name or path.stem, g)]
-    if path.suffix not in ("", ".py"):
-        raise ConfigError(
-            f"{str(path)!r}: expected an experiment module (.py) or a grid file (.yaml, .yml, .json)"
-        )
-    from coco_jax.experiment import load_experiment
-
-    exp = load_experiment(target)
-    return exp.name, exp.grids(quick)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coco_jax import fileio, store
+from coco_jax import data as data_lib
+from coco_jax import engine, fileio, store
 from coco_jax.config import (
     CHOICE_FIELDS,
     CHOICES,
@@ -33,8 +34,9 @@ from coco_jax.config import (
 )
 from coco_jax.errors import ConfigError
 from coco_jax.grid import Grid
-from coco_jax.registry import DECODERS
+from coco_jax.registry import COMPRESSORS, DECODERS, FEEDBACKS, MODELS
 from coco_jax.results import config_id
+from coco_jax.step import components, init_run
 
 __all__ = [
     "Batch",
@@ -44,6 +46,7 @@ __all__ = [
     "device_memory_budget",
     "entries_of",
     "estimate_config_bytes",
+    "format_bytes",
     "grid_hash",
     "parse_bytes",
     "plan_sweep",
@@ -113,9 +116,6 @@ def estimate_config_bytes(prep) -> int:
     `jax.eval_shape` of `step.init_run`) held twice (input and output of a chunk), the
     M×d coded gradients and compression temporaries, per-partition gradients and the
     model's activations over the data, with a 1.5× margin."""
-    from coco_jax.config import hparams_of
-    from coco_jax.step import init_run
-
     static, data = prep.static, prep.data
     cfg = static.cfg
     item = 8 if float_dtype(cfg) == jnp.float64 else 4
@@ -222,9 +222,6 @@ def prepare_groups(
     named dataset is loaded once per set of data fields, prepared (partitioned, checked)
     once per static configuration, and the prepared arrays are shared between groups
     that read the same partitioned data. Returns (groups, number of dataset loads)."""
-    from coco_jax import data as data_lib
-    from coco_jax.engine import prepare
-
     by_static_cfg: dict[tuple, Any] = {}
     datasets: dict[tuple, Any] = {}
     shared_data: dict[tuple, Any] = {}
@@ -242,7 +239,7 @@ def prepare_groups(
                     datasets[lkey] = data_lib.load_dataset(e.cfg)
                     loads += 1
                 dataset = datasets[lkey]
-            prep = prepare(e.cfg, data, trace, test_data, dataset=dataset)
+            prep = engine.prepare(e.cfg, data, trace, test_data, dataset=dataset)
             dkey = (_data_key(e.cfg), prep.data.trace is not None)
             if dkey in shared_data and prep.data.trace is None:
                 prep = dataclasses.replace(prep, data=shared_data[dkey])
@@ -266,8 +263,6 @@ def prepare_groups(
 def _choice_free(prep) -> bool:
     """Whether no factory but the code's and the straggler model's reads a choice
     field (then the choices can be traced without changing any other component)."""
-    from coco_jax.registry import COMPRESSORS, FEEDBACKS, MODELS
-
     cfg = prep.cfg
     used = [(COMPRESSORS, cfg.compressor), (FEEDBACKS, cfg.error_feedback)]
     if cfg.task in MODELS:
@@ -311,8 +306,6 @@ def _merge_key(prep) -> tuple:
 def _merged(items: list) -> Any:
     """The prepared group of configurations that share a merge key: the first one's,
     with every choice whose options differ traced (`Static.choices`)."""
-    from coco_jax.step import components
-
     first = items[0][1]
     if len(items) == 1 or first.static.choices or not _choice_free(first):
         return first
@@ -363,41 +356,14 @@ class SweepPlan:
         """Programs to compile (per process: one per group with pending work there)."""
         return len({self.batches[i].group for i, p in enumerate(self.assignment) if p == jax.process_index()})
 
-    def estimates(self, chunk_steps: int | None = None) -> dict[int, dict]:
-        """Estimated compile and run seconds of each group with pending work
-        (`coco_jax.costs`: its programs are lowered, not compiled)."""
-        from coco_jax import costs
-        from coco_jax.config import hparams_in_group
-        from coco_jax.program import chunk_steps_of, lower_program
-
-        devices = tuple(jax.local_devices())
-        out = {}
-        for gi, g in enumerate(self.groups):
-            bs = [b for b in self.batches if b.group == gi]
-            if not bs:
-                continue
-            prep = g.prepared
-            steps = chunk_steps_of(g.static.cfg.steps, chunk_steps)
-            low = lower_program(
-                prep.comps,
-                prep.data,
-                hparams_in_group(g.static, g.entries[0].cfg),
-                bs[0].size,
-                devices,
-                steps,
-            )
-            config_steps = sum(b.size for b in bs) * g.static.cfg.steps
-            out[gi] = costs.estimate(low.cost, config_steps, bs[0].size)
-        return out
-
     def describe(self, estimates: dict[int, dict] | None = None) -> str:
-        """The --dry-run text; with `estimates` (see `estimates`) the predicted compile
-        and run seconds of each group and in total."""
+        """The --dry-run text; with `estimates` (`program.plan_estimates`) the predicted
+        compile and run seconds of each group and in total."""
         lines = [
             (
                 f"{len(self.entries)} configurations in {len(self.groups)} static groups "
                 f"(data loaded {self.data_loads} time(s)); {self.local_devices} local device(s) x "
-                f"{self.processes} process(es); memory budget {_fmt_bytes(self.budget)} per device"
+                f"{self.processes} process(es); memory budget {format_bytes(self.budget)} per device"
             ),
         ]
         if self.done:
@@ -411,8 +377,8 @@ class SweepPlan:
             text = (
                 f"group {gi}: {len(g.entries)} configs ({pending} pending), methods {', '.join(methods)}\n"
                 f"    {g.label()}\n"
-                f"    {len(bs)} batch(es) of {size} (padded); est. {_fmt_bytes(g.config_bytes)} per config, "
-                f"{_fmt_bytes(g.data_bytes)} shared data, {_fmt_bytes(per_device)} per device"
+                f"    {len(bs)} batch(es) of {size} (padded); est. {format_bytes(g.config_bytes)} per config, "
+                f"{format_bytes(g.data_bytes)} shared data, {format_bytes(per_device)} per device"
             )
             if estimates and gi in estimates:
                 est = estimates[gi]
@@ -442,7 +408,7 @@ class SweepPlan:
         return sum(len(b.entries) for b in self.batches)
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

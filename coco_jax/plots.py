@@ -1,4 +1,5 @@
-"""Figures from results tables: tidy table in, matplotlib `Figure` out.
+"""Figures from results tables: tidy table in, matplotlib `Figure` out (the table
+helpers they share with reports are `coco_jax.tables`).
 
 Every figure follows the same rules, so that figures of different experiments can be
 put side by side in a paper:
@@ -17,12 +18,12 @@ put side by side in a paper:
 - `save_figure` writes PNG (200 dpi) and PDF; the backend is Agg (no display needed).
 
 Losses of convex tasks (linreg, logreg, softmax) are plotted as the optimality gap
-F(θ) − F* where F* is computed here from the dataset (`optimum`, float64), so linear
-convergence and error floors show on a log axis. Other tasks plot F(θ) itself.
+F(θ) − F* where F* is computed from the dataset (`tables.with_gap`, float64), so
+linear convergence and error floors show on a log axis. Other tasks plot F(θ) itself.
 
 Example:
-    >>> from coco_jax import plots
-    >>> df = plots.synthetic_results()          # a results-shaped table, no JAX needed
+    >>> from coco_jax import plots, testing
+    >>> df = testing.synthetic_results()        # a results-shaped table, no JAX needed
     >>> fig = plots.curves_figure(df, [("step", "loss"), ("bits", "loss")])
     >>> paths = plots.save_figure(fig, "/tmp/figs", "methods")  # doctest: +SKIP
 """
@@ -32,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import textwrap
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,30 +48,37 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter, NullLocator
 
-from coco_jax.config import ExperimentConfig
+from coco_jax.tables import (
+    CONFIG_FIELDS,
+    diverged_runs,
+    label_column,
+    method_label,
+    ordered_labels,
+    run_key,
+    with_gap,
+)
 
 __all__ = [
     "AXIS_LABELS",
     "STYLES",
     "band_label",
+    "category_figure",
+    "curve_panel",
     "curves_figure",
-    "dataset_text",
-    "final_values",
+    "final_panel",
     "finals_figure",
     "heatmap_figure",
-    "label_column",
-    "optimum",
     "save_figure",
-    "setting_label",
+    "standard_figures",
     "style",
-    "synthetic_results",
-    "with_gap",
 ]
 
 # ------------------------------------------------------------------------- styles
 
 # Methods (presets): COCO-EF is red, solid and on top; the ideal reference is black dashed.
+# Keys in `tables.LABEL_ORDER`, the order curves are drawn and listed in.
 STYLES: dict[str, dict[str, Any]] = {
     "coco-ef": {"color": "#d62728", "marker": "o", "linestyle": "-", "zorder": 10, "linewidth": 2.2},
     "coco-ef21": {"color": "#ff7f0e", "marker": "s", "linestyle": "-"},
@@ -102,8 +112,6 @@ STYLES: dict[str, dict[str, Any]] = {
 
 _FALLBACK_COLORS = [matplotlib.colormaps["tab20"](i) for i in range(20)]
 _FALLBACK_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "*"]
-# Ordinal labels ("s = 2", "p = 0.1", ...) get colours of one sequential map.
-_ORDINAL_CMAP = "viridis"
 
 
 def style(label: str) -> dict[str, Any]:
@@ -166,134 +174,6 @@ def axis_label(name: str) -> str:
     return AXIS_LABELS.get(name, name.replace("_", " "))
 
 
-# ----------------------------------------------------------------- table helpers
-
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
-_TUPLE_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig) if "tuple" in str(f.type))
-
-
-def label_column(df: pd.DataFrame, hue: str | Callable[[pd.Series], str]) -> pd.Series:
-    """The curve label of every row: a column name or a function of the row."""
-    if callable(hue):
-        return df.apply(hue, axis=1).astype(str)
-    values = df[hue]
-    if hue in ("method", "compressor", "allocation"):
-        return values.astype(str)
-    return values.map(lambda v: f"{hue.replace('_', ' ')} = {v:g}" if isinstance(v, (int, float)) else str(v))
-
-
-def run_key(df: pd.DataFrame) -> pd.Series:
-    """The identity of one run (configuration incl. seed)."""
-    if "config_id" in df:
-        return df["config_id"].astype(str) + "|" + df.get("method", "").astype(str)
-    return df["seed"].astype(str)
-
-
-BLOWUP = 10.0  # a run whose final loss exceeds BLOWUP x its initial loss counts as diverged
-
-
-def diverged_runs(df: pd.DataFrame, y: str | None = None) -> set:
-    """Runs (`run_key`) that diverged: θ became non-finite, the loss is non-finite, the
-    metric `y` is ever ±inf (NaN entries that describe no update, such as step 0 of
-    `contraction`, are not divergence), or the final loss exceeds BLOWUP times the
-    initial loss (finite but blown up)."""
-    key = run_key(df)
-    bad = np.zeros(len(df), bool)
-    if "loss" in df and "step" in df and len(df):
-        order = df.assign(_key=key.to_numpy()).sort_values("step")
-        grouped = order.groupby("_key", sort=False)["loss"]
-        first, last = grouped.first(), grouped.last()
-        blown = set(first.index[(last > BLOWUP * first.abs()) & np.isfinite(first)])
-        bad |= key.isin(blown).to_numpy()
-    if "diverged" in df:
-        bad |= df["diverged"].fillna(False).astype(bool).to_numpy()
-    if "diverged_step" in df:
-        bad |= df["diverged_step"].fillna(-1).to_numpy() >= 0
-    if "loss" in df:
-        bad |= ~np.isfinite(df["loss"].to_numpy(np.float64))
-    if y is not None and y in df:
-        bad |= np.isinf(df[y].to_numpy(np.float64))
-    return set(key[bad])
-
-
-def dataset_text(row) -> str:
-    """The honest name of a row's dataset (`coco_jax.data.dataset_label`): "mnist (5k
-    subset)" for the packaged subset, never "MNIST" alone."""
-    import types
-
-    from coco_jax.data import dataset_label
-
-    data_dir = row.get("data_dir") if hasattr(row, "get") else getattr(row, "data_dir", None)
-    if isinstance(data_dir, float) and math.isnan(data_dir):
-        data_dir = None
-    dataset = row.get("dataset") if hasattr(row, "get") else row.dataset
-    return dataset_label(types.SimpleNamespace(dataset=str(dataset), data_dir=data_dir))
-
-
-def setting_label(df: pd.DataFrame, short: bool = False) -> str:
-    """The setting of a results table for titles and reports: dataset (honest name, see
-    `dataset_text`), task, M and, for synthetic data, d, e.g. "mnist (5k subset) softmax,
-    M = 100" or "synthetic linreg, d = 200, M = 100"; `short`: only "M = 100[, d = 200]".
-    Fields that vary within the table are listed with "/"."""
-    if df.empty:
-        return ""
-
-    def values(col):
-        return list(dict.fromkeys(df[col].tolist())) if col in df else []
-
-    names = list(dict.fromkeys(dataset_text(r) for _, r in df.drop_duplicates(["dataset"]).iterrows()))
-    tasks = values("task")
-    m = values("num_devices")
-    parts = [f"M = {'/'.join(str(v) for v in m)}"] if m else []
-    if "synthetic" in names and "num_features" in df:
-        parts.append(f"d = {'/'.join(str(v) for v in values('num_features'))}")
-    head = f"{'/'.join(names)} {'/'.join(str(t) for t in tasks)}".strip()
-    return ", ".join(parts) if short else ", ".join([head, *parts])
-
-
-# --------------------------------------------------------------- optimum (F*)
-
-
-def optimum(cfg: ExperimentConfig | pd.Series | dict) -> float | None:
-    """F* = min_θ F(θ) over the run's whole training set (`reference.optimum`) for the
-    convex tasks; None for networks or when the data cannot be loaded. Reads only the
-    data fields of a table row, so it works without the run's plugins imported."""
-    from coco_jax.reference import DATA_FIELDS_OF_OPTIMUM
-    from coco_jax.reference import optimum as f_star
-    from coco_jax.results import config_values_from_row
-
-    values = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else config_values_from_row(cfg)
-    try:
-        return f_star(tuple((f, values[f]) for f in DATA_FIELDS_OF_OPTIMUM if f in values))
-    except Exception:  # noqa: BLE001 - a missing file or odd data: plot F(θ) instead
-        return None
-
-
-GAP_FLOOR = 1e-6  # relative to max(F*, 1e-3): below this the float32 loss is rounding noise
-
-
-def with_gap(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """`df` with a `gap` column F(θ) − F* when every dataset in it has a computable F*
-    (returns (df, "gap")), else (df, "loss"). The gap is clipped below at
-    GAP_FLOOR · max(F*, 1e-3): float32 losses cannot resolve smaller differences."""
-    if df.empty or "loss" not in df:
-        return df, "loss"
-    from coco_jax.reference import DATA_FIELDS_OF_OPTIMUM
-
-    cols = [c for c in DATA_FIELDS_OF_OPTIMUM if c in df]
-    groups = df.groupby(cols, dropna=False, sort=False).groups
-    gap = pd.Series(np.nan, index=df.index)
-    for idx in groups.values():
-        f_star = optimum(df.loc[idx[0]])
-        if f_star is None:
-            return df, "loss"
-        floor = GAP_FLOOR * max(abs(f_star), 1e-3)
-        gap[idx] = np.maximum(df.loc[idx, "loss"].to_numpy(np.float64) - f_star, floor)
-    out = df.copy()
-    out["gap"] = gap
-    return out, "gap"
-
-
 # ------------------------------------------------------------------ aggregation
 
 
@@ -320,8 +200,6 @@ def _spread(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray, np.n
 
 class _quiet:
     def __enter__(self):
-        import warnings
-
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -382,13 +260,6 @@ def _prepare(df: pd.DataFrame, hue, y: str, notes: _Notes, over, x: str | None =
         notes.seeds.add(len(runs))
         out[label] = sub[~sub["_run"].isin(bad)]
     return out
-
-
-def _order(labels: Sequence[str]) -> list[str]:
-    """Known names in the order of `STYLES` (COCO-EF first), then the rest as given."""
-    known = [k for k in STYLES if k in labels]
-    rest = [k for k in labels if k not in STYLES]
-    return known + rest
 
 
 def _scale(metric: str, values: np.ndarray) -> np.ndarray:
@@ -491,7 +362,7 @@ def curve_panel(
     lines: dict[str, Line2D] = {}
     drawn = []
     data = {}
-    for label in _order(list(groups)):
+    for label in ordered_labels(list(groups)):
         sub = groups[label]
         if sub.empty or y not in sub or sub[y].notna().sum() == 0:
             continue
@@ -509,7 +380,7 @@ def curve_panel(
         data = {k: tuple(a[d[0] > 0] for a in d) for k, d in data.items()}
     drawn = [d[1] for d in data.values()]
     log_y = _apply_log(ax, "y", np.concatenate(drawn) if drawn else np.array([]), logy)
-    for label in _order(list(groups)):
+    for label in ordered_labels(list(groups)):
         if label in data:
             lines[label] = _draw(ax, label, *data[label], log_y=log_y)
         else:
@@ -646,47 +517,6 @@ def curves_figure(
 # ------------------------------------------------------------ final values figure
 
 
-def final_values(df: pd.DataFrame, y: str, *, tail: float = 0.0, runs_by: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per run: its config columns and the final value of `y` (the last
-    evaluated step; with `tail` > 0 the mean over the last `tail` fraction of the
-    evaluated steps, for noisy per-step quantities), plus `final_diverged`."""
-    df = df.copy()
-    df["_run"] = run_key(df)
-    bad = diverged_runs(df, y)
-    df = df.sort_values(["_run", "step"])
-    rows = []
-    for run, sub in df.groupby("_run", sort=False):
-        vals = sub[y].to_numpy(np.float64)
-        if tail > 0:
-            n = max(1, round(len(vals) * tail))
-            tail_vals = vals[-n:]
-            with np.errstate(all="ignore"), _quiet():
-                value = float(np.nanmean(tail_vals)) if np.isfinite(tail_vals).any() else float("nan")
-        else:
-            value = float(vals[-1])
-        row = sub.iloc[-1].to_dict()
-        row["final"] = value
-        row["final_diverged"] = run in bad
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def steps_to_target(df: pd.DataFrame, y: str, target: float, *, x: str = "step") -> pd.DataFrame:
-    """One row per run: the first `x` (step, bits or time) at which `y` <= target
-    (`final` = NaN when never reached; `final_diverged` as in `final_values`)."""
-    df = df.copy()
-    df["_run"] = run_key(df)
-    bad = diverged_runs(df, y)
-    rows = []
-    for run, sub in df.sort_values("step").groupby("_run", sort=False):
-        hit = sub[sub[y] <= target]
-        row = sub.iloc[-1].to_dict()
-        row["final"] = float(hit[x].iloc[0]) if len(hit) else float("nan")
-        row["final_diverged"] = run in bad
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def final_panel(
     ax,
     finals: pd.DataFrame,
@@ -703,7 +533,7 @@ def final_panel(
     ylabel: str | None = None,
     missing_note: str | None = None,
 ) -> dict[str, Line2D]:
-    """Draw the per-run values `finals["final"]` (from `final_values`/`steps_to_target`)
+    """Draw the per-run values `finals["final"]` (from `tables.final_values`/`steps_to_target`)
     against the config field `x`, one curve per label, mean ± band over seeds.
     A point whose runs all diverged or have no value is left out; `missing_note`, if
     given, is added to the legend title when that happens."""
@@ -711,7 +541,7 @@ def final_panel(
     finals = finals.copy()
     finals["_label"] = label_column(finals, hue)
     data, missing = {}, False
-    for label in _order(list(dict.fromkeys(finals["_label"]))):
+    for label in ordered_labels(list(dict.fromkeys(finals["_label"]))):
         data[label], gap = _final_points(finals[finals["_label"] == label], label, x, y, band, over, notes)
         missing = missing or gap
     drawn = [m for _, m, _, _ in data.values()]
@@ -759,8 +589,6 @@ def _final_points(sub: pd.DataFrame, label: str, x: str, y: str, band: str, over
 
 def _value_ticks(ax, values: Sequence[float]) -> None:
     """Major ticks at the grid's values, plain labels, no minor labels (log axes)."""
-    from matplotlib.ticker import NullFormatter, NullLocator
-
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(values, [f"{v:g}" for v in values])
@@ -819,7 +647,7 @@ def category_figure(
     notes = _Notes(band=band)
     finals = finals.copy()
     finals["_label"] = label_column(finals, hue)
-    labels = list(order) if order is not None else _order(list(dict.fromkeys(finals["_label"])))
+    labels = list(order) if order is not None else ordered_labels(list(dict.fromkeys(finals["_label"])))
     labels = [lb for lb in labels if lb in set(finals["_label"])]
     fig, (ax,) = _figure(1, width_per=max(6.4, 0.9 * len(labels) + 1.5))
     stats = {}
@@ -880,8 +708,6 @@ def heatmap_figure(
     """A heatmap of a 2-D table (index: y values, columns: x values), each cell
     annotated with its value (and the text of `annotations`, if given); a diverging
     colour map centred on `center` (blue below, red above). Non-finite cells are grey."""
-    import textwrap
-
     width = max(6.4, 1.5 + 1.25 * values.shape[1])
     height = 2.2 + 0.85 * max(3, values.shape[0])
     fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
@@ -929,8 +755,6 @@ def standard_label(df: pd.DataFrame) -> Callable[[pd.Series], str]:
     """The curve label of the standard figures: the method label (the preset, or the
     compressor, feedback and code of a custom configuration), followed by every other
     config field that varies between runs of that method (seeds are averaged)."""
-    from coco_jax.report import method_label
-
     labels = df.apply(method_label, axis=1)
     varying = [
         c
@@ -989,83 +813,3 @@ def save_figure(fig: Figure, out_dir: str | pathlib.Path, name: str) -> list[pat
         paths.append(path)
     plt.close(fig)
     return paths
-
-
-# ------------------------------------------------------------- synthetic results
-
-
-def synthetic_results(
-    methods: Sequence[str] = ("coco-ef", "gc", "gc-compressed", "ef-uncoded", "gd"),
-    *,
-    seeds: int = 3,
-    steps: int = 50,
-    eval_every: int = 5,
-    straggler_probs: Sequence[float] = (0.2,),
-    compress_ratios: Sequence[float] = (0.1,),
-    diverge: Sequence[str] = (),
-    task: str = "linreg",
-) -> pd.DataFrame:
-    """A results table with the sweep's columns and made-up, plausible curves (no JAX):
-    for tests and examples of the figure functions. Methods in `diverge` blow up
-    halfway (loss inf, `diverged` True) in every seed."""
-    import itertools
-
-    from coco_jax.presets import preset
-    from coco_jax.results import rows_of
-
-    frames = []
-    rng = np.random.default_rng(0)
-    for (mi, method), p, ratio, seed in itertools.product(
-        enumerate(methods), straggler_probs, compress_ratios, range(seeds)
-    ):
-        cfg = preset(
-            method,
-            task=task,
-            straggler_prob=p,
-            compress_ratio=ratio,
-            seed=seed,
-            steps=steps,
-            eval_every=eval_every,
-        )
-        bpm = 32 * 32 if method in ("gc", "gd", "ignore-stragglers") else int(ratio * 32) * 37 + 1
-        hist, div_step = _made_up_history(rng, mi, p, ratio, steps, eval_every, method in diverge, bpm, task)
-        frames.append(rows_of(method, cfg, hist, bpm, div_step))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _made_up_history(
-    rng, mi: int, p: float, ratio: float, steps: int, eval_every: int, diverge: bool, bpm: int, task
-):
-    """Plausible history of method number `mi` (`synthetic_results`); (history, divergence step)."""
-    step = np.arange(0, steps + 1, eval_every)
-    rate = 0.02 + 0.01 * mi + 0.05 * p + 0.02 * (1 - ratio)
-    floor = 1e-3 * (1 + mi) * (1 + p)
-    loss = 0.5 * np.exp(-rate * step) + floor + 1e-4 * rng.random(step.size)
-    div_step = None
-    diverged = np.zeros(step.size, bool)
-    if diverge:
-        div_step = int(step[step.size // 2])
-        loss = np.where(step >= div_step, np.inf, loss)
-        diverged = step >= div_step
-    delivered = np.round(step * 8 * (1 - p)).astype(np.int64)
-    hist = {
-        "step": step,
-        "loss": loss.astype(np.float32),
-        "grad_norm_sq": (loss**2).astype(np.float32),
-        "test_loss": (loss * 1.1).astype(np.float32),
-        "bits": (delivered * bpm).astype(np.float64),
-        "time": step.astype(np.float32) * (1 + p),
-        "delivered": delivered,
-        "stragglers": np.full(step.size, int(8 * p)),
-        "grad_error_sq": np.where(step > 0, 0.1 * loss, np.nan).astype(np.float32),
-        "ef_error_norm": np.where(step > 0, 0.5 * np.sqrt(loss), 0.0).astype(np.float32),
-        "contraction": np.where(step > 0, 1 - ratio + 0.01 * rng.random(step.size), np.nan).astype(
-            np.float32
-        ),
-        "diverged": diverged,
-    }
-    if task != "linreg":
-        acc = np.clip(0.95 - loss, 0, 1).astype(np.float32)
-        hist["accuracy"] = acc
-        hist["test_accuracy"] = acc - 0.02
-    return hist, div_step

@@ -11,7 +11,8 @@ timed):
 
 The batch's dynamic fields (`HParams`, leading configuration axis) and carry are
 sharded over the local devices on the mesh axis "config" (`jax.shard_map`); the data
-is replicated.
+is replicated. `plan_estimates` lowers a plan's groups (no compilation) for the
+--dry-run estimates of `coco_jax.costs`.
 """
 
 from __future__ import annotations
@@ -22,23 +23,26 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from coco_jax import costs
 from coco_jax.config import hparams_in_group
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from coco_jax.plan import Entry, Group
+from coco_jax.engine import history_to_numpy
+from coco_jax.plan import Entry, Group, SweepPlan
+from coco_jax.results import rows_of
+from coco_jax.step import advance, init_run
 
 MESH_AXIS = "config"
 DEFAULT_CHUNKS = 16  # progress updates per batch when chunk_steps is not given
 
-__all__ = ["MESH_AXIS", "Program", "chunk_steps_of", "compile_program", "run_batch"]
+__all__ = ["MESH_AXIS", "Program", "chunk_steps_of", "compile_program", "plan_estimates", "run_batch"]
 
 
 @dataclasses.dataclass
@@ -90,21 +94,14 @@ class Lowered:
     timings: dict
 
     @property
-    def cost(self):
-        from coco_jax.costs import program_cost
-
-        return program_cost(self.init, self.chunk)
+    def cost(self) -> costs.ProgramCost:
+        return costs.program_cost(self.init, self.chunk)
 
 
 def lower_program(comps, data, hp_template, batch_size: int, devices: tuple, chunk_steps: int) -> Lowered:
     """Lower (trace, no XLA compilation) a group's init and chunk programs for batches
     of `batch_size` configurations on `devices` (`hp_template`: one configuration's
     HParams)."""
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from coco_jax.step import advance, init_run
-
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
     sharding, replicated = NamedSharding(mesh, P(MESH_AXIS)), NamedSharding(mesh, P())
     hp_spec = jax.tree_util.tree_map(
@@ -143,8 +140,6 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
     """Lower and compile a group's init and chunk programs (see `lower_program`); the
     lowering and compile seconds of each are in `Program.timings`, and the compile is
     recorded for `coco_jax.costs` estimates."""
-    from coco_jax import costs
-
     t_start = time.perf_counter()
     low = lower_program(comps, data, hp_template, batch_size, devices, chunk_steps)
     timings = dict(low.timings)
@@ -169,6 +164,25 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
         timings,
         cost,
     )
+
+
+def plan_estimates(plan: SweepPlan, chunk_steps: int | None = None) -> dict[int, dict]:
+    """Estimated compile and run seconds of each group of `plan` with pending work
+    (`coco_jax.costs`: its programs are lowered, not compiled), by group index; what
+    `SweepPlan.describe` prints."""
+    devices = tuple(jax.local_devices())
+    out = {}
+    for gi, g in enumerate(plan.groups):
+        bs = [b for b in plan.batches if b.group == gi]
+        if not bs:
+            continue
+        prep = g.prepared
+        steps = chunk_steps_of(g.static.cfg.steps, chunk_steps)
+        hp = hparams_in_group(g.static, g.entries[0].cfg)
+        low = lower_program(prep.comps, prep.data, hp, bs[0].size, devices, steps)
+        config_steps = sum(b.size for b in bs) * g.static.cfg.steps
+        out[gi] = costs.estimate(low.cost, config_steps, bs[0].size)
+    return out
 
 
 # ------------------------------------------------------------------ running
@@ -201,11 +215,6 @@ def run_batch(
 ) -> pd.DataFrame:
     """Run one padded batch of a group's configurations; the table rows of its real
     configurations (padding repeats the last configuration and is dropped)."""
-    import pandas as pd
-
-    from coco_jax.engine import history_to_numpy
-    from coco_jax.results import rows_of
-
     n, size = len(entries), prog.batch_size
     hps = [hparams_in_group(group.static, e.cfg) for e in entries]
     hps += [hps[-1]] * (size - n)
@@ -224,8 +233,6 @@ def run_batch(
     _report(pending, on_chunk, n, steps, prog.chunk_steps)
     records = jax.device_get(carry.records)
     if prog.cost is not None:
-        from coco_jax import costs
-
         costs.record(prog.cost, run_s=time.perf_counter() - t_run, config_steps=size * steps, batch=size)
     diverged = np.asarray(jax.device_get(carry.state.diverged_step))
     bits = group.prepared.bits_per_message

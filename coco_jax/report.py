@@ -8,8 +8,9 @@ Observations: an experiment module may define ``observations(df) -> list[str]``:
 computed from its results table (the same ``df`` its ``figures`` get), rendered in its
 section under "Observed (computed from these results)". Docstrings keep only the
 question and the expectation; numbers in the report come from the results, so they
-cannot drift from what the code produced. The helpers below (`final_means`,
-`reach_means`, `num`, `listing`, `compare`) keep those sentences short and uniform.
+cannot drift from what the code produced. The helpers below (`num`, `listing`,
+`compare`, `bits_to_reach`) keep those sentences short and uniform; the numbers come
+from `coco_jax.tables` (`final_means`, `reach_means`, `with_gap`, ...).
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from coco_jax.config import ExperimentConfig
+from coco_jax.fileio import atomic_write_bytes, jsonable
+from coco_jax.tables import CONFIG_FIELDS, method_label, ordered_labels, reach_means, run_key, with_gap
+
 __all__ = [
     "OBSERVED_HEADING",
     "Section",
+    "bits_to_reach",
     "compare",
-    "final_means",
     "final_table",
     "listing",
     "num",
     "observations_of",
-    "reach_means",
     "write_report",
 ]
 
@@ -58,15 +62,6 @@ class Section:
     grids: dict = dataclasses.field(default_factory=dict)  # part -> Grid.describe()
     metrics: tuple = ()  # extra history keys for the final-metrics table (REPORT_METRICS)
     observe: Any = None  # the module's observations(df) -> list[str], if it defines one
-
-
-def method_label(row: pd.Series) -> str:
-    """The preset name, or for custom configurations their method fields."""
-    m = str(row.get("method", "custom"))
-    if m != "custom":
-        return m
-    ef = row.get("error_feedback", "none")
-    return f"{row.get('compressor')} + {'no EF' if ef == 'none' else ef.upper()} ({row.get('allocation')})"
 
 
 def _fmt(x: float) -> str:
@@ -124,65 +119,6 @@ def compare(a: float, b: float) -> str:
     return "below" if a < b else "above"
 
 
-def _labels(df: pd.DataFrame, hue) -> pd.Series:
-    from coco_jax.plots import label_column
-
-    return label_column(df, hue)
-
-
-def final_means(
-    df: pd.DataFrame, y: str, by=("method",), *, hue=None, tail: float = 0.0, drop_diverged: bool = True
-) -> pd.DataFrame:
-    """Mean over seeds of each run's final `y` (last evaluated step; with `tail` the mean
-    over the last `tail` share of the steps), per value of the `by` columns (and per
-    `hue` label, a column or a function of a row, stored as column "label").
-    Columns: the keys, "final" (mean), "runs", "diverged" (runs dropped as diverged)."""
-    from coco_jax.plots import final_values
-
-    if df.empty:
-        return pd.DataFrame(columns=[*by, "final", "runs", "diverged"])
-    fin = final_values(df, y, tail=tail)
-    keys = list(by)
-    if hue is not None:
-        fin["label"] = _labels(fin, hue).to_numpy()
-        keys = ["label", *keys]
-    rows = []
-    for key, g in fin.groupby(keys, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        bad = g["final_diverged"].to_numpy(bool)
-        vals = g.loc[~bad if drop_diverged else slice(None), "final"].to_numpy(np.float64)
-        vals = vals[np.isfinite(vals)]
-        row = dict(zip(keys, key))
-        row["final"] = float(vals.mean()) if vals.size else float("nan")
-        row["runs"] = len(g)
-        row["diverged"] = int(bad.sum())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def reach_means(df: pd.DataFrame, y: str, target: float, *, x: str = "step", by=("method",)) -> pd.DataFrame:
-    """Per value of `by`: the mean over seeds of the first `x` (step, bits, time) at
-    which `y` <= target, NaN unless every non-diverged run reached it; columns: the
-    keys, "final" (that mean), "reached" (runs that reached it), "runs"."""
-    from coco_jax.plots import steps_to_target
-
-    if df.empty:
-        return pd.DataFrame(columns=[*by, "final", "reached", "runs"])
-    hits = steps_to_target(df, y, target, x=x)
-    rows = []
-    for key, g in hits.groupby(list(by), sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        ok = g[~g["final_diverged"].to_numpy(bool)]
-        vals = ok["final"].to_numpy(np.float64)
-        reached = int(np.isfinite(vals).sum())
-        row = dict(zip(by, key))
-        row["final"] = float(vals.mean()) if len(vals) and reached == len(vals) else float("nan")
-        row["reached"] = reached
-        row["runs"] = len(g)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def bits_to_reach(df: pd.DataFrame, y: str, target: float, a: str = "coco-ef", b: str = "gc"):
     """Mean uploaded bits of methods `a` and `b` to first reach `y` <= `target`, with the
     ratio said in words ("3.1× fewer bits", or "more"); None unless both reach it."""
@@ -196,13 +132,12 @@ def bits_to_reach(df: pd.DataFrame, y: str, target: float, a: str = "coco-ef", b
     return bits_a, bits_b, ratio
 
 
-def observations_of(exp, section: Section) -> list[str]:
-    """The computed sentences of a section: its `observe` function, else the
-    ``observations(df)`` of its experiment module (the experiment itself, or for a
-    composite such as ``paper`` the part of that name); [] when it defines none. An
+def observations_of(section: Section) -> list[str]:
+    """The computed sentences of a section: its `observe` function (the experiment
+    module's ``observations(df)``, set by `coco_jax.experiment`); [] without one. An
     observation that fails to compute is reported as such, not raised: the report is
     still written."""
-    fn = section.observe or _module_observer(exp, section.name)
+    fn = section.observe
     if fn is None:
         return []
     try:
@@ -212,27 +147,9 @@ def observations_of(exp, section: Section) -> list[str]:
     return [str(x) for x in (out or [])]
 
 
-def _module_observer(exp, name: str):
-    parts = tuple(getattr(exp, "parts", ()) or ())
-    if not parts:
-        return getattr(getattr(exp, "module", None), "observations", None)
-    from coco_jax.experiment import _sibling
-
-    for n in parts:
-        try:
-            sub = _sibling(exp.path, n)
-        except Exception:  # noqa: BLE001 - a part that cannot load has no observations
-            sub = None
-        if sub is not None and sub.name == name:
-            return getattr(sub.module, "observations", None)
-    return None
-
-
 def _varying(df: pd.DataFrame) -> list[str]:
     """Config fields that vary between runs of one method (the grid's axes, seeds aside);
     fields that only change with the method (a preset's redundancy, say) are not axes."""
-    from coco_jax.plots import CONFIG_FIELDS
-
     out = []
     for c in CONFIG_FIELDS:
         if c not in df or c in _METHOD_FIELDS or c in _SKIP_FIELDS:
@@ -276,8 +193,6 @@ def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
     """(last evaluated row of each run with its method label and last-half means, the
     varied axes that label the table's rows, the loss column, the axes pooled because
     the table would be too long)."""
-    from coco_jax.plots import _order, run_key, with_gap
-
     pdf, loss_col = with_gap(pdf)
     pdf = pdf.copy()
     pdf["_run"] = run_key(pdf)
@@ -292,7 +207,7 @@ def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
     dropped = []
     while keys and last.groupby(["Method", *keys], dropna=False).ngroups > MAX_TABLE_ROWS:
         dropped.insert(0, keys.pop())
-    rank = {m: i for i, m in enumerate(_order(list(dict.fromkeys(last["Method"]))))}
+    rank = {m: i for i, m in enumerate(ordered_labels(list(dict.fromkeys(last["Method"]))))}
     last = last.assign(_rank=last["Method"].map(rank)).sort_values(["_rank", *keys], kind="stable")
     return last, keys, loss_col, dropped
 
@@ -374,8 +289,6 @@ def _wall(meta: dict) -> str:
 
 def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) -> pathlib.Path:
     """Write out/report.md (atomically) and return its path."""
-    from coco_jax.fileio import atomic_write_bytes
-
     out = pathlib.Path(out)
     composite = bool(getattr(exp, "parts", ()))
     lines = [f"# {exp.name}: {exp.description}", ""]
@@ -434,7 +347,7 @@ def _section_block(out: pathlib.Path, exp, s: Section, composite: bool) -> list[
     sub = "###" if composite else "##"  # a section's own headings
     lines = [f"## {s.name}", "", f"_{s.description}_", ""] if composite else []
     lines += [_doc_block(s.doc), ""]
-    observed = observations_of(exp, s)
+    observed = observations_of(s)
     if observed:
         lines += [f"{sub} {OBSERVED_HEADING}", "", *[f"- {o}" for o in observed], ""]
     lines += [f"{sub} Figures", "", *_figure_block(out, s.figures)]
@@ -476,9 +389,6 @@ def _environment_block(meta: dict) -> list[str]:
 def _compact_grids(grids: dict) -> dict:
     """Grid descriptions with the base reduced to the fields that differ from the
     ExperimentConfig defaults (the rest is the default)."""
-    from coco_jax.config import ExperimentConfig
-    from coco_jax.fileio import jsonable
-
     defaults = jsonable(ExperimentConfig().to_dict())
     out = {}
     for name, g in grids.items():
@@ -518,10 +428,3 @@ def _grid_block(grids: dict) -> list[str]:
             lines += [f"| {k} | {v} | {how} |" for k, v, how in rows]
             lines.append("")
     return lines
-
-
-def _isfinite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False

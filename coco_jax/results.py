@@ -25,12 +25,12 @@ import math
 import os
 import pathlib
 import subprocess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
 import numpy as np
-
-if TYPE_CHECKING:
-    import pandas as pd
+import pandas as pd
+import pyarrow as pa
 
 from coco_jax.config import FIELDS, ExperimentConfig
 from coco_jax.errors import ConfigError
@@ -85,21 +85,20 @@ def config_columns(cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
-_TUPLE_FIELDS = tuple(n for n, f in FIELDS.items() if "tuple" in str(f.type))
+# Config fields whose values are tuples (JSON text in a table cell, lists in a grid file).
+TUPLE_FIELDS = tuple(n for n, f in FIELDS.items() if "tuple" in str(f.type))
 _INT_FIELDS = tuple(n for n, f in FIELDS.items() if str(f.type).startswith("int"))
 
 
 def config_values_from_row(row) -> dict[str, Any]:
     """The config fields of one table row as Python values (tuple fields are stored as
     JSON text, NaN cells of optional fields are None)."""
-    import numpy as np
-
     values = {}
     for name in FIELDS:
         if name not in row:
             continue
         v = row[name]
-        if name in _TUPLE_FIELDS and isinstance(v, str):
+        if name in TUPLE_FIELDS and isinstance(v, str):
             v = json.loads(v)
             v = None if v is None else tuple(v)
         elif isinstance(v, float) and math.isnan(v):
@@ -126,8 +125,6 @@ def rows_of(
     diverged_step: int | None,
 ) -> pd.DataFrame:
     """The table rows of one finished run (history as from `engine.history_to_numpy`)."""
-    import pandas as pd
-
     n = len(history["step"])
     cols: dict[str, Any] = {"method": [method] * n, "config_id": [config_id(cfg)] * n}
     for k, v in config_columns(cfg).items():
@@ -142,14 +139,7 @@ def rows_of(
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
     """The table as it reads back from Parquet (so in-memory and loaded tables compare equal)."""
-    import pyarrow as pa
-
     return pa.Table.from_pandas(df, preserve_index=False).to_pandas()
-
-
-def dedupe(df: pd.DataFrame) -> pd.DataFrame:
-    """Keep the first copy of each (method, config_id, step) row."""
-    return df.drop_duplicates(subset=["method", "config_id", "step"], keep="first").reset_index(drop=True)
 
 
 def load_results(directory: str | os.PathLike, *, partial: bool = False) -> pd.DataFrame:
@@ -235,8 +225,6 @@ def git_commit() -> dict[str, Any] | None:
 
 
 def device_description() -> dict[str, Any]:
-    import jax
-
     local = jax.local_devices()
     return {
         "platform": local[0].platform,

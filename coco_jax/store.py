@@ -8,18 +8,21 @@ A sweep directory holds:
     parts/*.parquet   rows of finished batches (resume); removed once the table exists
     .lock             the advisory lock of the run that uses the directory (`lock`)
     quarantine/       unreadable files moved aside by a rerun (`quarantine`)
+    experiment.json   what an experiment ran into it (`coco-jax run`; `coco_jax.experiment`)
 
 Every file is written to a temporary name in its directory and renamed over the
 target (`os.replace`), so a reader never sees half a file and a killed writer leaves
 the previous version (or nothing) behind. One run at a time uses a directory: `lock`
 holds an OS advisory lock (`fcntl.flock`) on DIR/.lock, which the OS releases when the
-holder dies, so a killed run never blocks the next one. The table schema is in
-`coco_jax.results`.
+holder dies, so a killed run never blocks the next one. `ResultsDir` holds the rules
+of one directory (its lock, its sidecar, its experiment.json, when it is refused); the
+table schema is in `coco_jax.results`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pathlib
@@ -29,20 +32,28 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 from coco_jax.errors import ConfigError
-from coco_jax.fileio import atomic_write_bytes, read_json
+from coco_jax.fileio import atomic_write_bytes, read_json, write_json
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock is taken
+    fcntl = None
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from coco_jax.distributed import Comm
 
 TABLE = "results.parquet"
 SIDECAR = "results.json"
 PARTS = "parts"
 LOCK = ".lock"
 QUARANTINE = "quarantine"
+EXPERIMENT = "experiment.json"
 
 # The command line that started this process when it is `coco-jax` (set by the CLI;
 # None from Python): recorded in sidecars and named in repair messages.
@@ -54,18 +65,12 @@ invoked_as: str | None = None
 
 def table_bytes(df: pd.DataFrame) -> bytes:
     """A table as Parquet bytes."""
-    import io
-
     buf = io.BytesIO()
     df.to_parquet(buf, index=False, engine="pyarrow")
     return buf.getvalue()
 
 
 def table_from_bytes(data: bytes) -> pd.DataFrame:
-    import io
-
-    import pandas as pd
-
     return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
 
 
@@ -125,7 +130,7 @@ def _holder_text(fd: int) -> str:
     return text
 
 
-def _acquire(lock_path: pathlib.Path, fcntl, name: str) -> int:
+def _acquire(lock_path: pathlib.Path, name: str) -> int:
     """An open descriptor holding the exclusive flock of `lock_path` (the file that is at
     that path now); a ConfigError naming the holder if another process has it."""
     while True:
@@ -170,13 +175,11 @@ def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
             with _HELD_GUARD:
                 held[1] -= 1
         return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    if fcntl is None:  # pragma: no cover - Windows
         yield path
         return
     lock_path = path / LOCK
-    fd = _acquire(lock_path, fcntl, f"{what}={str(out)!r}")
+    fd = _acquire(lock_path, f"{what}={str(out)!r}")
     try:
         info = {
             "pid": os.getpid(),
@@ -234,18 +237,7 @@ def read_error(err: BaseException) -> str:
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """A Parquet table; OSError/ValueError (pyarrow's errors derive from them) when
     the file is truncated or corrupt."""
-    import pandas as pd
-
     return pd.read_parquet(path, engine="pyarrow")
-
-
-def remove_stale_temporaries(out: pathlib.Path) -> None:
-    """Remove the temporary files of writers that were killed (only while holding the lock)."""
-    for d in (out, out / PARTS):
-        if d.is_dir():
-            for tmp in d.glob(".tmp-*"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
 
 
 # -------------------------------------------------------------------------- parts
@@ -269,14 +261,15 @@ def part_files(out: str | os.PathLike) -> list[pathlib.Path]:
 _KEY_COLUMNS = ("method", "config_id", "step")
 
 
+def dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep the first copy of each (method, config_id, step) row."""
+    return df.drop_duplicates(subset=list(_KEY_COLUMNS), keep="first").reset_index(drop=True)
+
+
 def read_parts_checked(out: str | os.PathLike) -> tuple[pd.DataFrame | None, list[tuple[pathlib.Path, str]]]:
     """(all readable part rows with duplicates dropped, or None; [(unreadable part,
     reason)]). A part is unreadable when Parquet cannot read it (truncated, corrupt) or
     it lacks the key columns."""
-    import pandas as pd
-
-    from coco_jax.results import dedupe
-
     frames, bad = [], []
     for p in part_files(out):
         try:
@@ -317,51 +310,203 @@ def unreadable_message(out: pathlib.Path, path: pathlib.Path, reason: str) -> st
     )
 
 
-# ------------------------------------------------------------ sweep directory
+# ------------------------------------------------------------ a results directory
+
+_REFUSED = ("conflict", "orphan")
 
 
-def directory_status(out: pathlib.Path, grid_hash: str) -> str:
-    """'new', 'resume', 'complete', 'conflict' (another grid's results) or 'orphan'
-    (results without their sidecar) for this process's view of `out`."""
-    try:
-        meta = read_json(out / SIDECAR)
-    except ValueError:
-        meta = {"grid_hash": None, "unreadable": True}
-    if meta is None:
-        return "orphan" if part_files(out) or (out / TABLE).exists() else "new"
-    if meta.get("unreadable"):
-        return "orphan"
-    if meta.get("grid_hash") != grid_hash:
-        return "conflict"
-    if (out / TABLE).exists() and meta.get("status") == "complete":
-        return "complete"
-    return "resume"
+class ResultsDir:
+    """One results directory and its rules: the lock, the sweep's sidecar
+    (results.json), the experiment record (experiment.json), and when the directory is
+    refused (another grid's or another experiment's results, results without their
+    sidecar). `coco_jax.sweep` and `coco_jax.experiment` both go through it.
 
+    Args:
+        out: the directory (it need not exist yet); a file there is a ConfigError.
+        what: the argument's name in messages ("out").
 
-def refusal(out: pathlib.Path, status: str, grid_hash: str, what: str = "out") -> str:
-    """Why `out` (in state 'conflict' or 'orphan') is refused, with the way out."""
-    if status == "orphan":
-        side = out / SIDECAR
-        state = "is unreadable" if side.exists() else "is missing"
+    Example:
+        >>> d = ResultsDir("results/methods-quick")
+        >>> d.status("0123abcd")  # doctest: +SKIP
+        'new'
+    """
+
+    def __init__(self, out: str | os.PathLike, what: str = "out"):
+        self.path = check_directory(out, what)
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"ResultsDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ the lock
+
+    def lock(self) -> contextlib.AbstractContextManager[pathlib.Path]:
+        """Hold the directory for one run (`lock`); creates it."""
+        return lock(self.path, self.what)
+
+    def hold(self, comm: Comm, held: contextlib.ExitStack) -> None:
+        """Take the lock into `held` on process 0; every process raises its refusal."""
+        refused = None
+        if comm.index == 0:
+            try:
+                held.enter_context(self.lock())
+            except ConfigError as err:
+                refused = str(err)
+        refused = comm.allgather_json(refused)[0]
+        if refused is not None:
+            raise ConfigError(refused)
+
+    def ensure_writable(self) -> pathlib.Path:
+        """Create the directory and fail now (OSError) where it cannot be written."""
+        return ensure_writable(self.path, self.what)
+
+    # --------------------------------------------------------------- the sidecar
+
+    def sidecar(self) -> dict | None:
+        """The sweep's sidecar, None when absent; ValueError when unreadable."""
+        return read_json(self.path / SIDECAR)
+
+    def invocations(self) -> list:
+        """The sweep invocations the sidecar records ([] without one)."""
+        return (self.sidecar() or {}).get("invocations", [])
+
+    def has_results(self) -> bool:
+        """Whether a final table or a finished part is there."""
+        return (self.path / TABLE).exists() or bool(part_files(self.path))
+
+    def is_complete(self) -> bool:
+        """Whether the final table is there and the sidecar says the sweep completed."""
+        return (self.path / TABLE).exists() and (self.sidecar() or {}).get("status") == "complete"
+
+    def status(self, grid_hash: str) -> str:
+        """'new', 'resume', 'complete', 'conflict' (another grid's results) or 'orphan'
+        (results without a readable sidecar) for this process's view of the directory."""
+        try:
+            meta = self.sidecar()
+        except ValueError:
+            return "orphan"
+        if meta is None:
+            return "orphan" if self.has_results() else "new"
+        if meta.get("grid_hash") != grid_hash:
+            return "conflict"
+        if (self.path / TABLE).exists() and meta.get("status") == "complete":
+            return "complete"
+        return "resume"
+
+    def refusal(self, status: str, grid_hash: str) -> str:
+        """Why the directory (in state 'conflict' or 'orphan') is refused, with the way out."""
+        name = f"{self.what}={str(self.path)!r}"
+        if status == "orphan":
+            side = self.path / SIDECAR
+            state = "is unreadable" if side.exists() else "is missing"
+            return (
+                f"{name} holds results but {side} {state}, so they cannot be matched to a grid "
+                "(was it deleted?): restore it, or pass overwrite=True (--overwrite) to recompute them"
+            )
+        meta = self.sidecar() or {}
         return (
-            f"{what}={str(out)!r} holds results but {side} {state}, so they cannot be matched to a grid "
-            "(was it deleted?): restore it, or pass overwrite=True (--overwrite) to recompute them"
+            f"{name} holds results of another grid (grid hash {meta.get('grid_hash', 'unknown')}, "
+            f"this grid {grid_hash}): choose another directory or pass overwrite=True (--overwrite) to "
+            "replace them"
         )
-    meta = read_json(out / SIDECAR) or {}
-    return (
-        f"{what}={str(out)!r} holds results of another grid (grid hash {meta.get('grid_hash', 'unknown')}, "
-        f"this grid {grid_hash}): choose another directory or pass overwrite=True (--overwrite) to replace them"
-    )
+
+    def state(self, grid_hash: str, overwrite: bool = False) -> str:
+        """What a sweep of the grid `grid_hash` would find ('new', 'resume', 'complete'),
+        read-only; the ConfigError it would raise unless `overwrite`."""
+        status = self.status(grid_hash)
+        if status in _REFUSED:
+            if not overwrite:
+                raise ConfigError(self.refusal(status, grid_hash))
+            return "new"
+        return status
+
+    def open(self, comm: Comm, grid_hash: str, overwrite: bool) -> str:
+        """The state agreed by every process: 'new', 'resume' or 'complete' (after
+        clearing another grid's results when `overwrite`); refuses another grid, or
+        results whose sidecar is missing, otherwise. Hold the lock first."""
+        if comm.index == 0:
+            self.remove_stale_temporaries()
+        views = comm.allgather_json(self.status(grid_hash))
+        refused = [v for v in views if v in _REFUSED]
+        if refused and not overwrite:
+            raise ConfigError(self.refusal(refused[0], grid_hash))
+        if refused:
+            if comm.index == 0 and views[0] in _REFUSED:
+                self.clear()
+            comm.barrier("coco_jax_sweep_clear0")
+            if comm.index != 0 and self.status(grid_hash) in _REFUSED:
+                self.clear()  # a process-local directory (no shared filesystem)
+            comm.barrier("coco_jax_sweep_clear")
+            views = comm.allgather_json(self.status(grid_hash))
+        return views[0]
+
+    def mark_running(self, comm: Comm, sidecar_of: Callable[[list], dict]) -> None:
+        """Write the sidecar `sidecar_of(earlier invocations)` (status "running") on every
+        process's view of the directory (a process-local one without a shared filesystem)."""
+        sidecar = sidecar_of(self.invocations() if comm.index == 0 else [])
+        if comm.index == 0:
+            write_json(self.path / SIDECAR, sidecar)
+        comm.barrier("coco_jax_sweep_sidecar")
+        if comm.index != 0 and self.sidecar() is None:
+            write_json(self.path / SIDECAR, sidecar)
+
+    def complete(self, table: pd.DataFrame, sidecar: dict) -> None:
+        """Write the final table, then the sidecar, then drop the parts the table holds."""
+        write_table(self.path / TABLE, table)
+        write_json(self.path / SIDECAR, sidecar)
+        shutil.rmtree(self.path / PARTS, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Remove a sweep's table, sidecar and parts (asked for by --overwrite)."""
+        for name in (TABLE, SIDECAR):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        shutil.rmtree(self.path / PARTS, ignore_errors=True)
+
+    def remove_stale_temporaries(self) -> None:
+        """Remove the temporary files of writers that were killed (only while holding the lock)."""
+        for d in (self.path, self.path / PARTS):
+            if d.is_dir():
+                for tmp in d.glob(".tmp-*"):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+
+    # ---------------------------------------------------------- experiment.json
+
+    def experiment(self) -> dict | None:
+        """The experiment record, None when absent; a ConfigError when unreadable."""
+        p = self.path / EXPERIMENT
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except ValueError as err:
+            raise ConfigError(
+                f"{p} is unreadable ({err}): run the experiment again with --overwrite to rebuild it"
+            ) from None
+
+    def write_experiment(self, meta: dict) -> None:
+        """Write the experiment record (atomically)."""
+        write_json(self.path / EXPERIMENT, meta)
+
+    def check_experiment(self, name: str, quick: bool, overrides: dict, overwrite: bool = False) -> None:
+        """Refuse the directory when it holds another experiment (or variant, or overrides)."""
+        if overwrite:
+            return
+        meta = self.experiment()
+        if meta is None:
+            return
+        theirs = meta.get("overrides") or {}
+        if meta.get("experiment") != name or bool(meta.get("quick")) != quick or theirs != overrides:
+            raise ConfigError(
+                f"{self.what}={str(self.path)!r} holds results of experiment "
+                f"{_describe_run(meta.get('experiment'), meta.get('quick'), theirs)}, not "
+                f"{_describe_run(name, quick, overrides)}: choose another --out or pass --overwrite"
+            )
 
 
-def clear(out: pathlib.Path) -> None:
-    """Remove a sweep's table, sidecar and parts from `out` (asked for by --overwrite)."""
-    for name in (TABLE, SIDECAR):
-        with contextlib.suppress(FileNotFoundError):
-            (out / name).unlink()
-    shutil.rmtree(out / PARTS, ignore_errors=True)
-
-
-def remove_parts(out: pathlib.Path) -> None:
-    """Remove the parts once the final table holds their rows."""
-    shutil.rmtree(out / PARTS, ignore_errors=True)
+def _describe_run(name, quick, overrides) -> str:
+    text = f"{name!r} ({'quick' if quick else 'full'}"
+    if overrides:
+        text += ", overrides " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return text + ")"

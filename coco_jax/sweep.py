@@ -44,9 +44,10 @@ from typing import ClassVar
 import jax
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from coco_jax import fileio, store
 from coco_jax import results as res_lib
+from coco_jax import store
 from coco_jax.config import DYNAMIC_FIELDS, hparams_of
 from coco_jax.distributed import Comm
 from coco_jax.errors import ConfigError
@@ -55,9 +56,9 @@ from coco_jax.plan import (
     Entry,
     Group,
     SweepPlan,
-    _fmt_bytes,
     device_memory_budget,
     entries_of,
+    format_bytes,
     grid_hash,
     make_plan,
     prepare_groups,
@@ -183,8 +184,6 @@ def _part_name(entries: list[Entry]) -> str:
 def _progress_bar(total: int, enabled: bool):
     if not enabled or total <= 0:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="cfg-step", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
 
 
@@ -221,44 +220,13 @@ def _sidecar(grid, ghash, groups, status, invocation, previous=(), rows=None) ->
     }
 
 
-_REFUSED = ("conflict", "orphan")
-
-
 def out_status(grid: Grid, out: str | os.PathLike, overwrite: bool = False) -> str:
     """What `sweep(grid, out=out)` would find in `out` ('new', 'resume', 'complete'),
     read-only: raises the ConfigError the sweep would raise (a file in place of the
     directory, another grid's results, results without their sidecar) unless
     `overwrite`. `coco-jax run` checks every part of an experiment with it before it
     writes anything."""
-    outp = store.check_directory(out)
-    ghash = grid_hash(entries_of(grid), None, None, None)
-    status = store.directory_status(outp, ghash)
-    if status in _REFUSED:
-        if not overwrite:
-            raise ConfigError(store.refusal(outp, status, ghash))
-        return "new"
-    return status
-
-
-def _open_directory(outp: pathlib.Path, comm: Comm, ghash: str, overwrite: bool) -> str:
-    """The state of `out` agreed by every process: 'new', 'resume' or 'complete' (after
-    clearing another grid's results when `overwrite`); refuses another grid, or results
-    whose sidecar is missing, otherwise."""
-    if comm.index == 0:
-        store.remove_stale_temporaries(outp)
-    views = comm.allgather_json(store.directory_status(outp, ghash))
-    refused = [v for v in views if v in _REFUSED]
-    if refused and not overwrite:
-        raise ConfigError(store.refusal(outp, refused[0], ghash))
-    if refused:
-        if comm.index == 0 and views[0] in _REFUSED:
-            store.clear(outp)
-        comm.barrier("coco_jax_sweep_clear0")
-        if comm.index != 0 and store.directory_status(outp, ghash) in _REFUSED:
-            store.clear(outp)  # a process-local directory (no shared filesystem)
-        comm.barrier("coco_jax_sweep_clear")
-        views = comm.allgather_json(store.directory_status(outp, ghash))
-    return views[0]
+    return store.ResultsDir(out).state(grid_hash(entries_of(grid), None, None, None), overwrite)
 
 
 def _complete_table(outp: pathlib.Path, comm: Comm) -> pd.DataFrame | None:
@@ -288,21 +256,20 @@ def check_memory_budget(memory_budget, groups: list[Group]) -> int:
         need = g.data_bytes + g.config_bytes
         if budget < need:
             raise ConfigError(
-                f"memory_budget={memory_budget!r} is invalid: {_fmt_bytes(budget)} per device is less than one "
-                f"configuration needs ({_fmt_bytes(need)}: {_fmt_bytes(g.data_bytes)} shared data + "
-                f"{_fmt_bytes(g.config_bytes)} per configuration, group {g.label()}); give at least {need} bytes"
+                f"memory_budget={memory_budget!r} is invalid: {format_bytes(budget)} per device is less than one "
+                f"configuration needs ({format_bytes(need)}: {format_bytes(g.data_bytes)} shared data + "
+                f"{format_bytes(g.config_bytes)} per configuration, group {g.label()}); give at least {need} bytes"
             )
     return budget
 
 
-def _saved_configs(outp: pathlib.Path | None, entries: list[Entry]) -> int:
-    """How many of `entries` have their rows saved in `outp` (table or parts)."""
-    if outp is None:
+def _saved_configs(out: store.ResultsDir | None, entries: list[Entry]) -> int:
+    """How many of `entries` have their rows saved in `out` (table or parts)."""
+    if out is None:
         return 0
-    side = fileio.read_json(outp / store.SIDECAR) or {}
-    if (outp / store.TABLE).exists() and side.get("status") == "complete":
+    if out.is_complete():
         return len(entries)
-    done, _ = store.read_parts_checked(outp)
+    done, _ = store.read_parts_checked(out.path)
     if done is None:
         return 0
     keys = set(zip(done["method"], done["config_id"]))
@@ -385,12 +352,12 @@ def sweep(
         raise ConfigError(
             f"chunk_steps={chunk_steps!r} is invalid: must be a positive integer (steps per host round trip)"
         )
-    outp = store.check_directory(out) if out is not None else None
+    rd = store.ResultsDir(out) if out is not None else None
     with contextlib.ExitStack() as held:
         try:
             return _sweep(
                 grid,
-                outp,
+                rd,
                 held,
                 memory_budget,
                 overwrite,
@@ -401,36 +368,23 @@ def sweep(
                 straggler_trace,
             )
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(_interrupted(grid, outp)) from None
+            raise KeyboardInterrupt(_interrupted(grid, rd)) from None
 
 
-def _interrupted(grid: Grid, outp: pathlib.Path | None) -> str:
+def _interrupted(grid: Grid, rd: store.ResultsDir | None) -> str:
     """What a Ctrl-C leaves behind, and how to resume."""
-    if outp is None:
+    if rd is None:
         return "interrupted: nothing was saved (the sweep has no out directory)"
     try:
         entries = entries_of(grid)
-        saved = f"{_saved_configs(outp, entries)} of {len(entries)} configurations are saved in {outp}"
+        saved = f"{_saved_configs(rd, entries)} of {len(entries)} configurations are saved in {rd.path}"
     except Exception:  # noqa: BLE001 - the message must not fail
-        saved = f"finished batches are saved in {outp}"
+        saved = f"finished batches are saved in {rd.path}"
     return f"interrupted: {saved}; the same sweep with the same out resumes from there"
 
 
-def _hold(outp: pathlib.Path, comm: Comm, held: contextlib.ExitStack) -> None:
-    """Take the directory's lock (process 0; the others follow its answer)."""
-    refused = None
-    if comm.index == 0:
-        try:
-            held.enter_context(store.lock(outp))
-        except ConfigError as err:
-            refused = str(err)
-    refused = comm.allgather_json(refused)[0]
-    if refused is not None:
-        raise ConfigError(refused)
-
-
 def _sweep(
-    grid, outp, held, memory_budget, overwrite, progress, chunk_steps, data, test_data, straggler_trace
+    grid, rd, held, memory_budget, overwrite, progress, chunk_steps, data, test_data, straggler_trace
 ) -> SweepResult:
     t_start = time.time()
     comm = Comm()
@@ -440,16 +394,17 @@ def _sweep(
     budget = check_memory_budget(memory_budget, groups)
     stats = SweepStats(num_configs=len(entries), groups=len(groups), data_loads=loads)
     status = "new"
-    if outp is not None:
-        _hold(outp, comm, held)
-        status = _open_directory(outp, comm, ghash, overwrite)
+    outp = rd.path if rd is not None else None
+    if rd is not None:
+        rd.hold(comm, held)
+        status = rd.open(comm, ghash, overwrite)
         if status == "complete":
             table = _complete_table(outp, comm)
             if table is not None:
                 stats.resumed = True
                 return _result(table, stats)
             status = "resume"
-        _mark_running(outp, comm, lambda previous: _sidecar(grid, ghash, groups, "running", None, previous))
+        rd.mark_running(comm, lambda previous: _sidecar(grid, ghash, groups, "running", None, previous))
 
     local_done, owner = _finished(outp, entries, comm)
     n_dev = len(jax.local_devices())
@@ -467,35 +422,21 @@ def _sweep(
         comm.barrier("coco_jax_sweep_done")
         table = res_lib.normalise(_order(mine_df, entries)) if mine_df is not None else pd.DataFrame()
         return _result(table, stats)
-    table = _order(res_lib.dedupe(pd.concat(gathered, ignore_index=True)), entries)
+    table = _order(store.dedupe(pd.concat(gathered, ignore_index=True)), entries)
     got = set(zip(table["method"], table["config_id"]))
     missing = [e.key for e in entries if e.key not in got]
     if missing:  # pragma: no cover - would be a bug
         raise RuntimeError(
             f"sweep: {len(missing)} configurations missing from the gathered table: {missing[:3]}"
         )
-    if outp is not None:
-        previous = (fileio.read_json(outp / store.SIDECAR) or {}).get("invocations", [])
-        store.write_table(outp / store.TABLE, table)
-        sidecar = _sidecar(grid, ghash, groups, "complete", invocation, previous, rows=len(table))
-        fileio.write_json(outp / store.SIDECAR, sidecar)
-        store.remove_parts(outp)
+    if rd is not None:
+        rd.complete(
+            table, _sidecar(grid, ghash, groups, "complete", invocation, rd.invocations(), rows=len(table))
+        )
         comm.barrier("coco_jax_sweep_done")
         return _result(res_lib.load_results(outp), stats)
     comm.barrier("coco_jax_sweep_done")
     return _result(res_lib.normalise(table), stats)
-
-
-def _mark_running(outp: pathlib.Path, comm: Comm, sidecar_of) -> None:
-    """Write the sidecar `sidecar_of(earlier invocations)` with status "running" on every
-    process's view of `outp` (a process-local directory without a shared filesystem)."""
-    previous = (fileio.read_json(outp / store.SIDECAR) or {}).get("invocations", []) if comm.index == 0 else []
-    sidecar = sidecar_of(previous)
-    if comm.index == 0:
-        fileio.write_json(outp / store.SIDECAR, sidecar)
-    comm.barrier("coco_jax_sweep_sidecar")
-    if comm.index != 0 and fileio.read_json(outp / store.SIDECAR) is None:
-        fileio.write_json(outp / store.SIDECAR, sidecar)
 
 
 def _gather(mine_df, comm: Comm, stats: SweepStats, t_start: float) -> tuple[list, dict]:

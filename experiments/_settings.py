@@ -2,10 +2,10 @@
 the shipped experiments share, at the paper's scale (full) and small (quick).
 
 Not an experiment (its name starts with "_", so `coco-jax list` skips it); the
-experiment modules load it with `load()`:
+experiment modules load it with `coco_jax.experiment.helper_module`:
 
-    from coco_jax.registry import exec_module
-    settings = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+    from coco_jax.experiment import helper_module
+    S = helper_module(__file__)  # experiments/_settings.py, loaded once
 
 Setting 1, synthetic linear regression (`linreg`): rows x ~ N(0, I_d), targets
 y = x·θ* + σ·N(0, 1) with σ = NOISE, split into K = M contiguous partitions of
@@ -25,13 +25,19 @@ full: M = 100 devices, 40 training rows per device. quick: M = 16 (250 rows per 
 
 Common to both: Bernoulli(p = 0.2) stragglers, cyclic code with s = 1, top-k with
 k/d = 10% and error feedback, fixed decoder, plain SGD with a constant step.
+
+Also shared by the studies: the methods they compare (`METHODS`, `methods_without`),
+and what their observations start from (`gap_of`, `gap_name`, `setting_of`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 import coco_jax as cj
+from coco_jax import tables
 
 NOISE = 0.5  # linreg target noise σ
 ROWS_PER_DEVICE = 40  # linreg: training rows per device (n = 40 M), as MNIST's 4,000 / 100
@@ -53,6 +59,26 @@ COMMON: dict[str, Any] = {
     "decoder": "fixed",
     "optimizer": "sgd",
 }
+
+
+# every method the studies compare, in the order their grids list them
+METHODS = (
+    "coco-ef",
+    "coco-ef21",
+    "gc",
+    "gc-compressed",
+    "gc-unbiased",
+    "gc-diana",
+    "onebit-gc",
+    "ef-uncoded",
+    "ignore-stragglers",
+    "gd",
+)
+
+
+def methods_without(*names: str) -> list[str]:
+    """`METHODS` less `names`, in the same order."""
+    return [m for m in METHODS if m not in names]
 
 
 def devices(quick: bool) -> int:
@@ -124,3 +150,26 @@ def mnist_mlp(quick: bool = False, **overrides) -> cj.ExperimentConfig:
     )
     base.update(overrides)
     return cj.ExperimentConfig(**base)
+
+
+# ------------------------------------------------------------------ observations
+
+
+def gap_of(df: pd.DataFrame, loss: str = "the loss") -> tuple[pd.DataFrame, str, str]:
+    """What an observation starts from: (`df` with the optimality gap F − F* where F*
+    is known (`tables.with_gap`), the column to read, "gap" or "loss", and how a
+    sentence names it: "F − F*", else `loss`)."""
+    df, y = tables.with_gap(df)
+    return df, y, gap_name(y, loss)
+
+
+def gap_name(y: str, loss: str = "the loss") -> str:
+    """How a sentence names the column `y` of `gap_of`: "F − F*", else `loss`."""
+    return "F − F*" if y == "gap" else loss
+
+
+def setting_of(df: pd.DataFrame, part: str) -> str:
+    """The setting of one part of a results table (`tables.setting_label`), or the
+    part's name when the table holds none of its rows."""
+    sub = df[df.part == part]
+    return tables.setting_label(sub) if not sub.empty else part

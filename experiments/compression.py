@@ -20,16 +20,14 @@ contraction can make the memory grow.
 Command: coco-jax run experiments/compression.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "compression"
 DESCRIPTION = "final loss against k/d (top-k, rand-k) and QSGD levels, with and without error feedback"
@@ -72,9 +70,9 @@ def label(row) -> str:
 
 
 def figures(df):
-    df, y = plots.with_gap(df)
-    sp = plots.final_values(df[df.part == "sparsification"], y)
-    qu = plots.final_values(df[df.part == "quantization"], y)
+    df, y = tables.with_gap(df)
+    sp = tables.final_values(df[df.part == "sparsification"], y)
+    qu = tables.final_values(df[df.part == "quantization"], y)
     fig = plots.finals_figure(
         [
             {
@@ -94,7 +92,7 @@ def figures(df):
                 "title": "QSGD quantization",
             },
         ],
-        title=f"Compression level, with and without error feedback ({plots.setting_label(df)}, p = 0.2)",
+        title=f"Compression level, with and without error feedback ({tables.setting_label(df)}, p = 0.2)",
     )
     return {"vs_level": fig}
 
@@ -108,12 +106,11 @@ def _factors(table, ref, other):
 
 
 def observations(df):
-    df, y = plots.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
+    df, y, what = S.gap_of(df)
     out = []
     sp = df[df.part == "sparsification"]
     if not sp.empty:
-        fin = rp.final_means(sp, y, by=("compress_ratio",), hue=label)
+        fin = tables.final_means(sp, y, by=("compress_ratio",), hue=label)
         table = fin.pivot(index="compress_ratio", columns="label", values="final")
         for other in ("topk + no EF", "randk_unbiased + no EF"):
             f = _factors(table, "topk + EF", other)
@@ -141,7 +138,7 @@ def observations(df):
             )
     qu = df[df.part == "quantization"]
     if not qu.empty:
-        fin = rp.final_means(qu, y, by=("qsgd_levels",), hue=label)
+        fin = tables.final_means(qu, y, by=("qsgd_levels",), hue=label)
         table = fin.pivot(index="qsgd_levels", columns="label", values="final")
         best = {int(lv): table.loc[lv].idxmin() for lv in table.index if table.loc[lv].notna().any()}
         if best:

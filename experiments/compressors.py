@@ -22,15 +22,14 @@ Command: coco-jax run experiments/compressors.py --quick   (full, 100 devices: w
 """
 
 import math
-import pathlib
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
 from coco_jax.compressors import make_compressor
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "compressors"
 DESCRIPTION = "eight compressors in the COCO-EF pipeline under the same upload budget"
@@ -67,7 +66,7 @@ def grid(quick: bool = False):
 
 
 def figures(df):
-    df, y = plots.with_gap(df)
+    df, y = tables.with_gap(df)
     budget = df.groupby("compressor")["bits"].max().min()
     fig = plots.curves_figure(
         df,
@@ -75,10 +74,10 @@ def figures(df):
         hue="compressor",
         logx=[True],
         over=("seed", "steps", "group_size", "error_feedback"),
-        title=f"Compressors in the COCO-EF pipeline: gap against uploaded bits ({plots.setting_label(df)})",
+        title=f"Compressors in the COCO-EF pipeline: gap against uploaded bits ({tables.setting_label(df)})",
     )
     fig.axes[0].axvline(budget, color="0.5", linestyle=":", linewidth=1)
-    finals = plots.final_values(df, y)
+    finals = tables.final_values(df, y)
     order = list(finals.sort_values("bits_per_message").drop_duplicates("compressor")["compressor"])
 
     def tick(name, rows):
@@ -92,16 +91,15 @@ def figures(df):
         order=order,
         tick_text=tick,
         over=("seed", "steps", "group_size", "error_feedback"),
-        title=f"Final gap at the common upload budget (COCO-EF pipeline, {plots.setting_label(df)})",
+        title=f"Final gap at the common upload budget (COCO-EF pipeline, {tables.setting_label(df)})",
         xlabel="Compressor (bits per message, feedback)",
     )
     return {"vs_bits": fig, "at_budget": fig2}
 
 
 def observations(df):
-    df, y = plots.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
-    fin = rp.final_means(df, y, by=("compressor",)).set_index("compressor")
+    df, y, what = S.gap_of(df)
+    fin = tables.final_means(df, y, by=("compressor",)).set_index("compressor")
     if fin.empty:
         return []
     first = df.sort_values("step").groupby("compressor").tail(1)

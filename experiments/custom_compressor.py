@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax.experiment import seeds, standard_config
 
 NAME = "custom_compressor"
@@ -90,7 +90,7 @@ def grid(quick: bool = False):
 
 
 def figures(df):
-    df, y = plots.with_gap(df)
+    df, y = tables.with_gap(df)
     fig = plots.curves_figure(
         df,
         [("step", y), ("bits", y)],

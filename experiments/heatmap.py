@@ -21,16 +21,16 @@ Command: coco-jax run experiments/heatmap.py --quick   (full, 100 devices: witho
 """
 
 import collections
-import pathlib
 
 import numpy as np
+import pandas as pd
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "heatmap"
 DESCRIPTION = "COCO-EF's loss gap to the best compressed baseline over a (p, k/d) grid"
@@ -55,8 +55,8 @@ def grid(quick: bool = False):
 def gap_table(df) -> tuple:
     """(log10 ratio table [p x k/d], winner table): COCO-EF's mean final gap over the best
     baseline's, per cell."""
-    df, y = plots.with_gap(df)
-    fin = plots.final_values(df, y)
+    df, y = tables.with_gap(df)
+    fin = tables.final_values(df, y)
     fin = fin[~fin["final_diverged"]]
     means = fin.groupby(["method", "straggler_prob", "compress_ratio"])["final"].mean()
     ratios = sorted(fin["compress_ratio"].unique())
@@ -75,20 +75,18 @@ def gap_table(df) -> tuple:
                 name = min(rivals, key=rivals.get)
                 out[i, j] = np.log10(coco / rivals[name])
                 best[i, j] = name
-    import pandas as pd
-
     return pd.DataFrame(out, index=probs, columns=ratios), pd.DataFrame(best, index=probs, columns=ratios), y
 
 
 def figures(df):
     table, best, y = gap_table(df)
-    what = "F − F*" if y == "gap" else "loss"
+    what = S.gap_name(y, "loss")
     fig = plots.heatmap_figure(
         table,
         xlabel="Compression level k/d",
         ylabel="Straggling probability p",
         colorbar_label=f"log10( COCO-EF {what} / best baseline {what} )",
-        title=f"COCO-EF vs the best compressed baseline (blue: COCO-EF better; {plots.setting_label(df)})",
+        title=f"COCO-EF vs the best compressed baseline (blue: COCO-EF better; {tables.setting_label(df)})",
         note="Cell: log10 of the ratio of the mean final values over seeds, and the best baseline at that cell "
         "(among "
         + ", ".join(BASELINES)
@@ -100,7 +98,7 @@ def figures(df):
 
 def observations(df):
     table, best, y = gap_table(df)
-    what = "F − F*" if y == "gap" else "loss"
+    what = S.gap_name(y, "loss")
     vals = table.to_numpy(np.float64)
     finite = vals[np.isfinite(vals)]
     if finite.size == 0:

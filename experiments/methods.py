@@ -31,43 +31,22 @@ more often: redundancy costs time.
 Command: coco-jax run experiments/methods.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "methods"
 DESCRIPTION = (
     "COCO-EF vs all baselines on synthetic linreg and mnist (5k subset) softmax: loss, accuracy, bits, time"
 )
 
-METHODS = (
-    "coco-ef",
-    "coco-ef21",
-    "gc",
-    "gc-compressed",
-    "gc-unbiased",
-    "gc-diana",
-    "onebit-gc",
-    "ef-uncoded",
-    "ignore-stragglers",
-    "gd",
-)
-TIME_METHODS = (
-    "coco-ef",
-    "coco-ef21",
-    "gc",
-    "gc-compressed",
-    "gc-unbiased",
-    "ef-uncoded",
-    "ignore-stragglers",
-)
+METHODS = S.METHODS
+TIME_METHODS = S.methods_without("gc-diana", "onebit-gc", "gd")
 DEADLINE = 5.0  # shift 1 + Exp(1) per partition: a coded device (2 partitions) misses it w.p. e^-1.5 = 0.22
 SETTINGS = {"linreg": "synthetic linreg", "mnist": "mnist (5k subset) softmax"}
 
@@ -101,22 +80,16 @@ def time_label(row) -> str:
     return row["method"]
 
 
-def _title(df, part) -> str:
-    sub = df[df.part == part]
-    return f"{plots.setting_label(sub)}" if not sub.empty else part
-
-
 def figures(df):
     lin = df[df.part == "linreg"]
     mn = df[df.part == "mnist"]
     tm = df[df.part == "time"]
-    tables = [lin, lin, mn, mn]
-    names = [f"{_title(df, 'linreg')}: per iteration", "per uploaded bit"]
-    names += [f"{_title(df, 'mnist')}: per iteration", "per uploaded bit"]
+    linreg, mnist, timed = (S.setting_of(df, part) for part in ("linreg", "mnist", "time"))
+    names = [f"{linreg}: per iteration", "per uploaded bit", f"{mnist}: per iteration", "per uploaded bit"]
     loss = plots.curves_figure(
         df,
         [("step", "loss"), ("bits", "loss"), ("step", "loss"), ("bits", "loss")],
-        tables=tables,
+        tables=[lin, lin, mn, mn],
         nrows=2,
         title="COCO-EF against the baselines (Bernoulli stragglers p = 0.2, cyclic s = 1, top-k 10%)",
         panel_titles=names,
@@ -124,14 +97,14 @@ def figures(df):
     acc = plots.curves_figure(
         mn,
         [("step", "test_accuracy"), ("bits", "test_accuracy")],
-        title=f"Test accuracy, {_title(df, 'mnist')} (Bernoulli stragglers)",
+        title=f"Test accuracy, {mnist} (Bernoulli stragglers)",
         panel_titles=["per iteration", "per uploaded bit"],
     )
     time = plots.curves_figure(
         tm,
         [("time", "loss"), ("step", "loss")],
         hue=time_label,
-        title=f"{_title(df, 'time')}: against simulated wall-clock time (latency model, deadline {DEADLINE:g})",
+        title=f"{timed}: against simulated wall-clock time (latency model, deadline {DEADLINE:g})",
         panel_titles=["against simulated time", "per iteration"],
     )
     return {"loss": loss, "accuracy": acc, "time": time}
@@ -141,9 +114,8 @@ def figures(df):
 
 
 def _setting_sentences(sub, name) -> list[str]:
-    sub, y = plots.with_gap(sub)
-    what = "F − F*" if y == "gap" else "the training loss"
-    fin = rp.final_means(sub, y).set_index("method")["final"]
+    sub, y, what = S.gap_of(sub, "the training loss")
+    fin = tables.final_means(sub, y).set_index("method")["final"]
     if "coco-ef" not in fin:
         return []
     coco = fin["coco-ef"]
@@ -172,7 +144,9 @@ def _setting_sentences(sub, name) -> list[str]:
                 f"{rp.num(b_g / 1e6)} Mbit: {ratio}."
             )
     if "test_accuracy" in sub and sub["test_accuracy"].notna().any():
-        acc = rp.final_means(sub, "test_accuracy").set_index("method")["final"].sort_values(ascending=False)
+        acc = (
+            tables.final_means(sub, "test_accuracy").set_index("method")["final"].sort_values(ascending=False)
+        )
         out.append(
             f"{name}: final test accuracy (%): "
             + rp.listing((100 * acc).to_dict(), fmt=lambda v: f"{v:.1f}")
@@ -184,8 +158,8 @@ def _setting_sentences(sub, name) -> list[str]:
 def _time_sentences(tm) -> list[str]:
     if tm.empty:
         return []
-    tm, y = plots.with_gap(tm)
-    tm = tm.assign(label=plots.label_column(tm, time_label), _run=plots.run_key(tm))
+    tm, y, what = S.gap_of(tm, "loss")
+    tm = tm.assign(label=tables.label_column(tm, time_label), _run=tables.run_key(tm))
     last = tm.sort_values("step").groupby("_run").tail(1)
     per_iter = (last["time"] / last["step"]).groupby(last["label"]).mean().sort_values()
     horizon = float(last["time"].min())
@@ -198,7 +172,6 @@ def _time_sentences(tm) -> list[str]:
                 vals.append(float(np.interp(horizon, t, v)))
         at[label] = float(np.mean(vals)) if vals else np.nan
     at = dict(sorted(at.items(), key=lambda kv: (not np.isfinite(kv[1]), kv[1])))
-    what = "F − F*" if y == "gap" else "loss"
     return [
         "time: mean simulated time per iteration: " + rp.listing(per_iter.to_dict()) + ".",
         f"time: at simulated time {rp.num(horizon)} (when the first run ends) {what} is "
@@ -212,5 +185,5 @@ def observations(df):
     for part, name in SETTINGS.items():
         sub = df[df.part == part]
         if not sub.empty:
-            out += _setting_sentences(sub, f"{name} ({plots.setting_label(sub, short=True)})")
+            out += _setting_sentences(sub, f"{name} ({tables.setting_label(sub, short=True)})")
     return out + _time_sentences(df[df.part == "time"])

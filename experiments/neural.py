@@ -19,16 +19,14 @@ the stragglers' missing classes on the label-sorted partitions.
 Command: coco-jax run experiments/neural.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "neural"
 DESCRIPTION = (
@@ -53,11 +51,6 @@ def grid(quick: bool = False):
     ]
 
 
-def _name(df, part):
-    sub = df[df.part == part]
-    return plots.setting_label(sub) if not sub.empty else part
-
-
 def figures(df):
     mlp = df[df.part == "mlp"]
     cnn = df[df.part == "cnn"]
@@ -65,14 +58,14 @@ def figures(df):
         df,
         [("bits", "test_accuracy"), ("bits", "test_accuracy")],
         tables=[mlp, cnn],
-        panel_titles=[_name(df, "mlp"), _name(df, "cnn")],
+        panel_titles=[S.setting_of(df, "mlp"), S.setting_of(df, "cnn")],
         title="Test accuracy against uploaded bits",
     )
     loss = plots.curves_figure(
         df,
         [("step", "loss"), ("step", "loss")],
         tables=[mlp, cnn],
-        panel_titles=[_name(df, "mlp"), _name(df, "cnn")],
+        panel_titles=[S.setting_of(df, "mlp"), S.setting_of(df, "cnn")],
         title="Training loss per iteration",
     )
     return {"accuracy_vs_bits": acc, "loss": loss}
@@ -84,9 +77,9 @@ def observations(df):
         sub = df[df.part == part]
         if sub.empty or "test_accuracy" not in sub:
             continue
-        name = _name(df, part)
+        name = S.setting_of(df, part)
         steps = int(sub["steps"].max())
-        acc = rp.final_means(sub, "test_accuracy").set_index("method")
+        acc = tables.final_means(sub, "test_accuracy").set_index("method")
         fin = (100 * acc["final"]).sort_values(ascending=False)
         out.append(
             f"{name}: final test accuracy after {steps} iterations (%): "

@@ -22,16 +22,14 @@ the time to the target grows beyond small s. frc and cyclic behave alike at equa
 Command: coco-jax run experiments/redundancy.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "redundancy"
 DESCRIPTION = "COCO-EF against the redundancy s for cyclic and frc codes, in iterations and in simulated time"
@@ -68,7 +66,7 @@ def grid(quick: bool = False):
 
 
 def figures(df):
-    df, y = plots.with_gap(df)
+    df, y = tables.with_gap(df)
     it = df[df.part == "iterations"]
     tm = df[df.part == "time"]
     steps = int(it["steps"].max())
@@ -76,14 +74,14 @@ def figures(df):
     fig = plots.finals_figure(
         [
             {
-                "finals": plots.final_values(it, y),
+                "finals": tables.final_values(it, y),
                 "x": "redundancy",
                 "y": y,
                 "hue": "allocation",
                 "title": f"after {steps} iterations (Bernoulli p = 0.2)",
             },
             {
-                "finals": plots.steps_to_target(tm, y, TARGET_GAP, x="time"),
+                "finals": tables.steps_to_target(tm, y, TARGET_GAP, x="time"),
                 "x": "redundancy",
                 "y": "time",
                 "hue": "allocation",
@@ -94,7 +92,7 @@ def figures(df):
                 "logy": False,
             },
             {
-                "finals": plots.final_values(per_step, "step_time"),
+                "finals": tables.final_values(per_step, "step_time"),
                 "x": "redundancy",
                 "y": "step_time",
                 "hue": "allocation",
@@ -104,19 +102,18 @@ def figures(df):
                 "logy": False,
             },
         ],
-        title=f"Redundancy: cyclic vs fractional repetition code (COCO-EF, {plots.setting_label(df)})",
+        title=f"Redundancy: cyclic vs fractional repetition code (COCO-EF, {tables.setting_label(df)})",
     )
     return {"vs_s": fig}
 
 
 def observations(df):
-    df, y = plots.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
+    df, y, what = S.gap_of(df)
     out = []
     it = df[df.part == "iterations"]
     if not it.empty:
         steps = int(it["steps"].max())
-        fin = rp.final_means(it, y, by=("allocation", "redundancy"))
+        fin = tables.final_means(it, y, by=("allocation", "redundancy"))
         for alloc, g in fin.groupby("allocation"):
             g = g.sort_values("redundancy")
             out.append(
@@ -126,10 +123,10 @@ def observations(df):
             )
     tm = df[df.part == "time"]
     if not tm.empty:
-        tm = tm.assign(_run=plots.run_key(tm))
+        tm = tm.assign(_run=tables.run_key(tm))
         last = tm.sort_values("step").groupby("_run").tail(1)
         per = (last["time"] / last["step"]).groupby([last["allocation"], last["redundancy"]]).mean()
-        hits = rp.reach_means(tm, y, TARGET_GAP, x="time", by=("allocation", "redundancy"))
+        hits = tables.reach_means(tm, y, TARGET_GAP, x="time", by=("allocation", "redundancy"))
         for alloc in sorted(set(tm["allocation"])):
             p = per.loc[alloc] if alloc in per.index.get_level_values(0) else None
             if p is None:

@@ -21,30 +21,19 @@ COCO-EF at every p. At p = 0 COCO-EF is EF-SGD with top-k on a code.
 Command: coco-jax run experiments/straggler_prob.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "straggler_prob"
 DESCRIPTION = "final loss and iterations to a target loss against the straggling probability p"
 
-METHODS = (
-    "coco-ef",
-    "coco-ef21",
-    "gc",
-    "gc-compressed",
-    "gc-unbiased",
-    "onebit-gc",
-    "ef-uncoded",
-    "ignore-stragglers",
-)
+METHODS = S.methods_without("gc-diana", "gd")
 TARGET_GAP = 1e-3  # optimality gap F - F* counted as "reached"
 
 
@@ -65,9 +54,9 @@ def gc_first_seed_only(p) -> bool:
 
 
 def figures(df):
-    df, y = plots.with_gap(df)
-    finals = plots.final_values(df, y)
-    hits = plots.steps_to_target(df, y, TARGET_GAP)
+    df, y = tables.with_gap(df)
+    finals = tables.final_values(df, y)
+    hits = tables.steps_to_target(df, y, TARGET_GAP)
     steps = int(df["steps"].max())
     fig = plots.finals_figure(
         [
@@ -82,15 +71,14 @@ def figures(df):
                 "logy": False,
             },
         ],
-        title=f"Effect of the straggling probability p ({plots.setting_label(df)})",
+        title=f"Effect of the straggling probability p ({tables.setting_label(df)})",
     )
     return {"vs_p": fig}
 
 
 def observations(df):
-    df, y = plots.with_gap(df)
-    what = "F − F*" if y == "gap" else "the loss"
-    fin = rp.final_means(df, y, by=("method", "straggler_prob"))
+    df, y, what = S.gap_of(df)
+    fin = tables.final_means(df, y, by=("method", "straggler_prob"))
     table = fin.pivot(index="straggler_prob", columns="method", values="final")
     if "coco-ef" not in table:
         return []
@@ -120,7 +108,7 @@ def observations(df):
         out.append(f"COCO-EF ends at or above {', '.join(never)} at every p.")
     for m, ps in some.items():
         out.append(f"COCO-EF ends below {m} only at p ∈ {{{', '.join(f'{p:g}' for p in ps)}}}.")
-    hits = rp.reach_means(df, y, TARGET_GAP, by=("method", "straggler_prob"))
+    hits = tables.reach_means(df, y, TARGET_GAP, by=("method", "straggler_prob"))
     reach = hits.pivot(index="straggler_prob", columns="method", values="final")
     steps = int(df["steps"].max())
     for m in ("coco-ef", "gc"):

@@ -20,16 +20,14 @@ decoding error decays.
 Command: coco-jax run experiments/theory.py --quick   (full, 100 devices: without --quick)
 """
 
-import pathlib
-
 import numpy as np
 
 import coco_jax as cj
-from coco_jax import plots
+from coco_jax import plots, tables
 from coco_jax import report as rp
-from coco_jax.registry import exec_module
+from coco_jax.experiment import helper_module
 
-S = exec_module(pathlib.Path(__file__).with_name("_settings.py"), "coco_jax_experiments._settings")
+S = helper_module(__file__)  # experiments/_settings.py
 
 NAME = "theory"
 DESCRIPTION = "empirical contraction, error-feedback memory and decoding error per step, against p and k/d"
@@ -68,12 +66,12 @@ def figures(df):
     per_step = plots.curves_figure(
         base,
         [("step", q) for q in QUANTITIES],
-        title=f"Per step (p = {BASE_P:g}, k/d = {BASE_RATIO:g}; {plots.setting_label(base)})",
+        title=f"Per step (p = {BASE_P:g}, k/d = {BASE_RATIO:g}; {tables.setting_label(base)})",
     )
     panels_p, panels_r = [], []
     for q in QUANTITIES:
-        fp = plots.final_values(df[np.isclose(df.compress_ratio, BASE_RATIO)], q, tail=TAIL)
-        fr = plots.final_values(df[np.isclose(df.straggler_prob, BASE_P)], q, tail=TAIL)
+        fp = tables.final_values(df[np.isclose(df.compress_ratio, BASE_RATIO)], q, tail=TAIL)
+        fr = tables.final_values(df[np.isclose(df.straggler_prob, BASE_P)], q, tail=TAIL)
         panels_p.append({"finals": fp, "x": "straggler_prob", "y": q})
         ref = None
         if q == "contraction":
@@ -90,7 +88,7 @@ def figures(df):
 
 
 def _tail_means(df, q, by):
-    return rp.final_means(df, q, by=by, tail=TAIL)
+    return tables.final_means(df, q, by=by, tail=TAIL)
 
 
 def observations(df):

@@ -345,13 +345,13 @@ def test_named_grids_and_composite_report(tmp_path):
 
 
 def test_report_renders_observations_and_survives_a_failing_one(tmp_path):
-    """Section.observe (or the module's observations) becomes a list under its own
+    """Section.observe (the module's observations) becomes a list under its own
     heading; an observation that raises is reported, and the report is still written."""
     import types
 
-    from coco_jax import plots, report
+    from coco_jax import report, testing
 
-    df = plots.synthetic_results(seeds=2).assign(part="x")
+    df = testing.synthetic_results(seeds=2).assign(part="x")
     exp = types.SimpleNamespace(
         name="x", description="d", doc="", parts=(), path=tmp_path / "x.py", module=None
     )
@@ -410,3 +410,56 @@ def test_plot_draws_a_directory_written_by_coco_jax_sweep(tmp_path, monkeypatch)
     assert main(["plot", str(out)]) == 0
     assert {p.name for p in (out / "figures").glob("*.png")} == {"loss_one.png", "loss_two.png"}
     assert "coco-jax sweep experiments/sweptexp.py --quick" in (out / "report.md").read_text()
+
+
+def test_adopted_record_is_one_experiment_json_for_module_and_grid_sweeps():
+    """`coco-jax plot` of a sweep directory writes the experiment.json a run would
+    have: one builder for sweeps of an experiment module (several parts) and of a grid."""
+    env = {"versions": {"jax": "0.x"}, "python": "3.12", "devices": {"platform": "cpu"}, "git": None}
+    one = {
+        "command": None,
+        "invocations": [{"started": "2026-01-02T10:00"}, {"started": "2026-01-01T09:00"}],
+        "grid": {"name": "one"},
+        "num_configs": 4,
+        "total_wall_time_s": 1.234,
+        **env,
+    }
+    two = {"invocations": [{"started": "2026-01-03T08:00"}], "grid": {"name": "two"}, "num_configs": 2,
+           "total_wall_time_s": 2.0, "versions": {"jax": "other"}}  # fmt: skip
+    rec = ex.adopted_record("exp", "an experiment", "/x/exp.py", True, "coco-jax sweep exp.py --quick",
+                            {"one": ("one", one), "two": ("two", two)})  # fmt: skip
+    assert list(rec) == [
+        "experiment", "description", "module", "quick", "command", "started", "grids", "parts",
+        "wall_time_s", "versions", "python", "devices", "git", "status",
+    ]  # fmt: skip
+    assert rec["command"] == "coco-jax sweep exp.py --quick"  # the first sidecar recorded none
+    assert rec["started"] == "2026-01-01T09:00" and rec["wall_time_s"] == {"sweep": 3.23}
+    assert rec["grids"] == {"one": {"name": "one"}, "two": {"name": "two"}}
+    assert rec["parts"] == {
+        "one": {"dir": "one", "configs": 4, "compilations": 0},
+        "two": {"dir": "two", "configs": 2, "compilations": 0},
+    }
+    assert {k: rec[k] for k in env} == env and rec["status"] == "complete"  # the first part's environment
+    grid = ex.adopted_record("g", "d", None, False, "cj.sweep(...)", {"g": (".", {**one, "command": "c"})})
+    assert (grid["command"], grid["module"], grid["parts"]["g"]["dir"]) == ("c", None, ".")
+
+
+def test_experiments_share_one_settings_module_and_method_list():
+    """experiments/_settings.py is loaded once (`helper_module`) and every study picks
+    its methods from its one list, in its order."""
+    from coco_jax import testing
+
+    settings = ex.helper_module(ROOT / "experiments" / "methods.py")
+    assert all(load(name).module.S is settings for name in EXPERIMENTS)
+    assert ex.helper_module(ROOT / "experiments" / "theory.py", "_settings") is settings
+    assert load("methods").module.METHODS == settings.METHODS
+    assert load("straggler_prob").module.METHODS == [
+        m for m in settings.METHODS if m not in ("gc-diana", "gd")
+    ]
+    for name in EXPERIMENTS:
+        used = set(getattr(load(name).module, "METHODS", ())) | set(
+            getattr(load(name).module, "BASELINES", ())
+        )
+        assert used <= set(settings.METHODS), name
+    df, y, what = settings.gap_of(testing.synthetic_results(methods=("coco-ef",), seeds=1))
+    assert (y, what) == ("gap", "F − F*") and "gap" in df

@@ -1,11 +1,14 @@
 """Figure functions on synthetic results tables (no sweep, no compilation)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import AxesImage
 
-from coco_jax import plots, results
+from coco_jax import plots, results, tables, testing
 from coco_jax.report import final_table
 
 
@@ -23,7 +26,7 @@ def legend_labels(fig):
 
 @pytest.fixture(scope="module")
 def table():
-    return plots.synthetic_results(
+    return testing.synthetic_results(
         methods=("coco-ef", "gc", "gc-compressed", "ef-uncoded", "gd"), straggler_probs=(0.1, 0.2, 0.3)
     )
 
@@ -74,7 +77,7 @@ def test_units_and_log_scale(table):
 def test_fixed_style_per_method_in_every_figure(table):
     a = plots.curves_figure(table[table.straggler_prob == 0.1], [("step", "loss")])
     b = plots.finals_figure(
-        [{"finals": plots.final_values(table, "loss"), "x": "straggler_prob", "y": "loss"}]
+        [{"finals": tables.final_values(table, "loss"), "x": "straggler_prob", "y": "loss"}]
     )
     for fig_lines in (data_lines(a), data_lines(b)):
         for ln in fig_lines:
@@ -87,7 +90,7 @@ def test_fixed_style_per_method_in_every_figure(table):
 
 
 def test_diverged_runs_are_dropped_and_named(tmp_path):
-    df = plots.synthetic_results(methods=("coco-ef", "gc", "gc-unbiased"), diverge=("gc-unbiased",))
+    df = testing.synthetic_results(methods=("coco-ef", "gc", "gc-unbiased"), diverge=("gc-unbiased",))
     fig = plots.curves_figure(df, [("step", "loss"), ("bits", "loss")])
     labels = legend_labels(fig)
     assert "gc-unbiased (diverged)" in labels
@@ -96,7 +99,7 @@ def test_diverged_runs_are_dropped_and_named(tmp_path):
         assert np.all(np.isfinite(np.asarray(ln.get_ydata(), float)))
     plots.save_figure(fig, tmp_path, "div")  # draws despite inf/NaN in the table
     # one seed of three diverges: the curve stays, the note counts it
-    df2 = plots.synthetic_results(methods=("coco-ef", "gc"))
+    df2 = testing.synthetic_results(methods=("coco-ef", "gc"))
     bad = (df2.method == "gc") & (df2.seed == 1) & (df2.step >= 25)
     df2.loc[bad, "loss"] = np.nan
     df2.loc[bad, "diverged"] = True
@@ -105,28 +108,43 @@ def test_diverged_runs_are_dropped_and_named(tmp_path):
     assert sorted(ln.get_label() for ln in data_lines(fig2)) == ["coco-ef", "gc"]
 
 
+def test_styles_follow_the_label_order_and_labels_sort_by_it():
+    assert tuple(plots.STYLES) == tables.LABEL_ORDER
+    assert tables.ordered_labels(["x", "gc", "topk", "coco-ef", "a"]) == ["coco-ef", "gc", "topk", "x", "a"]
+
+
+def test_tables_and_report_do_not_import_matplotlib(subprocess_env):
+    """Reports and table helpers stay free of the plotting stack."""
+    code = "import sys, coco_jax.report, coco_jax.tables; print('matplotlib' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
 def test_finite_blow_up_counts_as_divergence():
-    df = plots.synthetic_results(methods=("coco-ef", "gc"), seeds=2)
+    df = testing.synthetic_results(methods=("coco-ef", "gc"), seeds=2)
     df.loc[(df.method == "gc") & (df.step == df.step.max()), "loss"] = 1e9
-    assert len(plots.diverged_runs(df)) == 2
+    assert len(tables.diverged_runs(df)) == 2
 
 
 def test_final_values_and_steps_to_target(table):
-    fin = plots.final_values(table, "loss")
+    fin = tables.final_values(table, "loss")
     assert len(fin) == table.config_id.nunique()
     last = table.sort_values("step").groupby("config_id").loss.last()
     assert np.allclose(fin.set_index("config_id").loc[last.index, "final"], last)
-    hits = plots.steps_to_target(table, "loss", 0.1)
+    hits = tables.steps_to_target(table, "loss", 0.1)
     assert ((hits.final > 0) | hits.final.isna()).all()
-    never = plots.steps_to_target(table, "loss", -1.0)
+    never = tables.steps_to_target(table, "loss", -1.0)
     assert never.final.isna().all()
 
 
 def test_finals_figure_with_ci_and_missing_points(table, tmp_path):
-    hits = plots.steps_to_target(table, "loss", 0.02)
+    hits = tables.steps_to_target(table, "loss", 0.02)
     fig = plots.finals_figure(
         [
-            {"finals": plots.final_values(table, "loss"), "x": "straggler_prob", "y": "loss"},
+            {"finals": tables.final_values(table, "loss"), "x": "straggler_prob", "y": "loss"},
             {
                 "finals": hits,
                 "x": "straggler_prob",
@@ -152,7 +170,7 @@ def test_mixed_curves_are_refused(table):
 
 
 def test_category_and_heatmap_figures(table, tmp_path):
-    fin = plots.final_values(table[table.straggler_prob == 0.2], "loss")
+    fin = tables.final_values(table[table.straggler_prob == 0.2], "loss")
     fig = plots.category_figure(fin, "loss")
     assert sorted(ln.get_label() for ln in data_lines(fig)) == sorted(set(table.method))
     plots.save_figure(fig, tmp_path, "cat")
@@ -186,10 +204,10 @@ def test_optimum_matches_least_squares():
     ds = data_lib.load_dataset(cfg)
     x, y = ds.x_train.astype(float), ds.y_train.astype(float)
     theta = np.linalg.lstsq(x, y, rcond=None)[0]
-    assert plots.optimum(cfg) == pytest.approx(0.5 * np.mean((x @ theta - y) ** 2), rel=1e-9)
-    assert plots.optimum(cfg.replace(task="mlp")) is None
+    assert tables.optimum(cfg) == pytest.approx(0.5 * np.mean((x @ theta - y) ** 2), rel=1e-9)
+    assert tables.optimum(cfg.replace(task="mlp")) is None
     # logreg: L-BFGS reaches a stationary point
-    f_star = plots.optimum(cfg.replace(task="logreg"))
+    f_star = tables.optimum(cfg.replace(task="logreg"))
     assert 0 < f_star < np.log(2)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -256,3 +257,105 @@ def test_sweep_into_a_file_is_a_config_error(tmp_path):
     proc = ch.cli("sweep", "grid.yaml", "--out", "afile", cwd=tmp_path)
     assert "is a file, not a directory" in ch.one_line_error(proc)
     assert afile.read_text() == "x"
+
+
+# ------------------------------------------------------- the results directory object
+
+
+class _Alone:
+    """The collectives of a single process (`distributed.Comm` without JAX)."""
+
+    index, count = 0, 1
+
+    def allgather_json(self, obj):
+        return [obj]
+
+    def barrier(self, name):
+        pass
+
+
+def test_results_dir_states_and_refusals(tmp_path):
+    """new -> resume -> complete for its own grid; another grid's results and results
+    without a readable sidecar are refused with the way out, read-only, unless overwrite."""
+    d = store.ResultsDir(tmp_path / "res")
+    assert (d.status("h1"), d.state("h1"), d.has_results(), d.sidecar()) == ("new", "new", False, None)
+    assert not d.path.exists()  # reading the state creates nothing
+    fileio.write_json(d.path / store.SIDECAR, {"grid_hash": "h1", "status": "running", "invocations": [1]})
+    assert (d.status("h1"), d.invocations(), d.is_complete()) == ("resume", [1], False)
+    d.complete(
+        pd.DataFrame({"method": ["m"], "config_id": ["c"], "step": [0]}),
+        {"grid_hash": "h1", "status": "complete"},
+    )
+    assert (d.status("h1"), d.is_complete(), d.has_results()) == ("complete", True, True)
+    with pytest.raises(ConfigError, match=r"holds results of another grid \(grid hash h1, this grid h2\)"):
+        d.state("h2")
+    assert (
+        d.state("h2", overwrite=True) == "new" and d.is_complete()
+    )  # overwrite decides, state() writes nothing
+    (d.path / store.SIDECAR).write_text("{not json")
+    with pytest.raises(ConfigError, match="results.json is unreadable, so they cannot be matched"):
+        d.state("h1")
+    (d.path / store.SIDECAR).unlink()
+    with pytest.raises(ConfigError, match="results.json is missing, so they cannot be matched"):
+        d.state("h1")
+    d.clear()
+    assert d.status("h1") == "new"
+
+
+def test_results_dir_open_clears_another_grid_only_with_overwrite(tmp_path):
+    d = store.ResultsDir(tmp_path)
+    fileio.write_json(d.path / store.SIDECAR, {"grid_hash": "old", "status": "complete"})
+    (d.path / ".tmp-1-results.parquet").write_bytes(b"half")  # a killed writer's temporary file
+    with pytest.raises(ConfigError, match="another grid"):
+        d.open(_Alone(), "new", overwrite=False)
+    assert not (d.path / ".tmp-1-results.parquet").exists() and d.sidecar()["grid_hash"] == "old"
+    assert d.open(_Alone(), "new", overwrite=True) == "new" and d.sidecar() is None
+    d.mark_running(_Alone(), lambda previous: {"grid_hash": "new", "status": "running", "previous": previous})
+    assert d.sidecar() == {"grid_hash": "new", "status": "running", "previous": []}
+
+
+def test_results_dir_lock_refuses_a_second_holder_and_hold_raises_it(tmp_path, monkeypatch):
+    import contextlib
+    import os
+
+    d = store.ResultsDir(tmp_path / "res")
+    with d.lock():
+        assert (d.path / store.LOCK).exists()
+        with d.lock():  # re-entrant in this process
+            pass
+        # another holder: forget this process's re-entrancy, so a new descriptor asks the OS
+        monkeypatch.setattr(store, "_HELD", {})
+        holder = re.escape(f"out={str(d.path)!r} is in use by process {os.getpid()}")
+        with pytest.raises(ConfigError, match=holder), contextlib.ExitStack() as held:
+            store.ResultsDir(tmp_path / "res").hold(_Alone(), held)
+        monkeypatch.undo()
+    assert not (d.path / store.LOCK).exists()
+
+
+def test_results_dir_experiment_record(tmp_path):
+    """experiment.json: absent, written, refused for another experiment, variant or
+    overrides (unless overwrite), and an unreadable one names the repair."""
+    d = store.ResultsDir(tmp_path)
+    assert d.experiment() is None
+    d.check_experiment("methods", True, {})  # nothing recorded: accepted
+    d.write_experiment({"experiment": "methods", "quick": True, "overrides": {"num_devices": 8}})
+    assert d.experiment()["experiment"] == "methods"
+    d.check_experiment("methods", True, {"num_devices": 8})
+    with pytest.raises(ConfigError) as err:
+        d.check_experiment("methods", False, {})
+    assert str(err.value) == (
+        f"out={str(tmp_path)!r} holds results of experiment 'methods' (quick, overrides num_devices=8), "
+        "not 'methods' (full): choose another --out or pass --overwrite"
+    )
+    d.check_experiment("theory", True, {}, overwrite=True)
+    (tmp_path / store.EXPERIMENT).write_text("{")
+    with pytest.raises(
+        ConfigError, match="experiment.json is unreadable .*run the experiment again with --overwrite"
+    ):
+        d.experiment()
+
+
+def test_results_dir_refuses_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="it is a file, not a directory"):
+        store.ResultsDir(tmp_path / "f")

@@ -8,6 +8,9 @@ import math
 import numpy as np
 
 from coco_jax.bench.plan import COMPRESS_RATIO, DATA_SEED, LR, MAX_X_BYTES, ROWS, STRAGGLER_PROB
+from coco_jax.coding import make_allocation
+from coco_jax.config import ExperimentConfig, resolve_k
+from coco_jax.decoders import decode_weights as engine_weights
 
 
 def rows_per_partition(m: int, d: int, rows: int = ROWS, max_x_bytes: int = MAX_X_BYTES) -> int:
@@ -20,8 +23,6 @@ def rows_per_partition(m: int, d: int, rows: int = ROWS, max_x_bytes: int = MAX_
 
 def compress_k(d: int) -> int:
     """k of top-k 1% (the engine's rule, `config.resolve_k`)."""
-    from coco_jax.config import resolve_k
-
     return resolve_k(d, None, COMPRESS_RATIO)
 
 
@@ -48,16 +49,12 @@ def make_trace(steps: int, m: int, p: float = STRAGGLER_PROB, seed: int = DATA_S
 def code_matrix(m: int, s: int) -> np.ndarray:
     """B [M, M] float32 of the benchmark's code: the engine's cyclic code (uncoded for
     s = 0), device m holds partitions m, ..., m+s (mod M)."""
-    from coco_jax.coding import make_allocation
-
     return make_allocation("cyclic" if s > 0 else "uncoded", m, m, s).matrix.astype(np.float32)
 
 
 def decode_weights(m: int, s: int, p: float = STRAGGLER_PROB) -> np.ndarray:
     """The engine's fixed decoder with nobody straggling, w_m = 1/(K (1-p) (s+1)) (the
     step zeroes the stragglers' weights)."""
-    from coco_jax.decoders import decode_weights as engine_weights
-
     return np.asarray(engine_weights("fixed", code_matrix(m, s), np.zeros(m, bool), np.full(m, p), s + 1.0))
 
 
@@ -72,8 +69,6 @@ def model_flops(task: str, m: int, d: int, n_k: int, s: int) -> float:
 
 def engine_config(task: str, m: int, s: int, steps: int, straggler: str = "trace", **changes):
     """The benchmark's COCO-EF configuration (eval_every = steps)."""
-    from coco_jax.config import ExperimentConfig
-
     fields = {
         "task": task,
         "num_devices": m,

@@ -22,12 +22,17 @@ import subprocess
 import sys
 import tempfile
 
+import jax
 import numpy as np
 
 from coco_jax.bench.cases import engine_config, make_case_data, make_trace, rows_per_partition
 from coco_jax.bench.plan import REDUNDANCY, Plan
 from coco_jax.bench.util import json_default, median_spread, now
-from coco_jax.cache import CompileCounter
+from coco_jax.cache import CompileCounter, cache_dir
+from coco_jax.config import hparams_of
+from coco_jax.engine import prepare
+from coco_jax.program import chunk_steps_of, compile_program, local_devices, lower_program
+from coco_jax.step import make_run
 
 # Variables that would point the subprocess's JAX at another cache or turn it off.
 _JAX_CACHE_VARS = ("JAX_COMPILATION_CACHE_DIR", "JAX_ENABLE_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE_")
@@ -90,8 +95,6 @@ def fresh_cache_env(cache: str) -> dict:
 def compile_worker_main() -> int:
     """`python -m coco_jax.bench --compile-worker`: the spec (JSON) on stdin, the
     measurements (one JSON line) on stdout."""
-    from coco_jax.cache import cache_dir
-
     spec = json.loads(sys.stdin.read())
     if cache_dir() != spec["cache_dir"] or _cache_files(spec["cache_dir"]):
         print(f"persistent cache {cache_dir()!r} is not the fresh {spec['cache_dir']!r}", file=sys.stderr)
@@ -107,8 +110,6 @@ def _cache_files(path: str) -> int:
 
 def measure_compile(spec: dict) -> dict:
     """Cold, then `spec["reps"]` cached compilations of the single run and the group."""
-    import jax
-
     prep = _prepare(spec)
     single, group = _Single(prep), _Group(prep, spec["batch"], spec["steps"])
     t0 = now()
@@ -153,8 +154,6 @@ def _counts(cc: CompileCounter) -> dict:
 
 def _prepare(spec: dict):
     """The benchmark's COCO-EF case (straggler trace, full batch) prepared for the engine."""
-    from coco_jax.engine import prepare
-
     task, m, steps = spec["task"], spec["M"], spec["steps"]
     x, y = make_case_data(task, m, spec["d"], spec["n_k"])
     y_engine = y if task == "linreg" else y.astype(np.int32)
@@ -168,18 +167,11 @@ class _Single:
     label = "single run (make_run)"
 
     def __init__(self, prep):
-        import jax
-
-        from coco_jax.config import hparams_of
-        from coco_jax.step import make_run
-
         self.prep = prep
         self.hp = jax.device_put(hparams_of(prep.cfg))
         self.run = make_run(prep.static)  # builds the code (eager programs, before any timing)
 
     def measure(self) -> dict:
-        import jax
-
         jax.clear_caches()
         with CompileCounter() as cc:
             t0 = now()
@@ -191,8 +183,6 @@ class _Single:
 
     def lines(self) -> dict:
         """Lines of StableHLO of the program (lowered once more, untimed)."""
-        import jax
-
         return {"run": jax.jit(self.run).lower(self.hp, self.prep.data).as_text().count("\n")}
 
 
@@ -202,9 +192,6 @@ class _Group:
     not on the configurations' values)."""
 
     def __init__(self, prep, batch: int, steps: int):
-        from coco_jax.config import hparams_of
-        from coco_jax.program import chunk_steps_of, local_devices
-
         self.prep, self.batch = prep, batch
         self.args = (
             prep.comps,
@@ -218,10 +205,6 @@ class _Group:
         self.label = f"sweep group of {batch} (init + chunk)"
 
     def measure(self) -> dict:
-        import jax
-
-        from coco_jax.program import compile_program
-
         jax.clear_caches()
         with CompileCounter() as cc:
             prog = compile_program(*self.args)
@@ -241,7 +224,5 @@ class _Group:
 
     def lines(self) -> dict:
         """Lines of StableHLO of the init and chunk programs (lowered once more, untimed)."""
-        from coco_jax.program import lower_program
-
         low = lower_program(*self.args)
         return {"init": low.init.as_text().count("\n"), "chunk": low.chunk.as_text().count("\n")}

@@ -8,19 +8,20 @@ import gc
 import resource
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from coco_jax.bench.cases import engine_config, make_case_data, make_trace
 from coco_jax.bench.plan import Plan
 from coco_jax.bench.util import block_ready, now, time_call
+from coco_jax.config import hparams_of, static_fields
+from coco_jax.engine import component_serials, prepare
+from coco_jax.step import make_run
 
 
 def _compile(static, hp, data):
     """(compiled run, compile seconds: trace + lower + XLA compile)."""
-    import jax
-
-    from coco_jax.step import make_run
-
     t0 = now()
     compiled = jax.jit(make_run(static)).lower(hp, data).compile()
     return compiled, now() - t0
@@ -50,12 +51,6 @@ class EngineCase:
     N0 = 2
 
     def __init__(self, task: str, m: int, d: int, n_k: int, s_values: Sequence[int], plan: Plan):
-        import jax
-        import jax.numpy as jnp
-
-        from coco_jax.config import hparams_of, static_fields
-        from coco_jax.engine import component_serials, prepare
-
         self.task, self.m, self.d, self.n_k, self.plan = task, m, d, n_k, plan
         n0 = self.N0
         x, y = make_case_data(task, m, d, n_k)
@@ -135,8 +130,6 @@ class EngineCase:
 
 
 def _device_memory_stats() -> dict | None:
-    import jax
-
     try:
         stats = jax.devices()[0].memory_stats()
     except Exception:  # noqa: BLE001

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
+import jax
+import jaxlib
 import numpy as np
 
 
@@ -49,9 +51,6 @@ def blas_info() -> list[dict] | None:
 
 def machine_info() -> dict:
     """CPU/accelerator model, device count and library versions of this process."""
-    import jax
-    import jaxlib
-
     devices = jax.devices()
     try:
         affinity = len(os.sched_getaffinity(0))

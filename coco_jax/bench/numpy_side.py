@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from coco_jax import reference
 from coco_jax.bench.cases import code_matrix, decode_weights, make_case_data, make_trace
 from coco_jax.bench.machine import blas_info
 from coco_jax.bench.plan import NUMPY_TRACE_STEPS, Plan
@@ -73,8 +74,6 @@ class NumpyCase:
     `summary` (median per step; the faster BLAS mode counts)."""
 
     def __init__(self, case: dict, budget_s: float, min_rep_s: float, reps: int):
-        from coco_jax import reference
-
         fns = {"vectorized": reference.vectorized_step, "loop": reference.loop_step}
         self.case = case
         x, y = make_case_data(case["task"], case["M"], case["d"], case["n_k"])

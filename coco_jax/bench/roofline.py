@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from coco_jax.bench.cases import model_flops
@@ -15,9 +17,6 @@ from coco_jax.bench.util import block_ready, median_spread, now, time_call
 
 def bench_roofline(plan: Plan, log) -> dict:
     """Measured float32 matmul rate and read / copy bandwidth (jax, this process)."""
-    import jax
-    import jax.numpy as jnp
-
     reps = max(3, plan.reps)
     n = plan.matmul_n
     log(f"  matmul {n}x{n} ...")

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import gc
 
+import jax
 import numpy as np
 
 from coco_jax.bench.cases import engine_config, make_case_data
 from coco_jax.bench.plan import REDUNDANCY, Plan
 from coco_jax.bench.util import block_ready, median_spread, now, time_call
 from coco_jax.cache import CompileCounter
+from coco_jax.config import hparams_of
+from coco_jax.engine import prepare
+from coco_jax.engine import run as run_one
+from coco_jax.step import compiled_run, make_run
 
 
 def bench_sweep(plan: Plan, log) -> list[dict]:
@@ -59,12 +64,6 @@ def _sweep_config(m: int, steps: int, eval_every: int, i: int):
 def _sweep_size(plan: Plan, cfgs: list, data: tuple) -> dict:
     """One grid: compile its vmapped program, then time it against the same
     configurations run one by one."""
-    import jax
-
-    from coco_jax.config import hparams_of
-    from coco_jax.engine import prepare
-    from coco_jax.step import make_run
-
     prep = prepare(cfgs[0], data=data)
     if len(cfgs) > 1 and prepare(cfgs[1], data=data).static != prep.static:
         raise RuntimeError("the sweep's configurations must share one static group")
@@ -95,9 +94,6 @@ def _time_sweep(plan: Plan, vm, vm_args: tuple, cfgs: list, data: tuple) -> tupl
     """Repetitions alternate: the vmapped grid `vm(*vm_args)`, then the same grid one by
     one with `cj.run`, as a user would (compiled once, cached). Returns the vmapped
     times and the one-by-one figures."""
-    from coco_jax.engine import run as run_one
-    from coco_jax.step import compiled_run
-
     compiled_run.cache_clear()
     with CompileCounter() as cc:
         t0 = now()

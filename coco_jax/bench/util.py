@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 
@@ -13,8 +14,6 @@ def now() -> float:
 
 
 def block_ready(x):
-    import jax
-
     return jax.block_until_ready(x)
 
 
