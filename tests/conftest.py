@@ -87,6 +87,70 @@ def _subprocess_env_fixture():
     return subprocess_env
 
 
+# ------------------------------------------------------------------ float tolerances
+#
+# Every float tolerance in the suite follows from the dtype and the operation, so that
+# the suite holds on any CPU (SIMD width, FMA, XLA:CPU threads and fusion change the
+# order of float additions, never these bounds). The model (Higham, "Accuracy and
+# Stability of Numerical Algorithms", 2nd ed., 2002): with u = eps/2 the unit
+# roundoff, one rounding gives fl(x op y) = (x op y)(1 + d), |d| <= u; a sum or dot
+# product of n terms, added in ANY order, with or without fused multiply-adds, has
+#     |fl(sum_i x_i y_i) - sum_i x_i y_i| <= gamma_n sum_i |x_i y_i|,
+#     gamma_n = n u / (1 - n u)                                  (Higham (3.4), Lemma 3.1)
+# and products of (1 + d_i) compose: (1 + gamma_a)(1 + gamma_b) <= 1 + gamma_(a+b).
+# Adding an exact zero is exact, so n counts the nonzero terms. A float64 reference
+# computed from the float32 inputs carries its own (float64) gamma_n, added in.
+
+
+def unit_roundoff(dtype=np.float32) -> float:
+    """u = eps/2 of ``dtype`` (2^-24 for float32, 2^-53 for float64)."""
+    return float(np.finfo(np.dtype(dtype)).eps) / 2.0
+
+
+def gamma(n, dtype=np.float32):
+    """Higham's gamma_n = n u / (1 - n u) (elementwise for an array ``n``)."""
+    nu = np.asarray(n, np.float64) * unit_roundoff(dtype)
+    assert np.all(nu < 1), "gamma_n needs n u < 1"
+    return nu / (1.0 - nu)
+
+
+def sum_tolerance(terms, dtype=np.float32, axis=-1):
+    """Bound on |computed - exact| for a ``dtype`` sum (or dot product) of ``terms``,
+    compared with a float64 reference computed from the same ``dtype`` inputs.
+
+    ``terms``: the exact summands (for a dot product the products x_i y_i), an array
+    reduced along ``axis``. Returns (gamma_n(dtype) + gamma_n(float64)) sum_i |t_i|
+    with n the number of nonzero terms (Higham (3.4); module comment above). Two
+    computations of the same sum in different orders (jit vs eager, vmap vs loop,
+    another CPU) differ by at most twice this.
+    """
+    t = np.abs(np.asarray(terms, np.float64))
+    n = np.count_nonzero(t, axis=axis)
+    return (gamma(n, dtype) + gamma(n, np.float64)) * t.sum(axis=axis)
+
+
+def assert_within(actual, desired, tol, err_msg: str = "") -> None:
+    """|actual - desired| <= tol elementwise (tol broadcasts: a derived bound per entry).
+
+    ``tol`` must come from an error analysis (`sum_tolerance`, `gamma`, ...), stated
+    beside the call."""
+    a = np.asarray(actual, np.float64)
+    d = np.asarray(desired, np.float64)
+    diff = np.abs(a - d)
+    tol = np.broadcast_to(np.asarray(tol, np.float64), diff.shape)
+    bad = ~(diff <= tol)
+    if bad.any():
+        i = (
+            np.unravel_index(int(np.argmax(np.where(bad, diff - tol, -np.inf))), diff.shape)
+            if diff.ndim
+            else ()
+        )
+        raise AssertionError(
+            f"{err_msg}: {int(bad.sum())} of {diff.size} entries off; worst at {i}: "
+            f"actual {a[i]!r}, desired {d[i]!r}, |diff| {diff[i]:.3g} > tol {tol[i]:.3g}"
+        )
+
+
 # ------------------------------------------------------------------ registries
 
 
