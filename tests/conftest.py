@@ -151,6 +151,38 @@ def assert_within(actual, desired, tol, err_msg: str = "") -> None:
         )
 
 
+def min_norm_tolerance(A, target, dtype=np.float32, *, factor: float = 1.0):
+    """(w*, tol): the float64 minimum-norm least-squares solution of A w = target and a
+    bound on ||w - w*||_2 for weights computed from A rounded to ``dtype`` by an
+    SVD-based solve (the `optimal` decoder); ``factor`` = 2 bounds the distance
+    between two such computations.
+
+    First-order perturbation theory of minimum-norm least squares (Higham 2002,
+    Thm 20.1; Wedin): a solve with normwise backward error p eps ||A|| moves w by at
+    most p eps (2 cond + cond^2 ||res|| / (||A|| ||w*||)) ||w*||, cond = sigma_1 /
+    sigma_rank, res = A w* - target. p = MDS_SQRT_M_FACTOR sqrt(M) + 1: the calibrated
+    backward-error constant of the decoder (coco_jax.cyclic_mds, the sqrt(M) part of
+    `decode_error_bound`) and one eps for rounding A. The rank is the number of
+    singular values above 1e-10 sigma_1 (float64: zero ones sit near 1e-16 sigma_1)."""
+    from coco_jax.cyclic_mds import MDS_SQRT_M_FACTOR
+
+    A = np.asarray(A, np.float64)
+    target = np.asarray(target, np.float64)
+    ref = np.linalg.pinv(A, rcond=1e-10) @ target if A.size else np.zeros(A.shape[1])
+    sv = np.linalg.svd(A, compute_uv=False) if A.size else np.zeros(0)
+    if sv.size == 0 or sv[0] == 0:
+        return ref, 0.0  # nobody delivers: both sides are exact zeros
+    rank = int((sv > 1e-10 * sv[0]).sum())
+    cond = sv[0] / sv[rank - 1]
+    res = np.linalg.norm(A @ ref - target)
+    norm = np.linalg.norm(ref)
+    p = MDS_SQRT_M_FACTOR * np.sqrt(max(A.shape)) + 1.0
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    if norm == 0:
+        return ref, factor * p * eps * cond * res / sv[0]
+    return ref, factor * p * eps * (2 * cond + cond**2 * res / (sv[0] * norm)) * norm
+
+
 # ------------------------------------------------------------------ registries
 
 
