@@ -151,6 +151,22 @@ def assert_within(actual, desired, tol, err_msg: str = "") -> None:
         )
 
 
+def contraction_tolerance(v, c) -> np.ndarray:
+    """Bound on |computed - exact| of `empirical_contraction` (float32) per row.
+
+    Inputs rounded to float32 (u each) and c - v (u): |d(c_i - v_i)| <= gamma_2 (|c_i|
+    + |v_i|); D squares summed: gamma_(D+1) on the numerator N and the denominator V;
+    the quotient adds u. First order plus the square of the difference error."""
+    v = np.atleast_2d(np.asarray(v, np.float64))
+    c = np.atleast_2d(np.asarray(c, np.float64))
+    d = v.shape[-1]
+    diff = c - v
+    err = gamma(2) * (np.abs(c) + np.abs(v))
+    num, den = (diff**2).sum(-1), (v**2).sum(-1)
+    dnum = (2 * np.abs(diff) * err + err**2).sum(-1) + gamma(d + 1) * num
+    return dnum / den + gamma(d + 3) * num / den
+
+
 def min_norm_tolerance(A, target, dtype=np.float32, *, factor: float = 1.0):
     """(w*, tol): the float64 minimum-norm least-squares solution of A w = target and a
     bound on ||w - w*||_2 for weights computed from A rounded to ``dtype`` by an
@@ -376,6 +392,7 @@ def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float
     rnd = gamma(n + d + 8)
     out = {field: np.zeros(len(evals)) for field in _FIELDS_EXACT}
     out["params"] = float(h["T"][-1])
+    out["theta_steps"], out["memory_steps"] = hist["T"], hist["E"]  # after 0, 1, ..., steps iterations
     T_e = h["T"]
     gn = np.array([np.linalg.norm(grad(x_all, y_all, th)) for th in all_thetas])
     lt = np.array([loss_terms(x_all, y_all, th) for th in all_thetas])
@@ -419,6 +436,33 @@ def assert_same_history(a: dict, b: dict, tol: dict, msg: str = "") -> None:
         both_nan = np.isnan(x) & np.isnan(y)
         bound = 0.0 if key in _FIELDS_EXACT else tol[key]
         assert_within(np.where(both_nan, 0, x), np.where(both_nan, 0, y), bound, f"{msg} {key}")
+
+
+def assert_same_tables(a, b, msg: str = "") -> None:
+    """Two result tables of the same configurations, row for row (per method, config
+    and step): history columns within `run_tolerances` of each row's configuration
+    (`results.config_from_row`), every other column equal."""
+    from coco_jax import results as res_lib
+
+    key = ["method", "config_id", "step"]
+    a = a.sort_values(key).reset_index(drop=True)
+    b = b.sort_values(key).reset_index(drop=True)
+    assert list(a.columns) == list(b.columns), msg
+    assert len(a) == len(b), msg
+    for cid, idx in a.groupby("config_id").groups.items():
+        rows_a, rows_b = a.loc[idx], b.loc[idx]
+        tol = run_tolerances(res_lib.config_from_row(rows_a.iloc[0]))
+        for col in a.columns:
+            x, y = rows_a[col].to_numpy(), rows_b[col].to_numpy()
+            if col in tol and col != "params" and np.issubdtype(x.dtype, np.floating):
+                x, y = x.astype(np.float64), y.astype(np.float64)
+                both_nan = np.isnan(x) & np.isnan(y)
+                bound = 0.0 if col in _FIELDS_EXACT else tol[col]
+                assert_within(np.where(both_nan, 0, x), np.where(both_nan, 0, y), bound, f"{msg} {cid} {col}")
+            else:
+                assert list(x) == list(y) or (
+                    np.issubdtype(x.dtype, np.floating) and np.array_equal(x, y, equal_nan=True)
+                ), (msg, cid, col)
 
 
 # ------------------------------------------------------------------ registries
