@@ -11,6 +11,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import assert_same_tables
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -92,7 +93,8 @@ def test_two_processes_gather_the_single_process_table(tmp_path, subprocess_env)
     gathered = pd.read_parquet(out / "results.parquet")
     pd.testing.assert_frame_equal(gathered, pd.read_parquet(tmp_path / "table0.parquet"))
     reference = pd.read_parquet(single)
-    pd.testing.assert_frame_equal(gathered, reference, rtol=1e-6)
+    # other processes and batches: two float32 programs per configuration
+    assert_same_tables(gathered, reference)
     share = pd.read_parquet(tmp_path / "table1.parquet")  # process 1 returns its own share
     assert 0 < len(share) < len(gathered)
     import json

@@ -33,6 +33,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import sweep_helper
+from conftest import assert_same_history, assert_same_tables, assert_within, run_tolerances
 
 HISTORY = ["step", "loss", "grad_norm_sq", "test_loss", "bits", "time", "delivered", "stragglers"]
 HISTORY += ["grad_error_sq", "ef_error_norm", "contraction", "diverged"]
@@ -42,19 +43,17 @@ def _rows(df: pd.DataFrame, cfg) -> pd.DataFrame:
     return df[df.config_id == res_lib.config_id(cfg)].sort_values("step").reset_index(drop=True)
 
 
-def _assert_same_rows(a: pd.DataFrame, b: pd.DataFrame, rtol=1e-5):
-    """Tables equal row for row (per configuration and step), floats to float32 rounding."""
-    key = ["method", "config_id", "step"]
-    a = a.sort_values(key).reset_index(drop=True)
-    b = b.sort_values(key).reset_index(drop=True)
-    assert list(a.columns) == list(b.columns)
-    assert len(a) == len(b)
-    for col in a.columns:
-        x, y = a[col].to_numpy(), b[col].to_numpy()
-        if np.issubdtype(x.dtype, np.floating):
-            np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6, equal_nan=True, err_msg=col)
-        else:
-            assert list(x) == list(y), col
+def _assert_same_rows(a: pd.DataFrame, b: pd.DataFrame):
+    """Tables equal row for row (per configuration and step), floats within the bound on
+    two float32 executions of each configuration (`conftest.run_tolerances`)."""
+    assert_same_tables(a, b)
+
+
+def _assert_rows_equal_run(rows: pd.DataFrame, cfg, res) -> None:
+    """A configuration's sweep rows equal `cj.run` of it alone: another float32 program
+    of the same configuration (`conftest.run_tolerances`)."""
+    tol = run_tolerances(cfg)
+    assert_same_history({k: rows[k].to_numpy(np.float64) for k in res.history}, res.history, tol, str(cfg.lr))
 
 
 @pytest.fixture
@@ -82,10 +81,7 @@ def test_mixed_grid_equals_run_one_compilation_per_group(tmp_path, fresh_program
         rows = _rows(df, cfg)
         assert set(rows.method) == {method}
         res = cj.run(cfg)
-        for key, values in res.history.items():
-            np.testing.assert_allclose(
-                rows[key].to_numpy(np.float64), values.astype(np.float64), rtol=2e-5, atol=1e-6, err_msg=key
-            )
+        _assert_rows_equal_run(rows, cfg, res)
         assert (
             rows.lr.iloc[0] == cfg.lr
             and rows.seed.iloc[0] == cfg.seed
@@ -99,12 +95,12 @@ def test_chunking_and_tail_interval_equal_run(fresh_programs, small_base):
     tables = [cj.sweep(grid, progress=False, chunk_steps=c) for c in (None, 2, 3, 100)]
     assert [t.stats.compilations for t in tables] == [1, 1, 1, 1]  # one per chunk length
     for t in tables[1:]:
-        _assert_same_rows(tables[0], t, rtol=1e-6)
+        _assert_same_rows(tables[0], t)
     for _, cfg in grid.configs():
         rows = _rows(tables[0], cfg)
         res = cj.run(cfg)
         assert list(rows.step) == [0, 2, 4, 6, 7]
-        np.testing.assert_allclose(rows.loss.to_numpy(), res.history["loss"], rtol=2e-5)
+        assert_within(rows.loss.to_numpy(), res.history["loss"], run_tolerances(cfg)["loss"], "loss")
         np.testing.assert_array_equal(rows.bits.to_numpy(), res.history["bits"])
 
 
@@ -129,7 +125,7 @@ def test_memory_budget_batches_do_not_change_results(fresh_programs):
     budget = data_bytes + 3 * per  # three configurations per device
     split = cj.sweep(grid, progress=False, memory_budget=budget)
     assert sorted(split.stats.batches) == [(3, 2), (3, 2), (3, 3), (3, 3), (3, 3), (3, 3)]
-    _assert_same_rows(whole, split, rtol=1e-6)
+    _assert_same_rows(whole, split)
 
 
 def test_dataset_loaded_once_and_prepared_once_per_static_configuration(monkeypatch, small_base):
@@ -346,7 +342,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch, subprocess_env):
     monkeypatch.setattr(sw, "run_batch", real)
     clean = cj.sweep(sweep_helper.grid("resume"), out=tmp_path / "clean", progress=False)
     assert not resumed.duplicated(["method", "config_id", "step"]).any()
-    _assert_same_rows(resumed, clean, rtol=1e-6)
+    _assert_same_rows(resumed, clean)
     assert list(resumed.config_id) == list(clean.config_id)  # same order too
     meta = res_lib.load_metadata(out)
     assert (
@@ -454,10 +450,7 @@ def test_cheap_choices_share_one_program_and_equal_run(fresh_programs):
         rows = _rows(df, cfg)
         res = cj.run(cfg)
         assert set(rows.method) == {method}
-        for key, values in res.history.items():
-            np.testing.assert_allclose(
-                rows[key].to_numpy(np.float64), values.astype(np.float64), rtol=2e-5, atol=1e-6, err_msg=key
-            )
+        _assert_rows_equal_run(rows, cfg, res)
 
 
 def test_costly_or_incompatible_choices_stay_separate():
