@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from coco_jax import interrupt, store
 from coco_jax import results as res_lib
-from coco_jax import store
 from coco_jax.config import DYNAMIC_FIELDS, hparams_of
 from coco_jax.distributed import Comm
 from coco_jax.errors import ConfigError
@@ -131,7 +131,7 @@ class _Compiler:
         return prog
 
     def get(self, group_index: int, size: int) -> Program:
-        return self._futures[(group_index, size)].result()
+        return interrupt.wait(self._futures[(group_index, size)])  # a signal while it compiles stops
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -367,8 +367,8 @@ def sweep(
                 test_data,
                 straggler_trace,
             )
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(_interrupted(grid, rd)) from None
+        except KeyboardInterrupt as err:
+            raise interrupt.with_message(err, _interrupted(grid, rd)) from None
 
 
 def _interrupted(grid: Grid, rd: store.ResultsDir | None) -> str:
@@ -389,7 +389,9 @@ def _sweep(
     t_start = time.time()
     comm = Comm()
     entries = entries_of(grid)
+    interrupt.check()
     groups, loads = prepare_groups(entries, data, test_data, straggler_trace)
+    interrupt.check()
     ghash = grid_hash(entries, data, test_data, straggler_trace)
     budget = check_memory_budget(memory_budget, groups)
     stats = SweepStats(num_configs=len(entries), groups=len(groups), data_loads=loads)
@@ -475,6 +477,7 @@ def _run_batches(plan: SweepPlan, groups, mine, outp, chunk_steps, show_progress
     frames: list[pd.DataFrame] = []
     try:
         for i in mine:
+            interrupt.check()
             batch = plan.batches[i]
             prog = compiler.get(batch.group, batch.size)
             if bar is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from coco_jax import plots, store
+from coco_jax import interrupt, plots, store
 from coco_jax import results as res_lib
 from coco_jax.errors import ConfigError
 from coco_jax.experiment.adopt import adopt, grid_experiment
@@ -150,6 +150,7 @@ def draw_figures(exp: Experiment, df, out: pathlib.Path) -> dict[str, list[pathl
     figs = exp.figures(df)
     paths = {}
     for name, fig in figs.items():
+        interrupt.check()
         paths[name] = plots.save_figure(fig, out / FIGURES, name)
     return paths
 
@@ -271,7 +272,14 @@ def _run_accepted(exp, parts, rd: ResultsDir, quick, overwrite, progress, meta, 
     meta["devices"] = res_lib.device_description()
     meta["git"] = res_lib.git_commit()
     meta["status"] = "complete"
-    meta = _finish(exp, df, rd, meta, redraw=False)
+    try:
+        meta = _finish(exp, df, rd, meta, redraw=False)
+    except KeyboardInterrupt as err:
+        raise interrupt.with_message(
+            err,
+            f"interrupted while drawing the figures: the results are saved in {rd.path} "
+            f"(`coco-jax plot {rd.path}` draws them)",
+        ) from None
     total = meta["wall_time_s"]["total"]
     print(
         f"{exp.name}{' (quick)' if quick else ''}: {len(df)} rows, {len(meta['figures'])} figures, "
