@@ -263,6 +263,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     init_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     name, parts = load_grids(args.target, quick=args.quick)
     out = pathlib.Path(args.out) if args.out else default_out(name, args.quick)
+    store.record_out(out)
     for part, grid in parts:
         d = part_dir(out, name, part, len(parts))  # as `coco-jax run`: a single grid into out itself
         if args.dry_run:
@@ -548,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     pre = _preparse(argv)
     command = "coco-jax " + shlex.join(argv)
     previous, store.invoked_as = store.invoked_as, command
+    recorded, store.invocation = store.invocation, {"argv": argv, "cwd": os.getcwd()}
     try:
         with interrupt.handling():
             for path in pre.plugins:
@@ -575,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {os_error_message(err)}")
         return 1
     finally:
-        store.invoked_as = previous
+        store.invoked_as, store.invocation = previous, recorded
 
 
 def _exit_now(code: int) -> None:

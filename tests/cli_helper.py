@@ -135,10 +135,13 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     return lines[-1]
 
 
-def one_config_budget_of_yaml(path) -> int:
-    """The memory budget that gives batches of one configuration for a grid file."""
-    from coco_jax import grid, plan
+def one_config_budget_of_yaml(path, plugins=()) -> int:
+    """The memory budget that gives batches of one configuration for a grid file (whose
+    components the `plugins` files register: they are loaded into this process)."""
+    from coco_jax import grid, plan, registry
 
+    for plugin in plugins:
+        registry.load_plugin(plugin)
     g = grid.load_grid_file(pathlib.Path(path))
     groups, _ = plan.prepare_groups(plan.entries_of(g))
     return max(gr.data_bytes + gr.config_bytes for gr in groups)
