@@ -271,3 +271,69 @@ def test_a_resume_after_a_plugin_changed_is_refused_naming_the_component(tmp_pat
     (tmp_path / "shrink.py").write_text(PLUGIN.format(scale=0.75))  # the results are now the new version's
     line = ch.one_line_error(ch.cli(*args, cwd=tmp_path))
     assert "another version of compressor 'shrink'" in line
+
+
+# ------------------------------------------------------------- 8. partial reads race a finishing sweep
+
+
+def test_partial_reads_while_the_sweep_finishes_never_call_a_part_unreadable(tmp_path, finished, monkeypatch):
+    """The two windows of a finishing sweep (it writes the table, then removes the
+    parts), forced: parts that vanish while they are read, and a table that appears
+    after the reader found none and the parts are gone. Both read the table."""
+    _copy(finished, tmp_path, "done")
+    out = tmp_path / "done"
+    side = json.loads((out / store.SIDECAR).read_text())
+    table = _killed(out, saved=2)
+    real_read, real_parts = store.read_table, store.part_files
+
+    def finish_now():
+        store.ResultsDir(out).complete(table, side)
+
+    def read_as_it_finishes(path):
+        if pathlib.Path(path).parent.name == store.PARTS:
+            finish_now()
+        return real_read(path)
+
+    monkeypatch.setattr(store, "read_table", read_as_it_finishes)
+    pd.testing.assert_frame_equal(cj.load_results(out, partial=True), table, **EXACT)
+    monkeypatch.undo()
+
+    table = _killed(out, saved=2)
+
+    def listed_after_it_finished(d):
+        finish_now()
+        return real_parts(d)
+
+    monkeypatch.setattr(store, "part_files", listed_after_it_finished)
+    pd.testing.assert_frame_equal(cj.load_results(out, partial=True), table, **EXACT)
+
+
+def test_polling_partial_results_during_a_real_sweep_raises_nothing_false(tmp_path):
+    """`load_results(partial=True)` in a tight loop while a sweep of 24 one-configuration
+    batches runs and finishes: every read returns saved rows (growing) or says the sweep
+    has saved nothing yet; none says a file is unreadable."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(ch.TINY_YAML.replace("seed: [0, 1]", "seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]"))
+    budget = str(ch.one_config_budget_of_yaml(spec))
+    proc = ch.start(
+        "sweep", "grid.yaml", "--out", "out", "--memory-budget", budget, "--no-progress", cwd=tmp_path
+    )
+    seen, reads = [], 0
+    try:
+        while proc.poll() is None:
+            try:
+                df = cj.load_results(tmp_path / "out", partial=True)
+            except ConfigError as err:
+                assert "holds no results.parquet" in str(err) or "does not exist" in str(err), str(err)
+                continue
+            reads += 1
+            seen.append(df["config_id"].nunique())
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert (
+        reads > 0 and seen == sorted(seen) and cj.load_results(tmp_path / "out")["config_id"].nunique() == 24
+    )
