@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -337,3 +339,101 @@ def test_polling_partial_results_during_a_real_sweep_raises_nothing_false(tmp_pa
     assert (
         reads > 0 and seen == sorted(seen) and cj.load_results(tmp_path / "out")["config_id"].nunique() == 24
     )
+
+
+# ------------------------------------------------------------- 6. a full disk during figures
+
+# --plugins file for where no small file system can be mounted: every file written
+# through coco_jax.fileio under $FULL_DIR gets $ROOM bytes, then "No space left on device"
+FULL_DISK_PLUGIN = """
+import errno, io, os
+from coco_jax import fileio
+
+_left = [int(os.environ["ROOM"])]
+_full = os.environ["FULL_DIR"]
+
+
+class _Filling(io.FileIO):
+    def write(self, data):
+        room = min(len(data), _left[0])
+        if room < len(data):
+            super().write(bytes(data[:room]))
+            _left[0] = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        _left[0] -= room
+        return super().write(data)
+
+
+def open(path, mode="r", *args, **kwargs):
+    if "w" in mode and os.path.abspath(path).startswith(_full):
+        return _Filling(path, "w")
+    return __builtins__["open"](path, mode, *args, **kwargs)
+
+
+fileio.open = open
+"""
+
+
+def _tmpfs_prefix(mountpoint: pathlib.Path, size_kib: int, source: pathlib.Path, keep: pathlib.Path):
+    """A command prefix that runs the command with `source` copied onto a fresh tmpfs of
+    `size_kib` KiB at `mountpoint` (a private mount namespace: it vanishes with the
+    command), then copies the result to `keep`; None where this cannot be done."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    m, src, dst = (shlex.quote(str(p)) for p in (mountpoint, source, keep))
+    script = (
+        f"mount -t tmpfs -o size={size_kib}k tmpfs {m} && cp -a {src} {m}/ && "
+        f'"$@"; code=$?; cp -a {m}/{shlex.quote(source.name)} {dst}; exit $code'
+    )
+    probe = subprocess.run(
+        [unshare, "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {m}"], capture_output=True, check=False
+    )
+    return (unshare, "-m", "sh", "-c", script, "sh") if probe.returncode == 0 else None
+
+
+def _usage_kib(d: pathlib.Path) -> int:
+    return sum(
+        4 + p.stat().st_size // 1024 for p in d.rglob("*")
+    )  # a page (4 KiB) per file or dir, rounded up
+
+
+def test_a_full_disk_while_drawing_figures_leaves_no_truncated_file_and_names_it(tmp_path, finished):
+    """`coco-jax plot` onto a disk with room for the results but not a figure: exit 1,
+    one line naming the figure file and what to do; no figure file (whole or
+    truncated) and no temporary file is left, and the results are untouched. A small
+    tmpfs where one can be mounted, else a plug-in that fills a pretend disk."""
+    _copy(finished, tmp_path, "res")
+    res = tmp_path / "res"
+    shutil.rmtree(res / "figures")
+    (res / "report.md").unlink()
+    before = {p.relative_to(res): p.read_bytes() for p in res.rglob("*") if p.is_file()}
+    mountpoint, after = tmp_path / "disk", tmp_path / "after"
+    mountpoint.mkdir()
+    prefix = _tmpfs_prefix(mountpoint, _usage_kib(res) + 16, res, after)
+    if prefix is not None:
+        proc = ch.cli("plot", mountpoint / "res", cwd=tmp_path, prefix=prefix)
+        shown = mountpoint / "res"
+    else:
+        (tmp_path / "full.py").write_text(FULL_DISK_PLUGIN)
+        proc = ch.cli(
+            "plot",
+            "res",
+            "--plugins",
+            "full.py",
+            cwd=tmp_path,
+            extra_env={"FULL_DIR": str(res), "ROOM": 16384},
+        )
+        after, shown = res, pathlib.Path("res")
+    line = ch.one_line_error(proc, code=1)
+    assert line.startswith(f"coco-jax: error: {shown / 'figures'}/loss.")
+    assert line.endswith(
+        ": No space left on device (the disk is full: free space and run the same command again "
+        "(finished work is kept))"
+    )
+    assert not (after / "figures").exists() or not any((after / "figures").iterdir())
+    assert not list(after.rglob(".tmp-*")) and not (after / "report.md").exists()
+    kept = {
+        p.relative_to(after): p.read_bytes() for p in after.rglob("*") if p.is_file() and p.name != ".lock"
+    }
+    assert kept == before
