@@ -227,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             quick=args.quick,
             out=args.out,
             overwrite=args.overwrite,
+            progress=not args.no_progress,
             overrides=field_overrides(args),
         )
     if args.quick:
@@ -370,7 +371,10 @@ def _add_run(sub) -> None:
         sub,
         "run",
         help="run one configuration (flags) or an experiment module (experiments/<name>.py)",
-        usage="coco-jax run [EXPERIMENT] [--quick] [--preset NAME] [--FIELD VALUE ...] [--out DIR] [--overwrite]",
+        usage=(
+            "coco-jax run [EXPERIMENT] [--quick] [--preset NAME] [--FIELD VALUE ...] [--out DIR] [--overwrite] "
+            "[--no-progress]"
+        ),
         description=(
             "Run one configuration given by the field flags below (prints the final metrics; --out writes "
             "history.csv and config.json), or an experiment module: its sweep (resumable), figures and "
@@ -400,6 +404,11 @@ def _add_run(sub) -> None:
         "--overwrite",
         action="store_true",
         help="single run: replace the results in --out; experiment: replace results of another grid",
+    )
+    p_out.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="experiment: no progress bar and no line per sweep (a single run shows none anyway)",
     )
     p_run.set_defaults(func=cmd_run)
 
