@@ -4,7 +4,8 @@ A sweep directory holds:
 
     results.parquet   the final table (written once, by process 0, atomically)
     results.json      the sidecar: grid, grid hash, versions, devices, seed policy,
-                      git commit, compile and run seconds, status ("running"/"complete")
+                      git commit, compile and run seconds, status ("running"/"complete"),
+                      the components' fingerprints, the command that wrote it
     parts/*.parquet   rows of finished batches (resume); removed once the table exists
     .lock             the advisory lock of the run that uses the directory (`lock`)
     quarantine/       unreadable files moved aside by a rerun (`quarantine`)
@@ -15,8 +16,10 @@ target (`os.replace`), so a reader never sees half a file and a killed writer le
 the previous version (or nothing) behind. One run at a time uses a directory: `lock`
 holds an OS advisory lock (`fcntl.flock`) on DIR/.lock, which the OS releases when the
 holder dies, so a killed run never blocks the next one. `ResultsDir` holds the rules
-of one directory (its lock, its sidecar, its experiment.json, when it is refused); the
-table schema is in `coco_jax.results`.
+of one directory (its lock, its sidecar, its experiment.json, when it is refused, how
+damaged metadata is recovered); `repair_command` rebuilds the command that repairs a
+directory for the directory as it is named now. The table schema is in
+`coco_jax.results`.
 """
 
 from __future__ import annotations
