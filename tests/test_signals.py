@@ -11,6 +11,8 @@ not asserted. Sizes are tiny (linreg, M = 4 or 8, d = 8).
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import pathlib
 import signal
 import subprocess
@@ -20,7 +22,7 @@ import time
 import pandas as pd
 
 import coco_jax as cj
-from coco_jax import store
+from coco_jax import interrupt, store
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -137,3 +139,38 @@ def test_a_sweep_stops_in_its_first_second_and_after_a_batch_keeping_what_finish
     assert isinstance(saved, pd.DataFrame) and len(saved) == 2 * 2  # steps 0 and 8 of each
     with store.lock(tmp_path / "late"):  # nobody holds it
         pass
+
+
+def test_waiting_for_a_background_result_stops_at_a_signal_and_keeps_its_kind():
+    """`interrupt.wait` (how a sweep waits for a program compiling in its background
+    thread) raises a pending SIGTERM within its poll interval; `with_message` keeps the
+    signal; a second signal raises at once and stays pending for the next check."""
+    never = concurrent.futures.Future()  # nobody completes it
+    with interrupt.handling():
+        os.kill(os.getpid(), signal.SIGTERM)
+        t0 = time.perf_counter()
+        try:
+            interrupt.wait(never, poll_s=0.05)
+        except interrupt.Interrupted as err:
+            caught = err
+        waited = time.perf_counter() - t0
+        assert caught.exit_code == 143 and caught.signal_name == "SIGTERM"
+        assert waited < STOP_WITHIN_S, waited
+        again = interrupt.with_message(caught, "interrupted: 1 of 2 configurations are saved in out")
+        assert (again.exit_code, str(again)) == (143, "interrupted: 1 of 2 configurations are saved in out")
+        assert interrupt.with_message(KeyboardInterrupt(), "x").exit_code == 130  # Python's own Ctrl-C
+
+        os.kill(os.getpid(), signal.SIGINT)  # pending
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the second: raised by the handler
+            time.sleep(1.0)
+            raise AssertionError("the second signal did not raise")
+        except interrupt.Interrupted as err:
+            assert err.exit_code == 130
+        assert interrupt.pending() == signal.SIGINT  # still pending: a swallowed raise is not lost
+        try:
+            interrupt.check()
+            raise AssertionError("check() did not raise the pending signal")
+        except interrupt.Interrupted:
+            pass
+        assert interrupt.pending() is None
