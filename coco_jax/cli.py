@@ -16,8 +16,9 @@ experiment.json and the report); a field that a grid varies is refused.
 
 Errors end in one line on stderr and a non-zero exit, without a traceback unless
 `--debug` is given: 2 for bad input (a ConfigError, a bad flag), 1 for a file system
-error (read-only, full disk), 130 for Ctrl-C (finished work is kept; the same command
-resumes). Flags are never abbreviated.
+error (read-only, full disk), 130 for Ctrl-C and 143 for SIGTERM (honoured at the next
+chunk of a run or batch of a sweep, within seconds; finished work is kept, the lock
+released, and the same command resumes). Flags are never abbreviated.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import argparse
 import contextlib
 import errno
 import io
+import os
 import pathlib
 import shlex
 import sys
+import threading
 
 import jax
 import numpy as np
 
-from coco_jax import fileio, store
+from coco_jax import fileio, interrupt, store
 from coco_jax.bench import cli_bench
 from coco_jax.config import FIELDS, GROUPS, ConfigError, ExperimentConfig, allowed_values
 from coco_jax.distributed import init_distributed, use_cpu_devices
@@ -224,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             quick=args.quick,
             out=args.out,
             overwrite=args.overwrite,
+            progress=not args.no_progress,
             overrides=field_overrides(args),
         )
     if args.quick:
@@ -237,8 +241,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             rd.ensure_writable()
         try:
             result = run(cfg)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt("interrupted: a single run keeps nothing; run it again") from None
+        except KeyboardInterrupt as err:
+            raise interrupt.with_message(
+                err, "interrupted: a single run keeps nothing; run it again"
+            ) from None
         final = result.final()
         rows = [("steps", str(cfg.steps))]
         for key in ("loss", "accuracy", "test_accuracy", "grad_norm_sq", "bits", "time", "ef_error_norm"):
@@ -258,6 +264,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     init_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     name, parts = load_grids(args.target, quick=args.quick)
     out = pathlib.Path(args.out) if args.out else default_out(name, args.quick)
+    store.record_out(out)
     for part, grid in parts:
         d = part_dir(out, name, part, len(parts))  # as `coco-jax run`: a single grid into out itself
         if args.dry_run:
@@ -364,7 +371,10 @@ def _add_run(sub) -> None:
         sub,
         "run",
         help="run one configuration (flags) or an experiment module (experiments/<name>.py)",
-        usage="coco-jax run [EXPERIMENT] [--quick] [--preset NAME] [--FIELD VALUE ...] [--out DIR] [--overwrite]",
+        usage=(
+            "coco-jax run [EXPERIMENT] [--quick] [--preset NAME] [--FIELD VALUE ...] [--out DIR] [--overwrite] "
+            "[--no-progress]"
+        ),
         description=(
             "Run one configuration given by the field flags below (prints the final metrics; --out writes "
             "history.csv and config.json), or an experiment module: its sweep (resumable), figures and "
@@ -394,6 +404,11 @@ def _add_run(sub) -> None:
         "--overwrite",
         action="store_true",
         help="single run: replace the results in --out; experiment: replace results of another grid",
+    )
+    p_out.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="experiment: no progress bar and no line per sweep (a single run shows none anyway)",
     )
     p_run.set_defaults(func=cmd_run)
 
@@ -520,16 +535,38 @@ def _say(text: str) -> None:
     print(f"coco-jax: {text}", file=sys.stderr, flush=True)
 
 
+def interrupted_message(err: KeyboardInterrupt, command: str) -> str:
+    """The one line for a run stopped by Ctrl-C or SIGTERM: what was kept and, for a
+    sweep, the command that resumes it."""
+    detail = str(err).strip() or "interrupted"
+    if "resumes" in detail:  # a sweep: say what was kept and the command that resumes it
+        detail = f"{detail.split(';')[0]}; run `{command}` again to resume"
+    if not detail.startswith("interrupted"):
+        detail = f"interrupted: {detail}"
+    name = getattr(err, "signal_name", "SIGINT")
+    if name != "SIGINT":
+        detail = f"interrupted by {name}" + detail[len("interrupted") :]
+    return detail
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`coco-jax ARGV` (default: the process's arguments); returns the exit status. Ctrl-C
+    and SIGTERM only set a flag while it runs (`coco_jax.interrupt`): the command stops at
+    its next safe point (a run's chunk, a sweep's batch) and exits 130 or 143."""
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = _preparse(argv)
     command = "coco-jax " + shlex.join(argv)
     previous, store.invoked_as = store.invoked_as, command
+    recorded, store.invocation = store.invocation, {"argv": argv, "cwd": os.getcwd()}
     try:
-        for path in pre.plugins:
-            load_plugin(path)
-        args = build_parser().parse_args(argv)
-        return args.func(args)
+        with interrupt.handling():
+            for path in pre.plugins:
+                load_plugin(path)
+            args = build_parser().parse_args(argv)
+            code = args.func(args)
+            interrupt.check()  # a signal that arrived after the last safe point
+            return code
     except ConfigError as err:
         if pre.debug:
             raise
@@ -538,18 +575,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if pre.debug:
             raise
-        detail = str(err).strip() or "interrupted"
-        if "resumes" in detail:  # a sweep: say what was kept and the command that resumes it
-            detail = f"{detail.split(';')[0]}; run `{command}` again to resume"
-        _say(detail if detail.startswith("interrupted") else f"interrupted: {detail}")
-        return 130
+        _say(interrupted_message(err, command))
+        code = getattr(err, "exit_code", 130)
+        if own_process:
+            _exit_now(code)
+        return code
     except OSError as err:
         if pre.debug:
             raise
         _say(f"error: {os_error_message(err)}")
         return 1
     finally:
-        store.invoked_as = previous
+        store.invoked_as, store.invocation = previous, recorded
+
+
+def _exit_now(code: int) -> None:
+    """End the process now (after an interrupt, everything is saved and the lock released)
+    rather than wait at exit for a background compilation that nobody will use."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -5,18 +5,21 @@ steps. With `handling()` active (the CLI), SIGINT and SIGTERM only set a flag, s
 signal can never land inside a callback where Python would print "Exception ignored"
 and swallow it; `check()` then raises `Interrupted` (a KeyboardInterrupt that knows
 its signal and exit status: 130 for SIGINT, 143 for SIGTERM) at the next safe point.
-A second signal while the first is pending raises at once. Without `handling()`
-(library use) Python's own KeyboardInterrupt arrives between chunks as usual.
+A second signal while the first is pending raises at once (and stays pending, so that
+the next `check()` raises it again should the first raise land where Python ignores
+exceptions). Without `handling()` (library use) Python's own KeyboardInterrupt arrives
+between chunks as usual.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Interrupted", "check", "handling", "pending"]
+__all__ = ["Interrupted", "check", "handling", "pending", "wait", "with_message"]
 
 _state: dict = {"signum": None}
 _EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -48,9 +51,24 @@ def check() -> None:
         raise Interrupted(signum)
 
 
+def wait(future, poll_s: float = 0.1):
+    """The result of a `concurrent.futures.Future`, checking for a pending signal every
+    `poll_s` seconds meanwhile (a plain `result()` would hold a signal until it returns)."""
+    while True:
+        try:
+            return future.result(timeout=poll_s)
+        except concurrent.futures.TimeoutError:
+            check()
+
+
+def with_message(err: KeyboardInterrupt, message: str) -> Interrupted:
+    """`err` (an `Interrupted`, or Python's own KeyboardInterrupt: SIGINT) as an
+    `Interrupted` of the same signal that says `message`."""
+    return Interrupted(getattr(err, "signum", signal.SIGINT), message)
+
+
 def _handler(signum, frame) -> None:
-    if _state["signum"] is not None:  # a second signal: stop now
-        _state["signum"] = None
+    if _state["signum"] is not None:  # a second signal: stop now (and keep it pending)
         raise Interrupted(signum)
     _state["signum"] = signum
 

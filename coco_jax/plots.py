@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import pathlib
 import textwrap
@@ -50,6 +51,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter, NullLocator
 
+from coco_jax.fileio import atomic_write_bytes
 from coco_jax.tables import (
     CONFIG_FIELDS,
     diverged_runs,
@@ -800,16 +802,22 @@ def standard_figures(df: pd.DataFrame) -> dict[str, Figure]:
 
 
 def save_figure(fig: Figure, out_dir: str | pathlib.Path, name: str) -> list[pathlib.Path]:
-    """Write `name`.png (200 dpi) and `name`.pdf into `out_dir`; close the figure."""
+    """Write `name`.png (200 dpi) and `name`.pdf into `out_dir`, each atomically (drawn in
+    memory, written to a temporary file, renamed over the target: a full disk or a kill
+    leaves the previous file or none, and the OSError names the file); close the figure."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in ("png", "pdf"):
-        path = out / f"{name}.{ext}"
-        kwargs = {"dpi": 200} if ext == "png" else {}
-        # fixed metadata so that redrawing the same table gives the same PDF bytes
-        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
-        fig.savefig(path, metadata=meta, **kwargs)
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for ext in ("png", "pdf"):
+            path = out / f"{name}.{ext}"
+            kwargs = {"dpi": 200} if ext == "png" else {}
+            # fixed metadata so that redrawing the same table gives the same PDF bytes
+            meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, metadata=meta, **kwargs)
+            atomic_write_bytes(path, buf.getvalue())
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths

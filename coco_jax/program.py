@@ -32,7 +32,7 @@ import pandas as pd
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from coco_jax import costs
+from coco_jax import costs, interrupt
 from coco_jax.config import hparams_in_group
 from coco_jax.engine import history_to_numpy
 from coco_jax.plan import Entry, Group, SweepPlan
@@ -229,6 +229,7 @@ def run_batch(
         carry, done = prog.chunk(carry, hp, data, t0)
         if pending is not None:
             _report(pending, on_chunk, n, steps, prog.chunk_steps)  # chunk k-1 while chunk k runs
+            interrupt.check()
         pending = done
     _report(pending, on_chunk, n, steps, prog.chunk_steps)
     records = jax.device_get(carry.records)

@@ -38,6 +38,7 @@ from coco_jax.fileio import jsonable, read_json
 from coco_jax.store import (
     SIDECAR,
     TABLE,
+    PartsVanished,
     read_error,
     read_parts,
     read_table,
@@ -161,15 +162,23 @@ def load_results(directory: str | os.PathLike, *, partial: bool = False) -> pd.D
     """
     d = pathlib.Path(directory)
     table = d / TABLE
-    if table.exists():
-        try:
-            return read_table(table)
-        except Exception as err:
-            raise ConfigError(unreadable_message(d, table, read_error(err))) from err
-    if partial:
-        parts = read_parts(d)
-        if parts is not None:
-            return parts
+    # A sweep that finishes while this reads writes the table, then removes the parts:
+    # parts that vanish, or a table that appears, mean "read the table", never an error.
+    for _ in range(10):
+        if table.exists():
+            try:
+                return read_table(table)
+            except Exception as err:
+                raise ConfigError(unreadable_message(d, table, read_error(err))) from err
+        if partial:
+            try:
+                parts = read_parts(d)
+            except PartsVanished:
+                continue
+            if parts is not None:
+                return parts
+        if not table.exists():
+            break
     if not d.exists():
         raise ConfigError(f"results directory {str(d)!r} does not exist")
     raise ConfigError(

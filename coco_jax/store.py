@@ -4,7 +4,8 @@ A sweep directory holds:
 
     results.parquet   the final table (written once, by process 0, atomically)
     results.json      the sidecar: grid, grid hash, versions, devices, seed policy,
-                      git commit, compile and run seconds, status ("running"/"complete")
+                      git commit, compile and run seconds, status ("running"/"complete"),
+                      the components' fingerprints, the command that wrote it
     parts/*.parquet   rows of finished batches (resume); removed once the table exists
     .lock             the advisory lock of the run that uses the directory (`lock`)
     quarantine/       unreadable files moved aside by a rerun (`quarantine`)
@@ -15,8 +16,10 @@ target (`os.replace`), so a reader never sees half a file and a killed writer le
 the previous version (or nothing) behind. One run at a time uses a directory: `lock`
 holds an OS advisory lock (`fcntl.flock`) on DIR/.lock, which the OS releases when the
 holder dies, so a killed run never blocks the next one. `ResultsDir` holds the rules
-of one directory (its lock, its sidecar, its experiment.json, when it is refused); the
-table schema is in `coco_jax.results`.
+of one directory (its lock, its sidecar, its experiment.json, when it is refused, how
+damaged metadata is recovered); `repair_command` rebuilds the command that repairs a
+directory for the directory as it is named now. The table schema is in
+`coco_jax.results`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import socket
 import sys
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from coco_jax import engine
 from coco_jax.errors import ConfigError
 from coco_jax.fileio import atomic_write_bytes, read_json, write_json
 
@@ -56,8 +61,15 @@ QUARANTINE = "quarantine"
 EXPERIMENT = "experiment.json"
 
 # The command line that started this process when it is `coco-jax` (set by the CLI;
-# None from Python): recorded in sidecars and named in repair messages.
+# None from Python): recorded in sidecars and in the lock (who holds a directory).
 invoked_as: str | None = None
+# The same command as the CLI saw it: {"argv": [...], "cwd": ..., "out": the results
+# directory it was given, resolved}. Sidecars and experiment.json record it with their
+# own directory, so that a repair hint can be rebuilt for the directory being read
+# (`repair_command`), wherever it has been moved since.
+invocation: dict | None = None
+
+_GRID_SUFFIXES = (".py", ".yaml", ".yml", ".json")
 
 
 # ------------------------------------------------------------------- atomic files
@@ -205,10 +217,15 @@ def lock(out: str | os.PathLike, what: str = "out") -> Iterator[pathlib.Path]:
 # --------------------------------------------------------------------- quarantine
 
 
-def quarantine(out: str | os.PathLike, path: str | os.PathLike, reason: str = "") -> pathlib.Path | None:
+def quarantine(
+    out: str | os.PathLike,
+    path: str | os.PathLike,
+    reason: str = "",
+    fate: str = "its rows will be recomputed",
+) -> pathlib.Path | None:
     """Move the unreadable file `path` (inside `out`) to out/quarantine/ under a
-    timestamped name and say so on stderr; returns the new path (None if the file had
-    already gone, e.g. moved by another process)."""
+    timestamped name and say so on stderr, with what happens next (`fate`); returns the
+    new path (None if the file had already gone, e.g. moved by another process)."""
     out, path = pathlib.Path(out), pathlib.Path(path)
     qdir = out / QUARANTINE
     qdir.mkdir(parents=True, exist_ok=True)
@@ -222,8 +239,7 @@ def quarantine(out: str | os.PathLike, path: str | os.PathLike, reason: str = ""
     except FileNotFoundError:
         return None
     why = f" ({reason})" if reason else ""
-    print(f"coco-jax: {path} is unreadable{why}: moved it to {target}; its rows will be recomputed",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(f"coco-jax: {path} is unreadable{why}: moved it to {target}; {fate}", file=sys.stderr, flush=True)
     return target
 
 
@@ -266,15 +282,23 @@ def dedupe(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop_duplicates(subset=list(_KEY_COLUMNS), keep="first").reset_index(drop=True)
 
 
+class PartsVanished(Exception):
+    """Part files disappeared while they were read: the sweep finished meanwhile (it
+    writes the table, then removes the parts)."""
+
+
 def read_parts_checked(out: str | os.PathLike) -> tuple[pd.DataFrame | None, list[tuple[pathlib.Path, str]]]:
     """(all readable part rows with duplicates dropped, or None; [(unreadable part,
     reason)]). A part is unreadable when Parquet cannot read it (truncated, corrupt) or
-    it lacks the key columns."""
+    it lacks the key columns. `PartsVanished` when a listed part is gone before it is
+    read (only a finishing sweep removes parts; its table is then there)."""
     frames, bad = [], []
     for p in part_files(out):
         try:
             df = read_table(p)
         except Exception as err:  # noqa: BLE001 - any reason a part cannot be read
+            if not p.exists():
+                raise PartsVanished(str(p)) from None
             bad.append((p, read_error(err)))
             continue
         missing = [c for c in _KEY_COLUMNS if c not in df.columns]
@@ -298,28 +322,146 @@ def read_parts(out: str | os.PathLike) -> pd.DataFrame | None:
 
 
 def unreadable_message(out: pathlib.Path, path: pathlib.Path, reason: str) -> str:
-    """'<file> is unreadable (<reason>): <how to repair>' for a sweep directory `out`."""
-    meta = None
-    with contextlib.suppress(Exception):
-        meta = read_json(out / SIDECAR)
-    command = (meta or {}).get("command")
-    how = f"`{command}`" if command else f"the same sweep with out={str(out)!r}"
+    """'<file> is unreadable (<reason>): <how to repair>' for a sweep directory `out`
+    (the command is rebuilt for `out` as named here: `repair_command`)."""
     return (
-        f"{path} is unreadable ({reason}): run {how} again; it moves the file to "
+        f"{path} is unreadable ({reason}): run {repair_how(out)} again; it moves the file to "
         f"{out / QUARANTINE}/ and recomputes the configurations it held"
     )
 
 
+# ------------------------------------------------------------------ repair hints
+
+
+def record_out(out: str | os.PathLike) -> None:
+    """Note the results directory the running `coco-jax` command was given (its --out,
+    or the default), for `repair_command`."""
+    if invocation is not None:
+        invocation["out"] = str(pathlib.Path(out).resolve())
+
+
+def recorded_invocation(directory: pathlib.Path) -> dict | None:
+    """What this process's `invocation` is, recorded for `directory` (its absolute path
+    as "dir"); None outside the CLI."""
+    if invocation is None:
+        return None
+    return {**invocation, "dir": str(pathlib.Path(directory).resolve())}
+
+
+def _invocation_in(directory: pathlib.Path) -> tuple[dict, pathlib.Path] | None:
+    """The recorded invocation that wrote `directory` (its sidecar, its experiment.json,
+    else a part's sidecar) and the directory whose file held it."""
+    candidates = [(directory / SIDECAR, directory), (directory / EXPERIMENT, directory)]
+    with contextlib.suppress(OSError):
+        candidates += [(d / SIDECAR, d) for d in sorted(directory.iterdir()) if d.is_dir()]
+    for path, where in candidates:
+        try:
+            meta = read_json(path)
+        except (OSError, ValueError):
+            continue
+        inv = (meta or {}).get("invocation") if isinstance(meta, dict) else None
+        if isinstance(inv, dict) and inv.get("argv"):
+            return inv, where
+    return None
+
+
+def _path_argument(arg: str, cwd: pathlib.Path) -> str:
+    """A grid file, module or plug-in named relative to the directory the command ran in,
+    as a path that works from here: as written when that names the same file here, else
+    relative to here, else absolute; unchanged when it is not found."""
+    path = pathlib.Path(arg)
+    if arg.startswith("-") or path.is_absolute() or path.suffix not in _GRID_SUFFIXES:
+        return arg
+    recorded = cwd / path
+    if not recorded.is_file():
+        return arg
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.read_bytes() == recorded.read_bytes():
+            return arg
+    rel = os.path.relpath(recorded)
+    return rel if not rel.startswith("..") else str(recorded)
+
+
+def repair_command(directory: str | os.PathLike) -> str | None:
+    """The `coco-jax` command that wrote `directory`, rebuilt for the directory as named
+    here: its --out is this directory (or the experiment directory it belongs to), its
+    grid file, module and plug-ins are found from the directory it ran in, and
+    --overwrite is dropped. None when the directory records no command (written from
+    Python, or by an older version)."""
+    directory = pathlib.Path(directory)
+    found = _invocation_in(directory)
+    if found is None:
+        return None
+    inv, where = found
+    root = where
+    if inv.get("out") and inv.get("dir"):
+        rel = pathlib.PurePath(os.path.relpath(inv["dir"], inv["out"]))
+        if rel.parts and ".." not in rel.parts and rel != pathlib.PurePath("."):
+            for _ in rel.parts:
+                root = root.parent
+    cwd = pathlib.Path(inv.get("cwd") or ".")
+    argv, new, given = list(inv["argv"]), [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--overwrite":
+            pass
+        elif arg == "--out" and i + 1 < len(argv):
+            new += ["--out", str(root)]
+            given, i = True, i + 1
+        elif arg.startswith("--out="):
+            new.append(f"--out={root}")
+            given = True
+        else:
+            new.append(_path_argument(arg, cwd))
+        i += 1
+    if not given:
+        new += ["--out", str(root)]
+    return "coco-jax " + shlex.join(new)
+
+
+def repair_how(directory: pathlib.Path) -> str:
+    """`repair_command` in backquotes, else 'the same sweep with out=<directory>'."""
+    command = repair_command(directory)
+    return f"`{command}`" if command else f"the same sweep with out={str(directory)!r}"
+
+
 # ------------------------------------------------------------ a results directory
 
-_REFUSED = ("conflict", "orphan")
+_REFUSED = ("conflict", "orphan", "changed")
+
+
+def component_fingerprints(configs) -> dict[str, str]:
+    """ "<kind> <name>" -> fingerprint (`Registry.fingerprint`: its factory's source, and
+    a plug-in's file) of every registered component the configurations use; each
+    distinct combination of components is fingerprinted once."""
+    seen, out = set(), {}
+    for cfg in configs:
+        combo = (cfg.compressor, cfg.allocation, cfg.decoder, cfg.error_feedback, cfg.straggler, cfg.dataset,
+                 cfg.task)  # fmt: skip
+        if combo not in seen:
+            seen.add(combo)
+            out.update(engine.component_fingerprints(cfg))
+    return dict(sorted(out.items()))
+
+
+def _component_words(key: str) -> str:
+    kind, _, name = key.rpartition(" ")
+    return f"{kind} {name!r}"
 
 
 class ResultsDir:
     """One results directory and its rules: the lock, the sweep's sidecar
     (results.json), the experiment record (experiment.json), and when the directory is
     refused (another grid's or another experiment's results, results without their
-    sidecar). `coco_jax.sweep` and `coco_jax.experiment` both go through it.
+    sidecar, results computed by another version of a component). `coco_jax.sweep` and
+    `coco_jax.experiment` both go through it.
+
+    Damaged metadata heals instead of blocking: an unreadable sidecar is moved to
+    quarantine/ and the sweep resumes from the saved rows that belong to its grid
+    (configuration ids are content hashes; `recover`), and an unreadable
+    experiment.json is moved to quarantine/ and written again by the next run
+    (`heal_experiment`).
 
     Args:
         out: the directory (it need not exist yet); a file there is a ConfigError.
@@ -337,6 +479,10 @@ class ResultsDir:
 
     def __repr__(self) -> str:
         return f"ResultsDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return f"{self.what}={str(self.path)!r}"
 
     # ------------------------------------------------------------------ the lock
 
@@ -364,7 +510,18 @@ class ResultsDir:
 
     def sidecar(self) -> dict | None:
         """The sweep's sidecar, None when absent; ValueError when unreadable."""
-        return read_json(self.path / SIDECAR)
+        meta = read_json(self.path / SIDECAR)
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"expected a JSON object, found {type(meta).__name__}")
+        return meta
+
+    def sidecar_error(self) -> str | None:
+        """Why the sidecar cannot be read (None when it can, or is absent)."""
+        try:
+            self.sidecar()
+        except (OSError, ValueError) as err:
+            return read_error(err)
+        return None
 
     def invocations(self) -> list:
         """The sweep invocations the sidecar records ([] without one)."""
@@ -378,30 +535,83 @@ class ResultsDir:
         """Whether the final table is there and the sidecar says the sweep completed."""
         return (self.path / TABLE).exists() and (self.sidecar() or {}).get("status") == "complete"
 
-    def status(self, grid_hash: str) -> str:
-        """'new', 'resume', 'complete', 'conflict' (another grid's results) or 'orphan'
-        (results without a readable sidecar) for this process's view of the directory."""
+    def saved_keys(self) -> set[tuple]:
+        """(method, config_id) of every configuration with readable rows here (the table
+        and the parts; unreadable files are skipped)."""
+        keys: set[tuple] = set()
+        files = [self.path / TABLE] if (self.path / TABLE).exists() else []
+        for p in files + part_files(self.path):
+            with contextlib.suppress(Exception):
+                df = pd.read_parquet(p, columns=["method", "config_id"], engine="pyarrow")
+                keys.update(zip(df["method"], df["config_id"]))
+        return keys
+
+    def changed_components(self, fingerprints: dict | None) -> list[tuple[str, str, str]]:
+        """[(component, recorded fingerprint, current fingerprint)] of the components whose
+        fingerprint differs from the one the sidecar recorded (none recorded: [])."""
+        if not fingerprints:
+            return []
+        with contextlib.suppress(OSError, ValueError):
+            recorded = (self.sidecar() or {}).get("fingerprints") or {}
+            return [
+                (k, recorded[k], v) for k, v in fingerprints.items() if k in recorded and recorded[k] != v
+            ]
+        return []
+
+    def status(self, grid_hash: str, keys: set | None = None, fingerprints: dict | None = None) -> str:
+        """This process's view of the directory for the grid `grid_hash`: 'new',
+        'resume', 'complete', 'conflict' (another grid's results), 'changed' (results of
+        this grid computed by another version of a component: `fingerprints` differ),
+        'recover' (an unreadable sidecar, and every saved configuration is one of `keys`,
+        the grid's (method, config_id)) or 'orphan' (results without a readable sidecar
+        that cannot be recovered)."""
         try:
             meta = self.sidecar()
-        except ValueError:
+        except (OSError, ValueError):
+            if keys is not None and self.saved_keys() <= set(keys):
+                return "recover"
             return "orphan"
         if meta is None:
             return "orphan" if self.has_results() else "new"
         if meta.get("grid_hash") != grid_hash:
             return "conflict"
+        if self.changed_components(fingerprints):
+            return "changed"
         if (self.path / TABLE).exists() and meta.get("status") == "complete":
             return "complete"
         return "resume"
 
-    def refusal(self, status: str, grid_hash: str) -> str:
-        """Why the directory (in state 'conflict' or 'orphan') is refused, with the way out."""
-        name = f"{self.what}={str(self.path)!r}"
+    def refusal(
+        self, status: str, grid_hash: str, fingerprints: dict | None = None, keys: set | None = None
+    ) -> str:
+        """Why the directory (in state 'conflict', 'orphan' or 'changed') is refused,
+        with the way out."""
+        name = self.name
+        side = self.path / SIDECAR
         if status == "orphan":
-            side = self.path / SIDECAR
-            state = "is unreadable" if side.exists() else "is missing"
+            error = self.sidecar_error()
+            if error is not None:
+                whose = (
+                    f"{len(self.saved_keys() - set(keys))} of the configurations saved there are not in this grid"
+                    if keys is not None
+                    else "the sweep of their grid recovers them"
+                )
+                return (
+                    f"{name} holds results but {side} is unreadable ({error}), and {whose}: choose another "
+                    "directory, or pass overwrite=True (--overwrite) to replace them"
+                )
             return (
-                f"{name} holds results but {side} {state}, so they cannot be matched to a grid "
+                f"{name} holds results but {side} is missing, so they cannot be matched to a grid "
                 "(was it deleted?): restore it, or pass overwrite=True (--overwrite) to recompute them"
+            )
+        if status == "changed":
+            changed = self.changed_components(fingerprints)
+            what = ", ".join(f"{_component_words(k)} (was {old}, now {new})" for k, old, new in changed)
+            return (
+                f"{name} holds results computed by another version of {what}: its factory or its plug-in "
+                "file changed since, and resuming would mix the two versions in one table; pass "
+                "overwrite=True (--overwrite) to recompute them, restore that version, or choose another "
+                "directory"
             )
         meta = self.sidecar() or {}
         return (
@@ -410,35 +620,82 @@ class ResultsDir:
             "replace them"
         )
 
-    def state(self, grid_hash: str, overwrite: bool = False) -> str:
+    def state(
+        self,
+        grid_hash: str,
+        overwrite: bool = False,
+        keys: set | None = None,
+        fingerprints: dict | None = None,
+    ) -> str:
         """What a sweep of the grid `grid_hash` would find ('new', 'resume', 'complete'),
-        read-only; the ConfigError it would raise unless `overwrite`."""
-        status = self.status(grid_hash)
+        read-only; the ConfigError it would raise unless `overwrite`. An unreadable
+        sidecar whose results all belong to the grid (`keys`) reads as 'resume' (the
+        sweep recovers it)."""
+        status = self.status(grid_hash, keys, fingerprints)
         if status in _REFUSED:
             if not overwrite:
-                raise ConfigError(self.refusal(status, grid_hash))
+                raise ConfigError(self.refusal(status, grid_hash, fingerprints, keys))
             return "new"
-        return status
+        return "resume" if status == "recover" else status
 
-    def open(self, comm: Comm, grid_hash: str, overwrite: bool) -> str:
+    def open(
+        self,
+        comm: Comm,
+        grid_hash: str,
+        overwrite: bool,
+        keys: set | None = None,
+        fingerprints: dict | None = None,
+    ) -> str:
         """The state agreed by every process: 'new', 'resume' or 'complete' (after
-        clearing another grid's results when `overwrite`); refuses another grid, or
-        results whose sidecar is missing, otherwise. Hold the lock first."""
+        clearing another grid's results when `overwrite`, and recovering an unreadable
+        sidecar); refuses another grid, results whose sidecar is missing, or results of
+        another version of a component, otherwise. Hold the lock first."""
         if comm.index == 0:
             self.remove_stale_temporaries()
-        views = comm.allgather_json(self.status(grid_hash))
-        refused = [v for v in views if v in _REFUSED]
+
+        def views() -> list[str]:
+            return comm.allgather_json(self.status(grid_hash, keys, fingerprints))
+
+        seen = views()
+        refused = [v for v in seen if v in _REFUSED]
         if refused and not overwrite:
-            raise ConfigError(self.refusal(refused[0], grid_hash))
-        if refused:
-            if comm.index == 0 and views[0] in _REFUSED:
-                self.clear()
-            comm.barrier("coco_jax_sweep_clear0")
-            if comm.index != 0 and self.status(grid_hash) in _REFUSED:
-                self.clear()  # a process-local directory (no shared filesystem)
-            comm.barrier("coco_jax_sweep_clear")
-            views = comm.allgather_json(self.status(grid_hash))
-        return views[0]
+            raise ConfigError(self.refusal(refused[0], grid_hash, fingerprints, keys))
+        for states, act, tag in (
+            (("recover",), lambda: self.recover(grid_hash), "recover"),
+            (_REFUSED, self.clear, "clear"),
+        ):
+            if not any(v in states for v in seen):
+                continue
+            if comm.index == 0 and seen[0] in states:
+                act()
+            comm.barrier(f"coco_jax_sweep_{tag}0")
+            if comm.index != 0 and self.status(grid_hash, keys, fingerprints) in states:
+                act()  # a process-local directory (no shared filesystem)
+            comm.barrier(f"coco_jax_sweep_{tag}")
+            seen = views()
+        return seen[0]
+
+    def recover(self, grid_hash: str) -> None:
+        """Heal an unreadable sidecar whose results belong to the grid `grid_hash` (see
+        `status`): move it to quarantine/, turn a readable final table into a part (the
+        sweep writes the table again when it completes) and write a provisional sidecar,
+        so the sweep resumes from every saved row. Hold the lock."""
+        error = self.sidecar_error()
+        if error is None:
+            return
+        quarantine(
+            self.path, self.path / SIDECAR, error, "it is rebuilt, and the saved rows of this grid are kept"
+        )
+        table = self.path / TABLE
+        if table.exists():
+            try:
+                read_table(table)
+            except Exception as err:  # noqa: BLE001 - any reason the table cannot be read
+                quarantine(self.path, table, read_error(err))
+            else:
+                (self.path / PARTS).mkdir(parents=True, exist_ok=True)
+                os.replace(table, self.path / PARTS / f"batch-recovered-{uuid.uuid4().hex[:16]}.parquet")
+        write_json(self.path / SIDECAR, {"status": "running", "grid_hash": grid_hash, "invocations": []})
 
     def mark_running(self, comm: Comm, sidecar_of: Callable[[list], dict]) -> None:
         """Write the sidecar `sidecar_of(earlier invocations)` (status "running") on every
@@ -473,25 +730,48 @@ class ResultsDir:
 
     # ---------------------------------------------------------- experiment.json
 
-    def experiment(self) -> dict | None:
-        """The experiment record, None when absent; a ConfigError when unreadable."""
+    def experiment_error(self) -> str | None:
+        """Why experiment.json cannot be read (None when it can, or is absent)."""
         p = self.path / EXPERIMENT
         if not p.is_file():
             return None
         try:
-            return json.loads(p.read_text())
-        except ValueError as err:
+            meta = json.loads(p.read_text())
+        except (OSError, ValueError) as err:
+            return read_error(err)
+        return None if isinstance(meta, dict) else f"expected a JSON object, found {type(meta).__name__}"
+
+    def experiment(self) -> dict | None:
+        """The experiment record, None when absent; a ConfigError naming the repair when
+        unreadable."""
+        error = self.experiment_error()
+        if error is not None:
+            command = repair_command(self.path)
+            how = f"`{command}`" if command else f"the experiment with --out {str(self.path)!r}"
             raise ConfigError(
-                f"{p} is unreadable ({err}): run the experiment again with --overwrite to rebuild it"
-            ) from None
+                f"{self.path / EXPERIMENT} is unreadable ({error}): run {how} again; it moves the file to "
+                f"{self.path / QUARANTINE}/ and writes it again, keeping the finished sweeps"
+            )
+        p = self.path / EXPERIMENT
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def heal_experiment(self) -> pathlib.Path | None:
+        """Move an unreadable experiment.json to quarantine/ (the run writes it again);
+        the quarantined path, or None when there was nothing to heal. Hold the lock."""
+        error = self.experiment_error()
+        if error is None:
+            return None
+        return quarantine(self.path, self.path / EXPERIMENT, error, "it is written again by this run")
 
     def write_experiment(self, meta: dict) -> None:
         """Write the experiment record (atomically)."""
         write_json(self.path / EXPERIMENT, meta)
 
     def check_experiment(self, name: str, quick: bool, overrides: dict, overwrite: bool = False) -> None:
-        """Refuse the directory when it holds another experiment (or variant, or overrides)."""
-        if overwrite:
+        """Refuse the directory when it holds another experiment (or variant, or
+        overrides). An unreadable record refuses nothing: the parts' sidecars still
+        refuse another grid, and the run rebuilds the record (`heal_experiment`)."""
+        if overwrite or self.experiment_error() is not None:
             return
         meta = self.experiment()
         if meta is None:
@@ -499,7 +779,7 @@ class ResultsDir:
         theirs = meta.get("overrides") or {}
         if meta.get("experiment") != name or bool(meta.get("quick")) != quick or theirs != overrides:
             raise ConfigError(
-                f"{self.what}={str(self.path)!r} holds results of experiment "
+                f"{self.name} holds results of experiment "
                 f"{_describe_run(meta.get('experiment'), meta.get('quick'), theirs)}, not "
                 f"{_describe_run(name, quick, overrides)}: choose another --out or pass --overwrite"
             )

@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from coco_jax import interrupt, store
 from coco_jax import results as res_lib
-from coco_jax import store
 from coco_jax.config import DYNAMIC_FIELDS, hparams_of
 from coco_jax.distributed import Comm
 from coco_jax.errors import ConfigError
@@ -131,7 +131,7 @@ class _Compiler:
         return prog
 
     def get(self, group_index: int, size: int) -> Program:
-        return self._futures[(group_index, size)].result()
+        return interrupt.wait(self._futures[(group_index, size)])  # a signal while it compiles stops
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -187,9 +187,9 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="cfg-step", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
 
 
-def _sidecar(grid, ghash, groups, status, invocation, previous=(), rows=None) -> dict:
+def _sidecar(grid, ghash, groups, status, invocation, previous=(), rows=None, extra=None) -> dict:
     invocations = list(previous) + ([invocation] if invocation else [])
-    return {
+    return (extra or {}) | {
         "status": status,
         "grid_hash": ghash,
         "grid": grid.describe(),
@@ -226,7 +226,10 @@ def out_status(grid: Grid, out: str | os.PathLike, overwrite: bool = False) -> s
     directory, another grid's results, results without their sidecar) unless
     `overwrite`. `coco-jax run` checks every part of an experiment with it before it
     writes anything."""
-    return store.ResultsDir(out).state(grid_hash(entries_of(grid), None, None, None), overwrite)
+    entries = entries_of(grid)
+    fingerprints = store.component_fingerprints(e.cfg for e in entries)
+    keys = {e.key for e in entries}
+    return store.ResultsDir(out).state(grid_hash(entries, None, None, None), overwrite, keys, fingerprints)
 
 
 def _complete_table(outp: pathlib.Path, comm: Comm) -> pd.DataFrame | None:
@@ -367,8 +370,8 @@ def sweep(
                 test_data,
                 straggler_trace,
             )
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(_interrupted(grid, rd)) from None
+        except KeyboardInterrupt as err:
+            raise interrupt.with_message(err, _interrupted(grid, rd)) from None
 
 
 def _interrupted(grid: Grid, rd: store.ResultsDir | None) -> str:
@@ -389,7 +392,9 @@ def _sweep(
     t_start = time.time()
     comm = Comm()
     entries = entries_of(grid)
+    interrupt.check()
     groups, loads = prepare_groups(entries, data, test_data, straggler_trace)
+    interrupt.check()
     ghash = grid_hash(entries, data, test_data, straggler_trace)
     budget = check_memory_budget(memory_budget, groups)
     stats = SweepStats(num_configs=len(entries), groups=len(groups), data_loads=loads)
@@ -397,14 +402,18 @@ def _sweep(
     outp = rd.path if rd is not None else None
     if rd is not None:
         rd.hold(comm, held)
-        status = rd.open(comm, ghash, overwrite)
+        fingerprints = store.component_fingerprints(e.cfg for e in entries)
+        status = rd.open(comm, ghash, overwrite, {e.key for e in entries}, fingerprints)
+        extra = {"fingerprints": fingerprints, "invocation": store.recorded_invocation(outp)}
         if status == "complete":
             table = _complete_table(outp, comm)
             if table is not None:
                 stats.resumed = True
                 return _result(table, stats)
             status = "resume"
-        rd.mark_running(comm, lambda previous: _sidecar(grid, ghash, groups, "running", None, previous))
+        rd.mark_running(
+            comm, lambda previous: _sidecar(grid, ghash, groups, "running", None, previous, None, extra)
+        )
 
     local_done, owner = _finished(outp, entries, comm)
     n_dev = len(jax.local_devices())
@@ -431,7 +440,7 @@ def _sweep(
         )
     if rd is not None:
         rd.complete(
-            table, _sidecar(grid, ghash, groups, "complete", invocation, rd.invocations(), rows=len(table))
+            table, _sidecar(grid, ghash, groups, "complete", invocation, rd.invocations(), len(table), extra)
         )
         comm.barrier("coco_jax_sweep_done")
         return _result(res_lib.load_results(outp), stats)
@@ -475,6 +484,7 @@ def _run_batches(plan: SweepPlan, groups, mine, outp, chunk_steps, show_progress
     frames: list[pd.DataFrame] = []
     try:
         for i in mine:
+            interrupt.check()
             batch = plan.batches[i]
             prog = compiler.get(batch.group, batch.size)
             if bar is not None:

@@ -28,7 +28,7 @@ Command: coco-jax run experiments/paper.py --quick   (full, 100 devices: without
 from coco_jax.experiment import compose_figures, compose_grids
 
 NAME = "paper"
-DESCRIPTION = "all experiments in one run and one report (full variant: 100 devices, the paper's scale)"
+DESCRIPTION = "all experiments in one run and one report (100 devices as in the paper; 16 with --quick)"
 PARTS = (
     "methods",
     "straggler_prob",

@@ -20,10 +20,11 @@ TINY_BASE = (
 )
 TINY_YAML = f"base: {TINY_BASE}\naxes: {{lr: [0.05, 0.1], seed: [0, 1]}}\n"
 
-# a plugin (--plugins slow.py) that sleeps $SLOW seconds after each part file is written
+# a plugin (--plugins slow.py) that waits $SLOW seconds after each part file is written,
+# stopping at once for a pending Ctrl-C or SIGTERM (as the sweep's own safe points do)
 SLOW_PLUGIN = """
 import os, time
-from coco_jax import store
+from coco_jax import interrupt, store
 
 _write_part = store.write_part
 
@@ -31,7 +32,10 @@ _write_part = store.write_part
 def write_part(*args, **kwargs):
     path = _write_part(*args, **kwargs)
     print(f"wrote {path}", flush=True)
-    time.sleep(float(os.environ.get("SLOW", "60")))
+    deadline = time.monotonic() + float(os.environ.get("SLOW", "60"))
+    while time.monotonic() < deadline:
+        interrupt.check()
+        time.sleep(0.05)
     return path
 
 
@@ -135,10 +139,13 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
     return lines[-1]
 
 
-def one_config_budget_of_yaml(path) -> int:
-    """The memory budget that gives batches of one configuration for a grid file."""
-    from coco_jax import grid, plan
+def one_config_budget_of_yaml(path, plugins=()) -> int:
+    """The memory budget that gives batches of one configuration for a grid file (whose
+    components the `plugins` files register: they are loaded into this process)."""
+    from coco_jax import grid, plan, registry
 
+    for plugin in plugins:
+        registry.load_plugin(plugin)
     g = grid.load_grid_file(pathlib.Path(path))
     groups, _ = plan.prepare_groups(plan.entries_of(g))
     return max(gr.data_bytes + gr.config_bytes for gr in groups)

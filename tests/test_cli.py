@@ -191,8 +191,10 @@ def test_experiment_applies_config_flags_to_every_grid_and_records_them(tmp_path
     )
     (tmp_path / "twogrids.py").write_text(mod)
     flags = ("--num-devices", "2", "--lr", "0.3", "--steps", "4", "--num-samples", "32", "--eval-every", "2")
-    run = ch.cli("run", "twogrids.py", "--quick", "--out", "res", *flags, cwd=tmp_path)
+    run = ch.cli("run", "twogrids.py", "--quick", "--out", "res", *flags, "--no-progress", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
+    # --no-progress, as for sweep: no line per sweep, no progress bar
+    assert "[twogrids] sweep" not in run.stderr and "cfg-step" not in run.stderr
     out = tmp_path / "res"
     meta = json.loads((out / "experiment.json").read_text())
     assert meta["overrides"] == {"num_devices": 2, "num_samples": 32, "lr": 0.3, "steps": 4, "eval_every": 2}

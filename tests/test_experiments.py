@@ -392,6 +392,11 @@ def test_list_prints_one_line_per_experiment(capsys):
     names = [ln.split()[0] for ln in lines]
     assert set(names) >= {*EXPERIMENTS, "paper"}
     assert all(len(ln.split(None, 1)) == 2 for ln in lines)
+    # a description serves both variants (it is `coco-jax list`'s line and the report's title)
+    for ln in lines:
+        assert "full variant" not in ln and "quick variant" not in ln, ln
+    paper = next(ln for ln in lines if ln.split()[0] == "paper")
+    assert "100 devices as in the paper; 16 with --quick" in paper
 
 
 def test_unknown_experiment_is_a_clear_error():

@@ -169,8 +169,10 @@ def test_corrupt_table_names_the_file_and_the_rerun_rebuilds_it(tmp_path, finish
     out = _copy(finished, tmp_path)
     good = pd.read_parquet(out / store.TABLE)
     (out / store.TABLE).write_bytes(b"not a parquet file at all")
-    with pytest.raises(ConfigError, match=r"results\.parquet is unreadable .*coco-jax sweep grid\.yaml"):
+    with pytest.raises(ConfigError) as err:  # read from elsewhere: the grid file where it ran, this --out
         cj.load_results(out)
+    assert "results.parquet is unreadable" in str(err.value)
+    assert f"run `coco-jax sweep {finished / 'grid.yaml'} --out {out} --no-progress` again" in str(err.value)
     line = ch.one_line_error(ch.cli("plot", "done", cwd=tmp_path))
     assert "done/results.parquet is unreadable" in line
     assert "`coco-jax sweep grid.yaml --out done --no-progress`" in line and "quarantine" in line
@@ -294,8 +296,11 @@ def test_results_dir_states_and_refusals(tmp_path):
     assert (
         d.state("h2", overwrite=True) == "new" and d.is_complete()
     )  # overwrite decides, state() writes nothing
-    (d.path / store.SIDECAR).write_text("{not json")
-    with pytest.raises(ConfigError, match="results.json is unreadable, so they cannot be matched"):
+    (d.path / store.SIDECAR).write_text("{not json")  # unreadable: recovered when its results are the grid's
+    assert d.status("h1", keys={("m", "c")}) == "recover" and d.state("h1", keys={("m", "c")}) == "resume"
+    with pytest.raises(ConfigError, match=r"results.json is unreadable \(.*\), and 1 of the configurations"):
+        d.state("h1", keys={("m", "other")})
+    with pytest.raises(ConfigError, match=r"results.json is unreadable \(.*\), and the sweep of their grid"):
         d.state("h1")
     (d.path / store.SIDECAR).unlink()
     with pytest.raises(ConfigError, match="results.json is missing, so they cannot be matched"):
@@ -351,10 +356,15 @@ def test_results_dir_experiment_record(tmp_path):
     )
     d.check_experiment("theory", True, {}, overwrite=True)
     (tmp_path / store.EXPERIMENT).write_text("{")
-    with pytest.raises(
-        ConfigError, match="experiment.json is unreadable .*run the experiment again with --overwrite"
-    ):
+    with pytest.raises(ConfigError) as err:
         d.experiment()
+    assert str(err.value).startswith(f"{tmp_path / store.EXPERIMENT} is unreadable (")
+    assert str(err.value).endswith(
+        f"run the experiment with --out {str(tmp_path)!r} again; it moves the file to "
+        f"{tmp_path / store.QUARANTINE}/ and writes it again, keeping the finished sweeps"
+    )
+    d.check_experiment("theory", False, {})  # refuses nothing: the run writes it again
+    assert d.heal_experiment().parent == tmp_path / store.QUARANTINE and d.experiment() is None
 
 
 def test_results_dir_refuses_a_file(tmp_path):

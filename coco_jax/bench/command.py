@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ from coco_jax.bench.plan import SECTIONS, Plan, make_plan
 from coco_jax.bench.report import format_report
 from coco_jax.bench.suite import run_suite
 from coco_jax.bench.util import json_default
+from coco_jax.fileio import atomic_write_bytes
 
 
 def _int_list(text: str | None) -> tuple[int, ...] | None:
@@ -54,8 +56,8 @@ def cli_bench(args) -> int:
     if getattr(args, "json", None):
         path = args.json
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as fh:
-            json.dump(_finite(result), fh, indent=2, default=json_default, allow_nan=False)
+        text = json.dumps(_finite(result), indent=2, default=json_default, allow_nan=False)
+        atomic_write_bytes(pathlib.Path(path), text.encode())
         print(f"wrote {path}")
     return 0
 

@@ -14,7 +14,7 @@ import types
 
 from coco_jax.errors import ConfigError
 from coco_jax.experiment.load import Experiment, load_experiment, part_dir, parts_of
-from coco_jax.store import EXPERIMENT, SIDECAR, ResultsDir
+from coco_jax.store import EXPERIMENT, QUARANTINE, SIDECAR, ResultsDir, repair_how
 from coco_jax.sweep import out_status
 
 __all__ = ["adopt", "adopted_record", "grid_experiment"]
@@ -61,10 +61,7 @@ def adopt(rd: ResultsDir) -> dict:
     no figures yet), written once the figures are drawn: with the experiment module
     whose grids it holds, or else as a plain grid."""
     out = rd.path
-    try:
-        root = rd.sidecar()
-    except ValueError:
-        root = None
+    root = _sidecar_of(rd)
     if root is None and rd.has_results():
         raise ConfigError(
             f"{str(out)!r} holds results but {out / SIDECAR} is missing (was it deleted?), so they cannot be "
@@ -76,6 +73,18 @@ def adopt(rd: ResultsDir) -> dict:
         if root is None:
             raise
         return _adopt_grid(rd, root)
+
+
+def _sidecar_of(rd: ResultsDir) -> dict | None:
+    """A sweep directory's sidecar (None when absent); an unreadable one is a ConfigError
+    naming the repair (the sweep run again recovers it from the saved rows)."""
+    error = rd.sidecar_error()
+    if error is not None:
+        raise ConfigError(
+            f"{rd.path / SIDECAR} is unreadable ({error}): run {repair_how(rd.path)} again; it moves the "
+            f"file to {rd.path / QUARANTINE}/ and rebuilds it, keeping the saved results of its grid"
+        )
+    return rd.sidecar()
 
 
 def _adopt_module(out: pathlib.Path, root: dict) -> dict:
@@ -105,13 +114,16 @@ def _adopt_module(out: pathlib.Path, root: dict) -> dict:
     found = {}
     for pname, g in parts.items():
         d = part_dir(out, exp.name, pname, len(parts))
-        side = ResultsDir(d).sidecar()
+        side = _sidecar_of(ResultsDir(d))
         if side is None:
             raise ConfigError(f"{str(d)!r} holds no {SIDECAR}: the sweep of part {pname!r} is missing")
         # the module's grid, finished (raises for another grid); without the plugins: the sidecar's word
         finished = out_status(g, d) == "complete" if g is not None else side.get("status") == "complete"
         if not finished:
-            raise ConfigError(f"{str(d)!r}: the sweep of part {pname!r} has not finished: run it again")
+            raise ConfigError(
+                f"{str(d)!r}: the sweep of part {pname!r} has not finished: run {repair_how(d)} again to finish "
+                "it, then plot"
+            )
         found[pname] = (str(d.relative_to(out)) if d != out else ".", side)
     command = f"coco-jax sweep experiments/{exp.name}.py{' --quick' if quick else ''}"
     return adopted_record(exp.name, exp.description, str(exp.path), quick, command, found)
@@ -122,8 +134,8 @@ def _adopt_grid(rd: ResultsDir, side: dict) -> dict:
     out = rd.path
     if not rd.is_complete():
         raise ConfigError(
-            f"the sweep in {str(out)!r} has not finished (status {side.get('status')!r}): run the same sweep "
-            "again to finish it, then plot"
+            f"the sweep in {str(out)!r} has not finished (status {side.get('status')!r}): run "
+            f"{repair_how(out)} again to finish it, then plot"
         )
     name = (side.get("grid") or {}).get("name") or out.name
     description = f"sweep of the grid {name!r} ({side.get('num_configs')} configurations)"

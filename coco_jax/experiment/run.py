@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from coco_jax import plots, store
+from coco_jax import interrupt, plots, store
 from coco_jax import results as res_lib
 from coco_jax.errors import ConfigError
 from coco_jax.experiment.adopt import adopt, grid_experiment
@@ -150,6 +150,7 @@ def draw_figures(exp: Experiment, df, out: pathlib.Path) -> dict[str, list[pathl
     figs = exp.figures(df)
     paths = {}
     for name, fig in figs.items():
+        interrupt.check()
         paths[name] = plots.save_figure(fig, out / FIGURES, name)
     return paths
 
@@ -236,9 +237,11 @@ def run_experiment(
     overrides = dict(overrides or {})
     parts = apply_overrides(parts_of(exp, quick), overrides)
     rd = ResultsDir(out if out is not None else default_out(exp.name, quick))
+    store.record_out(rd.path)
     _accept(exp, parts, rd, quick, overrides, overwrite)  # refuse before the lock creates anything
     with rd.lock():
         states = _accept(exp, parts, rd, quick, overrides, overwrite)
+        rd.heal_experiment()  # an unreadable record refuses nothing: it is written again below
         meta = {
             "experiment": exp.name,
             "description": exp.description,
@@ -246,6 +249,7 @@ def run_experiment(
             "quick": quick,
             "overrides": overrides,
             "command": store.invoked_as,
+            "invocation": store.recorded_invocation(rd.path),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
             "grids": {pname: g.describe() for pname, g in parts},
             "parts": {
@@ -271,7 +275,14 @@ def _run_accepted(exp, parts, rd: ResultsDir, quick, overwrite, progress, meta, 
     meta["devices"] = res_lib.device_description()
     meta["git"] = res_lib.git_commit()
     meta["status"] = "complete"
-    meta = _finish(exp, df, rd, meta, redraw=False)
+    try:
+        meta = _finish(exp, df, rd, meta, redraw=False)
+    except KeyboardInterrupt as err:
+        raise interrupt.with_message(
+            err,
+            f"interrupted while drawing the figures: the results are saved in {rd.path} "
+            f"(`coco-jax plot {rd.path}` draws them)",
+        ) from None
     total = meta["wall_time_s"]["total"]
     print(
         f"{exp.name}{' (quick)' if quick else ''}: {len(df)} rows, {len(meta['figures'])} figures, "
@@ -288,13 +299,15 @@ def plot_directory(directory: str | os.PathLike) -> dict:
     if not out.is_dir():
         raise ConfigError(f"{str(out)!r} is not a results directory (it does not exist or is a file)")
     rd = ResultsDir(out)
-    adopted = None if (out / EXPERIMENT).is_file() else adopt(rd)
-    df, meta = load_tables(out, adopted)  # nothing is written before the tables have loaded
-    if meta.get("module") is None:
-        exp = grid_experiment(meta)
-    else:
-        try:
-            exp = load_experiment(meta["module"])
-        except ConfigError:
-            exp = load_experiment(meta["experiment"])
-    return _finish(exp, df, rd, meta, redraw=True)
+    with rd.lock():
+        # an unreadable experiment.json raises here, naming the command that writes it again
+        adopted = None if (out / EXPERIMENT).is_file() else adopt(rd)
+        df, meta = load_tables(out, adopted)  # nothing is written before the tables have loaded
+        if meta.get("module") is None:
+            exp = grid_experiment(meta)
+        else:
+            try:
+                exp = load_experiment(meta["module"])
+            except ConfigError:
+                exp = load_experiment(meta["experiment"])
+        return _finish(exp, df, rd, meta, redraw=True)
