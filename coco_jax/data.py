@@ -168,6 +168,7 @@ def check_dataset(cfg) -> None:
 
 def describe_arrays(x, y) -> str:
     """A short description of a pair of arrays for error messages: ``(x: float32[n, d], y: ...)``."""
+
     def one(a):
         a = np.asarray(a) if not hasattr(a, "shape") else a
         return f"{getattr(a, 'dtype', type(a).__name__)}{list(getattr(a, 'shape', ()))}"
@@ -268,5 +269,3 @@ def from_arrays(x, y, task: str, test=None) -> Dataset:
         top = max(int(y.max()), int(y_te.max()) if y_te.size else 0)
         classes = max(2, top + 1)
     return Dataset("user", x, y, x_te, y_te, classes, source="user arrays")
-
-

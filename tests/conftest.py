@@ -264,8 +264,8 @@ def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float
     import jax
     import jax.numpy as jnp
 
-    from coco_jax import decoders
     from coco_jax import config as config_lib
+    from coco_jax import decoders
     from coco_jax.cyclic_mds import decode_error_bound
     from coco_jax.engine import prepare
     from coco_jax.step import init_run, iterate
