@@ -199,17 +199,20 @@ def optimum(cfg: ExperimentConfig | pd.Series | dict) -> float | None:
 GAP_FLOOR = 1e-6  # relative to max(F*, 1e-3): below this the float32 loss is rounding noise
 
 
-def with_gap(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def with_gap(df: pd.DataFrame, f_star: float | None = None) -> tuple[pd.DataFrame, str]:
     """`df` with a `gap` column F(θ) − F* when every dataset in it has a computable F*
     (returns (df, "gap")), else (df, "loss"). The gap is clipped below at
-    GAP_FLOOR · max(F*, 1e-3): float32 losses cannot resolve smaller differences."""
+    GAP_FLOOR · max(F*, 1e-3): float32 losses cannot resolve smaller differences.
+    `f_star`: F* of every row (runs on user arrays, `reference.optimum_of_data`)
+    instead of the optimum of each row's configured dataset."""
     if df.empty or "loss" not in df:
         return df, "loss"
     cols = [c for c in DATA_FIELDS_OF_OPTIMUM if c in df]
-    groups = df.groupby(cols, dropna=False, sort=False).groups
+    groups = df.groupby(cols, dropna=False, sort=False).groups if f_star is None else {0: df.index}
     gap = pd.Series(np.nan, index=df.index)
+    given = f_star
     for idx in groups.values():
-        f_star = optimum(df.loc[idx[0]])
+        f_star = optimum(df.loc[idx[0]]) if given is None else given
         if f_star is None:
             return df, "loss"
         floor = GAP_FLOOR * max(abs(f_star), 1e-3)
