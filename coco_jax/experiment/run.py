@@ -173,6 +173,7 @@ def _section(exp: Experiment, df, figures: dict, grids: dict) -> Section:
         grids=grids,
         metrics=tuple(getattr(exp.module, "REPORT_METRICS", ())),
         observe=getattr(exp.module, "observations", None),
+        claims=getattr(exp.module, "claims", None),
     )
 
 
