@@ -56,6 +56,7 @@ from matplotlib.ticker import NullFormatter, NullLocator
 from coco_jax.tables import (
     CONFIG_FIELDS,
     LEVEL,
+    PAIR_FIELDS,
     diverged_runs,
     label_column,
     method_label,
@@ -366,7 +367,7 @@ def curve_panel(
     band: str = "ci95",
     logy="auto",
     logx="auto",
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     notes: _Notes | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
@@ -510,7 +511,7 @@ def curves_figure(
     tables: Sequence[pd.DataFrame] | None = None,
     logx: Sequence[bool | str] | bool | str = "auto",
     logy="auto",
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     nrows: int = 1,
 ) -> Figure:
     """A row of panels, each metric y against x (("step", "loss"), ("bits", "loss"), ...),
@@ -548,7 +549,7 @@ def final_panel(
     band: str = "ci95",
     logy="auto",
     logx=False,
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     notes: _Notes | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
@@ -659,7 +660,7 @@ def category_figure(
     order: Sequence[str] | None = None,
     tick_text: Callable[[str, pd.DataFrame], str] | None = None,
     logy="auto",
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     title: str | None = None,
     xlabel: str = "",
     ylabel: str | None = None,
@@ -770,7 +771,7 @@ def heatmap_figure(
 
 # ------------------------------------------------------------- standard figures
 
-_STANDARD_SKIP = ("seed", "config_id")
+_STANDARD_SKIP = (*PAIR_FIELDS, "config_id")  # seeds and their data are averaged
 
 
 def standard_label(df: pd.DataFrame) -> Callable[[pd.Series], str]:

@@ -42,6 +42,7 @@ from coco_jax.fileio import atomic_write_bytes, jsonable
 from coco_jax.tables import (
     CONFIG_FIELDS,
     LEVEL,
+    PAIR_FIELDS,
     Difference,
     Interval,
     diverged_runs,
@@ -70,6 +71,7 @@ __all__ = [
     "listing",
     "num",
     "observations_of",
+    "tuned_fields",
     "write_report",
 ]
 
@@ -81,7 +83,7 @@ MAX_TABLE_ROWS = 80
 # Fields a method preset sets: they are part of the method label, not separate columns.
 _METHOD_FIELDS = ("allocation", "compressor", "error_feedback", "decoder", "straggler", "diana_alpha")
 # Fields that never label a row of the table (identity, bookkeeping or derived).
-_SKIP_FIELDS = ("seed", "config_id", "steps", "eval_every")
+_SKIP_FIELDS = (*PAIR_FIELDS, "config_id", "steps", "eval_every")  # a seed draws its data too (Grid seeds=)
 
 
 @dataclasses.dataclass
@@ -304,32 +306,44 @@ def _claims_block(sections: list[Section], composite: bool) -> list[str]:
     return lines + [*errors, ""]
 
 
-def _varying(df: pd.DataFrame) -> list[str]:
+def _varying(df: pd.DataFrame, always: tuple[str, ...] = ()) -> list[str]:
     """Config fields that vary between runs of one method (the grid's axes, seeds aside);
-    fields that only change with the method (a preset's redundancy, say) are not axes."""
+    fields that only change with the method (a preset's redundancy, say) are not axes.
+    Fields in `always` (tuned fields: the chosen values) are listed whatever they do."""
     out = []
     for c in CONFIG_FIELDS:
-        if c not in df or c in _METHOD_FIELDS or c in _SKIP_FIELDS:
+        if c not in df or c in _SKIP_FIELDS:
             continue
-        if (df.groupby("Method", sort=False)[c].nunique(dropna=False) > 1).any():
+        if c in always or (
+            c not in _METHOD_FIELDS and (df.groupby("Method", sort=False)[c].nunique(dropna=False) > 1).any()
+        ):
             out.append(c)
     return out
 
 
-def final_table(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
+def tuned_fields(grids: dict) -> tuple[str, ...]:
+    """The tuned fields of grid descriptions (`Grid.describe()`), in order."""
+    names = [n for g in grids.values() for n in ((g or {}).get("tuning") or {}).get("fields", {})]
+    return tuple(dict.fromkeys(names))
+
+
+def final_table(
+    df: pd.DataFrame, extra: tuple[str, ...] = (), always: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, str]:
     """Final metrics per method (and per varied grid axis, seeds pooled): mean ± the
     half-width of its 95% Student-t interval over seeds of the last evaluated step
     (`tables.value_text`: a gap at the float floor is said so, never "± 0"); each
     history key in `extra` (an experiment's REPORT_METRICS) as its mean over the last
     half of the evaluated steps. Runs that diverged (`tables.diverged_runs`, the rule of
     figures and sentences too) are left out of every number and counted in "Runs".
-    Returns (table of strings, a note)."""
+    Fields in `always` (a tuned grid's tuned fields) are columns even where constant,
+    so every row shows its chosen value. Returns (table of strings, a note)."""
     if df.empty:
         return pd.DataFrame(), "no rows"
     note = []
     frames = []
     for part, pdf in df.groupby("part", sort=False) if "part" in df else [(None, df)]:
-        last, keys, loss_col, dropped, bad = _last_rows(pdf, extra)
+        last, keys, loss_col, dropped, bad = _last_rows(pdf, extra, always)
         if dropped:
             note.append(
                 f"{part or 'table'}: pooled over {', '.join(dropped)} (too many rows; the ± then includes that axis)"
@@ -349,7 +363,7 @@ def final_table(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> tuple[pd.DataF
     return table, "; ".join(note)
 
 
-def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
+def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...], always: tuple[str, ...] = ()):
     """(last evaluated row of each run with its method label and last-half means, the
     varied axes that label the table's rows, the loss column, the axes pooled because
     the table would be too long, the diverged runs)."""
@@ -364,10 +378,12 @@ def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
             half = ordered.groupby("_run", sort=False)[key].apply(_last_half_mean)
             last[f"_extra_{key}"] = last["_run"].map(half)
     last["Method"] = last.apply(method_label, axis=1)
-    keys = _varying(last)
+    keys = _varying(last, always)
     dropped = []
     while keys and last.groupby(["Method", *keys], dropna=False).ngroups > MAX_TABLE_ROWS:
-        dropped.insert(0, keys.pop())
+        pool = [k for k in keys if k not in always] or keys
+        keys.remove(pool[-1])
+        dropped.insert(0, pool[-1])
     rank = {m: i for i, m in enumerate(ordered_labels(list(dict.fromkeys(last["Method"]))))}
     last = last.assign(_rank=last["Method"].map(rank)).sort_values(["_rank", *keys], kind="stable")
     return last, keys, loss_col, dropped, bad
@@ -518,7 +534,7 @@ def _section_block(out: pathlib.Path, exp, s: Section, composite: bool) -> list[
     if observed:
         lines += [f"{sub} {OBSERVED_HEADING}", "", *[f"- {o}" for o in observed], ""]
     lines += [f"{sub} Figures", "", *_figure_block(out, s.figures)]
-    table, note = final_table(s.df, tuple(s.metrics))
+    table, note = final_table(s.df, tuple(s.metrics), always=tuned_fields(s.grids))
     lines += [
         f"{sub} Final metrics (mean ± {round(LEVEL * 100)}% CI half-width over seeds, last evaluated step)",
         "",
@@ -586,7 +602,18 @@ def _grid_block(grids: dict) -> list[str]:
                 else json.dumps(exc)
             )
             head += f"; excluded points: `{exc}`"
-        lines += [head, "", f"- base: `{json.dumps(base, default=str)}`", ""]
+        lines += [head, "", f"- base: `{json.dumps(base, default=str)}`"]
+        tn = g.get("tuning")
+        if tn:
+            cands = "; ".join(f"{k} ∈ {{{_values(v)}}}" for k, v in tn.get("fields", {}).items())
+            lines.append(
+                f"- tuned per cell on tuning seeds {_values(tn.get('tuning_seeds', []))} (disjoint from the "
+                f"reported seeds): {cands}; criterion {tn.get('criterion', {}).get('name')}: "
+                f"{tn.get('criterion', {}).get('definition')}"
+                + (f"; edges extended up to {tn['extend_edges']} round(s)" if tn.get("extend_edges") else "")
+                + " (choices: tuning.parquet of the part's directory)"
+            )
+        lines.append("")
         rows = [(k, _values(v), "product") for k, v in (g.get("axes") or {}).items()]
         for i, block in enumerate(g.get("zip") or []):
             rows += [(k, _values(v), f"zip {i}") for k, v in block.items()]

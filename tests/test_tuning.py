@@ -400,3 +400,36 @@ def test_cli_dry_run_shows_both_stages(tmp_path, capsys):
     assert "reported stage -> " in text and "2 configurations at the chosen values" in text
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert len(cj.load_tuning(out)) == 6 and len(cj.load_results(out / "tuning")) == 6 * 5  # steps 0..4
+
+
+def test_a_tuned_experiment_runs_reports_its_choices_and_redraws(tmp_path):
+    """An experiment module with a tuned grid: `coco-jax run` tunes, reports the chosen
+    lr in the final-metrics table and the tuning in the grid block, accepts a field
+    override (the tuning follows the new base), and `coco-jax plot` redraws it."""
+    from coco_jax.experiment import plot_directory, run_experiment
+
+    module = tmp_path / "tuned_exp.py"
+    module.write_text(
+        '"""A tuned study (test)."""\n'
+        "import coco_jax as cj\n"
+        "NAME = 'tuned_exp'\n"
+        "def grid(quick: bool = False):\n"
+        "    base = cj.ExperimentConfig(task='linreg', num_devices=4, num_samples=64, num_test=16,\n"
+        "                               num_features=8, steps=4, eval_every=2)\n"
+        "    return cj.Grid(base=base, seeds=[0, 1], tune={'lr': [0.05, 0.2]}, tuning_seeds=[50])\n"
+    )
+    out = tmp_path / "out"
+    assert run_experiment(module, out=out, progress=False, overrides={"straggler_prob": 0.3}) == 0
+    text = (out / "report.md").read_text()
+    table = text.split("Final metrics")[1]
+    chosen = cj.load_tuning(out).query("chosen").lr.item()
+    head, first = table.splitlines()[2], table.splitlines()[4]
+    assert "| lr |" in head and "data_seed" not in head  # a seed's data is pooled with it
+    assert f"| {chosen:g} |" in first and first.endswith("| 2 |")  # both seeds in one row
+    assert "tuned per cell on tuning seeds 50" in text and "criterion tail_log_gap" in text
+    assert set(cj.load_results(out).straggler_prob) == {0.3} and set(cj.load_results(out).lr) == {chosen}
+    meta = json.loads((out / "experiment.json").read_text())["parts"]["tuned_exp"]
+    assert meta["tuning_configs"] == 2 and meta["computed"] == 4
+    assert run_experiment(module, out=out, progress=False, overrides={"straggler_prob": 0.3}) == 0
+    assert json.loads((out / "experiment.json").read_text())["parts"]["tuned_exp"]["computed"] == 0
+    plot_directory(out)
