@@ -433,3 +433,20 @@ def test_a_tuned_experiment_runs_reports_its_choices_and_redraws(tmp_path):
     assert run_experiment(module, out=out, progress=False, overrides={"straggler_prob": 0.3}) == 0
     assert json.loads((out / "experiment.json").read_text())["parts"]["tuned_exp"]["computed"] == 0
     plot_directory(out)
+
+
+def test_the_readme_grid_file_declares_its_tuning():
+    """experiments/grids/tuned_lr.yaml (the README's example): 6 cells, 9 candidates
+    around 1/L̂ of its base data, seeds and tuning seeds as documented."""
+    grid = load_grid_file(tuning_root() / "experiments" / "grids" / "tuned_lr.yaml")
+    tn = grid.tuning
+    assert len(grid) == 18 and len(tuning._cells(grid)) == 6 and tn.seeds == (100, 101)
+    lhat = reference.smoothness(grid.base)
+    assert tn.candidates()["lr"][6] == pytest.approx(1 / lhat, rel=1e-3) and len(tn.candidates()["lr"]) == 9
+    assert tn.extend_edges == 1 and tn.seed_fields == ("seed", "data_seed")
+
+
+def tuning_root():
+    import pathlib
+
+    return pathlib.Path(__file__).resolve().parent.parent
