@@ -195,8 +195,10 @@ def sweep_reusing(
 ) -> tuple[SweepResult, int]:
     """`cj.sweep(grid, out, **kwargs)`, with the configurations `known` holds copied
     (relabelled with this grid's method label) instead of computed. Returns (table,
-    number of configurations copied). The table equals a sweep that computed them,
-    row for row, except that copied rows are bit-identical to the earlier run.
+    number of configurations copied). The table has the rows a sweep computing them
+    would have (equal up to float32 reassociation: another batch of another program);
+    copied rows are bit-identical to the earlier run's. Runs on user arrays (`data`)
+    are never copied.
 
     With `out`, the copied rows are recorded as a finished part of the directory
     before the sweep starts, so the sweep resumes past them and its table, sidecar and
@@ -224,7 +226,7 @@ def sweep_reusing(
         result.stats = stats
         return result, len(reuse)
     rd = store.ResultsDir(out)
-    ghash = grid_hash(entries_of(grid), None, None, kwargs.get("straggler_trace"))
+    ghash = grid_hash(entries_of(grid), None, kwargs.get("test_data"), kwargs.get("straggler_trace"))
     comm = Comm()
     overwrite = bool(kwargs.get("overwrite"))
     with contextlib.ExitStack() as held:
