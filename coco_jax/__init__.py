@@ -48,22 +48,26 @@ from coco_jax.registry import (
 from coco_jax.results import load_results
 from coco_jax.stragglers import StragglerModel
 from coco_jax.sweep import Grid, SweepResult, sweep
+from coco_jax.tuning import Criterion, LogGrid, load_tuning, tune  # registers the named criteria
 
 __all__ = [
     "PRESETS",
     "Compressor",
     "ConfigError",
+    "Criterion",
     "Dataset",
     "Decoder",
     "ExperimentConfig",
     "Feedback",
     "Grid",
     "HParams",
+    "LogGrid",
     "RunResult",
     "Server",
     "StragglerModel",
     "SweepResult",
     "load_results",
+    "load_tuning",
     "preset",
     "register_code",
     "register_compressor",
@@ -75,5 +79,6 @@ __all__ = [
     "register_straggler_model",
     "run",
     "sweep",
+    "tune",
 ]
 __version__ = "0.1.0"

@@ -56,7 +56,9 @@ from coco_jax.plan import plan_sweep
 from coco_jax.presets import PRESETS, preset
 from coco_jax.program import plan_estimates
 from coco_jax.registry import load_plugin
-from coco_jax.sweep import check_memory_budget, sweep
+from coco_jax.sweep import check_memory_budget
+from coco_jax.tuning import describe_plan as describe_tuning
+from coco_jax.tuning import tune
 
 _FIELDS = FIELDS
 OUTPUT_GROUP = "output"
@@ -267,13 +269,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store.record_out(out)
     for part, grid in parts:
         d = part_dir(out, name, part, len(parts))  # as `coco-jax run`: a single grid into out itself
+        if args.dry_run and grid.tuning is not None:  # both stages: tuning runs, then the reported seeds
+            print(f"grid {part!r} (tuned) -> {d}")
+            print(
+                describe_tuning(grid, out=d, memory_budget=args.memory_budget, chunk_steps=args.chunk_steps)
+            )
+            continue
         if args.dry_run:
             plan = plan_sweep(grid, memory_budget=args.memory_budget, out=d)
             check_memory_budget(args.memory_budget, plan.groups)
             print(f"grid {part!r} -> {d}")
             print(plan.describe(plan_estimates(plan, args.chunk_steps)))
             continue
-        df = sweep(
+        df = tune(  # a grid without tuned fields is swept as by cj.sweep
             grid,
             out=d,
             memory_budget=args.memory_budget,

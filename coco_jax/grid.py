@@ -1,5 +1,6 @@
 """Grids of configurations: the product and zip of axes, exclusions, method presets,
-and grid files (YAML/JSON) that declare them (experiment modules: `coco_jax.experiment`).
+seeds (with their data), tuned fields, and grid files (YAML/JSON) that declare them
+(experiment modules: `coco_jax.experiment`; running a tuned grid: `coco_jax.tuning`).
 
 Example:
     >>> g = Grid(base="coco-ef", axes={"lr": [0.1, 0.2], "seed": range(2)})
@@ -9,8 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
+import numbers
 import pathlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,14 +23,24 @@ from typing import Any
 import numpy as np
 import yaml
 
-from coco_jax.config import FIELD_NAMES, ExperimentConfig
+from coco_jax.config import DYNAMIC_FIELDS, FIELD_NAMES, ExperimentConfig
 from coco_jax.errors import ConfigError
 from coco_jax.fileio import jsonable
 from coco_jax.presets import preset_fields
+from coco_jax.reference import smoothness
 from coco_jax.registry import PRESETS
 from coco_jax.results import TUPLE_FIELDS, config_id
 
-__all__ = ["Grid", "load_grid_file"]
+__all__ = [
+    "CRITERIA",
+    "DEFAULT_CRITERION",
+    "Criterion",
+    "Grid",
+    "LogGrid",
+    "Tuning",
+    "load_grid_file",
+    "log_grid",
+]
 
 
 # ============================================================================ Grid
@@ -88,6 +102,183 @@ def _base_of(base: Any) -> tuple[str | None, ExperimentConfig]:
     )
 
 
+# ===================================================================== tuning spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+    """How tuning scores a candidate value (lower is better).
+
+    `per_run(rows) -> float` scores one run: the rows of one configuration (one
+    candidate, one tuning seed) sorted by step, with a column `gap` = F(θ) − F* when
+    F* is known (convex tasks; `tables.with_gap`). A candidate's score is the mean over
+    the tuning seeds; a run that diverged (`tables.diverged_runs`, the one rule of
+    figures, tables and text) or scores NaN counts as +inf, so a candidate with a
+    diverged seed is never chosen over a finite one (`coco_jax.tuning`).
+    """
+
+    name: str
+    definition: str
+    per_run: Callable[[Any], float] = dataclasses.field(compare=False)
+
+
+# Named criteria (grid files name them): the built-ins are registered by
+# `coco_jax.tuning`, which the package imports; `tuning.register_criterion` adds more.
+CRITERIA: dict[str, Criterion] = {}
+DEFAULT_CRITERION = "tail_log_gap"
+
+
+def _significant(x: float, digits: int = 4) -> float:
+    """`x` rounded to `digits` significant digits (stable configuration ids: a centre
+    computed by an eigensolver may differ in its last bits between machines)."""
+    return float(f"{x:.{digits - 1}e}")
+
+
+def log_grid(center: float, below: int = 6, above: int = 2, factor: float = 2.0) -> list[float]:
+    """Candidates center·factor^j for j = −below, …, above (below + above + 1 values,
+    ascending), each rounded to 4 significant digits.
+
+    Example:
+        >>> log_grid(1.0, below=2, above=1)
+        [0.25, 0.5, 1.0, 2.0]
+    """
+    for name, v in (("below", below), ("above", above)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ConfigError(f"log grid {name}={v!r} is invalid: must be an integer >= 0")
+    if not (isinstance(factor, numbers.Real) and math.isfinite(factor) and factor > 1):
+        raise ConfigError(f"log grid factor={factor!r} is invalid: must be a number > 1")
+    if not (isinstance(center, numbers.Real) and math.isfinite(center) and center > 0):
+        raise ConfigError(f"log grid center={center!r} is invalid: must be a positive number or '1/L'")
+    return [_significant(float(center) * float(factor) ** j) for j in range(-int(below), int(above) + 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogGrid:
+    """Tuning candidates on a log grid: center·factor^j, j = −below … above. The centre
+    "1/L" is 1/L̂ of the grid's base configuration (`reference.smoothness`, from its
+    data in float64; linear tasks only), the step of gradient descent: the default
+    9 candidates run from 1/(64 L̂) to 4/L̂ (steps above 2/L̂ diverge on linreg, so the
+    top of the grid is meant to fail)."""
+
+    center: float | str = "1/L"
+    below: int = 6
+    above: int = 2
+    factor: float = 2.0
+
+    def values(self, base: ExperimentConfig) -> list[float]:
+        """The candidates for a grid whose base configuration is `base`."""
+        center = self.center
+        if isinstance(center, str):
+            if center.replace(" ", "") not in ("1/L", "1/L_hat", "inverse_smoothness"):
+                raise ConfigError(
+                    f"log grid center={center!r} is invalid: must be a positive number or '1/L'"
+                )
+            center = 1.0 / smoothness(base)
+        return log_grid(center, self.below, self.above, self.factor)
+
+    def describe(self) -> dict:
+        return {"log_grid": dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """What a grid tunes (`Grid(..., tune=..., tuning_seeds=..., criterion=...)`).
+
+    Attributes:
+        fields: (field, candidate values ascending as declared) per tuned field.
+        seeds: the tuning seeds (disjoint from the seeds the grid reports).
+        criterion: how a candidate is scored (`Criterion`).
+        extend_edges: rounds of extension: a choice on the edge of its candidates
+            adds one geometric step beyond that edge and the cell is tuned again,
+            at most this many times (0: only flag the edge).
+        seed_fields: the fields the tuning seeds replace: ("seed",), or ("seed",
+            "data_seed") when the grid draws its data with its seeds (`seeds=`).
+        declared: the candidates as declared (a `LogGrid` as its description).
+    """
+
+    fields: tuple[tuple[str, tuple], ...]
+    seeds: tuple[int, ...]
+    criterion: Criterion
+    extend_edges: int
+    seed_fields: tuple[str, ...]
+    declared: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.fields)
+
+    def candidates(self) -> dict[str, tuple]:
+        return dict(self.fields)
+
+    def describe(self) -> dict:
+        return jsonable(
+            {
+                "fields": {n: list(v) for n, v in self.fields},
+                "declared": dict(self.declared),
+                "tuning_seeds": list(self.seeds),
+                "seed_fields": list(self.seed_fields),
+                "criterion": {"name": self.criterion.name, "definition": self.criterion.definition},
+                "extend_edges": self.extend_edges,
+            }
+        )
+
+
+def _criterion_of(criterion: Any) -> Criterion:
+    if criterion is None:
+        criterion = DEFAULT_CRITERION
+    if isinstance(criterion, Criterion):
+        return criterion
+    if isinstance(criterion, str):
+        if criterion not in CRITERIA:
+            raise ConfigError(
+                f"criterion={criterion!r} is unknown: the named criteria are {', '.join(sorted(CRITERIA))} "
+                "(or pass a coco_jax.Criterion / a function of one run's rows)"
+            )
+        return CRITERIA[criterion]
+    if callable(criterion):
+        name = getattr(criterion, "__name__", "custom")
+        return Criterion(name, (criterion.__doc__ or name).strip(), criterion)
+    raise ConfigError(
+        f"criterion={criterion!r} is invalid: give a name ({', '.join(sorted(CRITERIA))}), a "
+        "coco_jax.Criterion or a function rows -> float"
+    )
+
+
+def _candidates(name: str, values: Any, base: ExperimentConfig) -> tuple[tuple, Any]:
+    """(the candidate values of a tuned field, how they were declared)."""
+    if isinstance(values, Mapping) and set(values) == {"log_grid"}:
+        spec = values["log_grid"]
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"tune {name!r}: log_grid must be a mapping of center, below, above, factor")
+        unknown = set(spec) - {"center", "below", "above", "factor"}
+        if unknown:
+            raise ConfigError(
+                f"tune {name!r}: unknown log_grid keys {sorted(unknown)}: valid keys are center, below, above, factor"
+            )
+        values = LogGrid(**spec)
+    if isinstance(values, LogGrid):
+        vals = values.values(base)
+    else:
+        vals = _axis_values(name, values, "tuned field")
+    if len(vals) < 2:
+        raise ConfigError(
+            f"tuned field {name!r} has {len(vals)} candidate: give at least two values to choose from"
+        )
+    if len(set(map(repr, vals))) != len(vals):
+        raise ConfigError(f"tuned field {name!r} lists a candidate twice: {vals}")
+    return tuple(vals), values.describe() if isinstance(values, LogGrid) else list(vals)
+
+
+def _seed_values(values: Any, where: str) -> list[int]:
+    vals = _axis_values(where, values, "argument")
+    bad = [v for v in vals if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0]
+    if bad:
+        raise ConfigError(f"{where}={vals!r} is invalid: seeds must be integers >= 0 (got {bad[0]!r})")
+    if len(set(vals)) != len(vals):
+        raise ConfigError(f"{where}={vals!r} lists a seed twice")
+    return [int(v) for v in vals]
+
+
 class Grid:
     """A grid of configurations.
 
@@ -106,15 +297,40 @@ class Grid:
             "preset", the method label) and returning True to drop it, or a list of
             dicts: a point is dropped when it matches every item of one dict.
         name: a label (used for default output directories).
+        seeds: seeds that set `seed` and `data_seed` together (one zipped axis of
+            pairs (s, s), crossed with the others): each seed draws its own data too,
+            so seed-to-seed spread includes the data's. To vary only the run's
+            randomness, put `seed` on an axis instead.
+        tune: tuned fields: field -> candidate values (a list, or a `LogGrid`, e.g.
+            `LogGrid()` = 9 steps around 1/L̂). Any dynamic field (lr, momentum,
+            diana_alpha, lr_decay_steps, ...) but the seed. A tuned grid is run by
+            `coco_jax.tuning.tune` (`cj.tune`, `coco-jax sweep`, `coco-jax run`): for
+            every cell (a configuration less its tuned fields and seed) the candidates
+            are run on `tuning_seeds`, the best by `criterion` is chosen, then the
+            grid's own seeds run at that choice.
+        tuning_seeds: the seeds of the tuning runs; must be disjoint from the grid's
+            seeds (the seeds whose results are reported).
+        criterion: a named criterion (default "tail_log_gap": the mean over tuning seeds
+            of log(F − F*) over the last 10% of evaluated steps, of the loss where F*
+            is unknown; a diverged run counts as +inf), a `Criterion`, or a function of
+            one run's rows.
+        extend_edges: a choice on the edge of its candidates is always flagged; with
+            extend_edges=True (or n rounds) the candidates of that cell are extended
+            one geometric step beyond the edge and the cell is tuned again.
 
     Every configuration is built (and so validated) here: unknown names (the message
-    lists the valid ones), empty axes, wrong value types and a static field given
-    conflicting values in a zip raise ConfigError before anything is compiled.
+    lists the valid ones), empty axes, wrong value types, a static field given
+    conflicting values in a zip, a tuned field that is static or also on an axis, and
+    tuning seeds that overlap the reported seeds raise ConfigError before anything is
+    compiled.
 
     Example:
         >>> g = Grid(base="coco-ef", axes={"lr": [0.1, 0.2], "seed": range(2)})
         >>> len(g), g.configs()[0][0]
         (4, 'coco-ef')
+        >>> t = Grid(base="gd", seeds=range(3), tune={"lr": [0.1, 0.3, 1.0]}, tuning_seeds=[100, 101])
+        >>> len(t), t.tuning.names, t.tuning.seed_fields
+        (3, ('lr',), ('seed', 'data_seed'))
     """
 
     def __init__(
@@ -126,12 +342,18 @@ class Grid:
         zip_axes: Mapping[str, Iterable] | Sequence[Mapping[str, Iterable]] | None = None,
         exclude: Callable[[dict], bool] | Sequence[Mapping[str, Any]] | None = None,
         name: str | None = None,
+        seeds: Iterable[int] | None = None,
+        tune: Mapping[str, Any] | None = None,
+        tuning_seeds: Iterable[int] | None = None,
+        criterion: str | Criterion | Callable | None = None,
+        extend_edges: bool | int = 0,
     ):
         if mode not in ("product", "zip"):
             raise ConfigError(f"mode={mode!r} is invalid: must be 'product' or 'zip'")
         self.name = name
         self.mode = mode
         self._base_input = base
+        self._tune_input = (tune, tuning_seeds, criterion, extend_edges)
         self.base_method, self.base = _base_of(base)
         axes = dict(axes or {})
         if not isinstance(axes, dict):
@@ -148,6 +370,17 @@ class Grid:
         if mode == "zip" and self.axes:
             blocks = [dict(self.axes), *blocks]
             self.axes = {}
+        self._user_blocks = len(blocks)  # the zip blocks given (seeds= appends one)
+        self.seeds = None if seeds is None else _seed_values(seeds, "seeds")
+        if self.seeds is not None:
+            given = set(self.axes) | {k for b in blocks for k in b}
+            for k in ("seed", "data_seed"):
+                if k in given:
+                    raise ConfigError(
+                        f"seeds= sets seed and data_seed together, but the grid also varies {k!r} (an axis or a "
+                        "zip): give the seeds in one place"
+                    )
+            blocks.append({"seed": self.seeds, "data_seed": self.seeds})
         self.zip_blocks = []
         seen: dict[str, str] = {k: "axes" for k in self.axes}
         for i, block in enumerate(blocks):
@@ -177,6 +410,145 @@ class Grid:
                 for k in e:
                     _check_axis_name(k, "exclude key")
         self._configs = self._build()
+        self.tuning = self._tuning(tune, tuning_seeds, criterion, extend_edges)
+
+    # ------------------------------------------------------------------ tuning
+
+    def varied_fields(self) -> set[str]:
+        """Fields the grid sets per point: axes, zipped axes (seeds included), tuned fields."""
+        out = set(self.axes) | {k for b in self.zip_blocks for k in b}
+        return out | (set(self.tuning.names) if self.tuning is not None else set())
+
+    def _tied_seeds(self) -> bool:
+        """Whether the grid draws its data with its seeds (a zip of equal seed and data_seed)."""
+        return any(
+            "seed" in b and "data_seed" in b and list(b["seed"]) == list(b["data_seed"])
+            for b in self.zip_blocks
+        )
+
+    def _tuning(self, tune, tuning_seeds, criterion, extend_edges) -> Tuning | None:
+        if tune is None:
+            given = [
+                n for n, v in (("tuning_seeds", tuning_seeds), ("criterion", criterion)) if v is not None
+            ]
+            if given or extend_edges:
+                what = ", ".join(given + (["extend_edges"] if extend_edges else []))
+                raise ConfigError(
+                    f"{what} given without tune=: declare the tuned fields, e.g. tune={{'lr': [...]}}"
+                )
+            return None
+        if not isinstance(tune, Mapping) or not tune:
+            raise ConfigError(
+                f"tune={tune!r} is invalid: must be a non-empty mapping field -> candidate values, e.g. "
+                "{'lr': [0.01, 0.03, 0.1]} or {'lr': LogGrid()}"
+            )
+        varied = set(self.axes) | {k for b in self.zip_blocks for k in b}
+        tunable = [f for f in DYNAMIC_FIELDS if f != "seed"]
+        fields, declared = [], []
+        for name, values in tune.items():
+            if name not in tunable:
+                raise ConfigError(
+                    f"tuned field {name!r} is invalid: tuned fields must be dynamic (one compiled program for "
+                    f"every candidate): {', '.join(tunable)}"
+                )
+            if name in varied:
+                raise ConfigError(
+                    f"field {name!r} is both tuned and varied by the grid (an axis or a zip): give it in one place"
+                )
+            cands, how = _candidates(name, values, self.base)
+            for v in cands:  # a candidate must make a valid configuration of every method
+                for method in dict.fromkeys(m for m, _ in self._configs):
+                    cfg = next(c for m, c in self._configs if m == method)
+                    try:
+                        ExperimentConfig(**{**cfg.to_dict(), name: v})
+                    except ConfigError as err:
+                        raise ConfigError(
+                            f"tuned field {name!r}, candidate {v!r} ({method}): {err}"
+                        ) from None
+            fields.append((name, cands))
+            declared.append((name, how))
+        if tuning_seeds is None:
+            raise ConfigError(
+                "tune= needs tuning_seeds=: seeds for the tuning runs, disjoint from the grid's seeds"
+            )
+        tseeds = _seed_values(tuning_seeds, "tuning_seeds")
+        tied = self._tied_seeds()
+        seed_fields = ("seed", "data_seed") if tied else ("seed",)
+        for f in seed_fields:
+            reported = sorted({getattr(c, f) for _, c in self._configs})
+            overlap = sorted(set(tseeds) & set(reported))
+            if overlap:
+                raise ConfigError(
+                    f"tuning_seeds={tseeds} overlap the reported {f} values {reported} at {overlap}: tuning "
+                    "seeds must be disjoint from the seeds whose results are reported (e.g. start them at 1000)"
+                )
+        if isinstance(extend_edges, bool):
+            extend_edges = int(extend_edges)
+        if not isinstance(extend_edges, numbers.Integral) or extend_edges < 0:
+            raise ConfigError(
+                f"extend_edges={extend_edges!r} is invalid: must be True/False or a number of rounds >= 0"
+            )
+        return Tuning(
+            tuple(fields),
+            tuple(tseeds),
+            _criterion_of(criterion),
+            int(extend_edges),
+            seed_fields,
+            tuple(declared),
+        )
+
+    def reported_configs(self) -> list[tuple[str, ExperimentConfig]]:
+        """(method label, configuration) of every reported point. For a tuned grid the
+        tuned fields still hold the base's values here: `coco_jax.tuning.tune` sets
+        them per cell after the tuning runs."""
+        return list(self._configs)
+
+    def with_base(self, base: Any) -> Grid:
+        """The same grid (axes, zips, exclusions, seeds, tuning) on another base."""
+        tune, tuning_seeds, criterion, extend_edges = self._tune_input
+        return Grid(
+            base=base,
+            axes=self.axes,
+            zip_axes=self.zip_blocks[: self._user_blocks] or None,
+            exclude=self.exclude,
+            name=self.name,
+            seeds=self.seeds,
+            tune=tune,
+            tuning_seeds=tuning_seeds,
+            criterion=criterion,
+            extend_edges=extend_edges,
+        )
+
+    @classmethod
+    def explicit(
+        cls,
+        configs: Sequence[tuple[str, ExperimentConfig]],
+        *,
+        name: str | None = None,
+        description: str = "",
+    ) -> Grid:
+        """A grid of exactly these (method label, configuration) pairs, in this order
+        (duplicates dropped): the stages of a tuned grid (`coco_jax.tuning`) and any
+        list that no product of axes expresses. `description` says where it comes from."""
+        out: list[tuple[str, ExperimentConfig]] = []
+        seen = set()
+        for item in configs:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], ExperimentConfig)):
+                raise ConfigError(
+                    f"Grid.explicit: every item must be (method label, ExperimentConfig), got {item!r}"
+                )
+            key = (str(item[0]), config_id(item[1]))
+            if key not in seen:
+                seen.add(key)
+                out.append((str(item[0]), item[1]))
+        if not out:
+            raise ConfigError("Grid.explicit: the list of configurations is empty")
+        g = cls.__new__(cls)
+        g.name, g.mode, g._base_input, g.base_method, g.base = name, "explicit", None, None, out[0][1]
+        g.axes, g.zip_blocks, g.exclude, g.seeds, g.tuning = {}, [], None, None, None
+        g._user_blocks, g._tune_input, g._configs = 0, (None, None, None, 0), out
+        g._description = description
+        return g
 
     @staticmethod
     def _check_zip_presets(i: int, block: dict[str, list]) -> None:
@@ -243,7 +615,17 @@ class Grid:
         return out
 
     def configs(self) -> list[tuple[str, ExperimentConfig]]:
-        """(method label, ExperimentConfig) of every point, in grid order."""
+        """(method label, ExperimentConfig) of every point, in grid order.
+
+        Raises:
+            ConfigError: the grid has tuned fields: its configurations are known only
+                after its tuning runs (run it with `cj.tune`; `reported_configs` lists
+                the points with the tuned fields at the base's values)."""
+        if self.tuning is not None:
+            raise ConfigError(
+                f"the grid tunes {', '.join(self.tuning.names)}: its configurations are chosen by its tuning runs; "
+                "run it with cj.tune(grid, out=...) (coco-jax sweep and coco-jax run do), not cj.sweep"
+            )
         return list(self._configs)
 
     def __len__(self) -> int:
@@ -254,31 +636,50 @@ class Grid:
 
     def describe(self) -> dict:
         """A JSON-safe description (stored in the results sidecar)."""
+        if self.mode == "explicit":
+            return {
+                "name": self.name,
+                "mode": "explicit",
+                "description": self._description,
+                "num_configs": len(self),
+            }
         if callable(self.exclude):
             exc: Any = f"callable {getattr(self.exclude, '__qualname__', repr(self.exclude))}"
         else:
             exc = self.exclude
         base: Any = self._base_input if isinstance(self._base_input, (str, Mapping)) else self.base.to_dict()
-        return jsonable(
-            {
-                "name": self.name,
-                "base": base,
-                "axes": self.axes,
-                "mode": self.mode,
-                "zip": self.zip_blocks,
-                "exclude": exc,
-                "num_configs": len(self),
-            }
-        )
+        out = {
+            "name": self.name,
+            "base": base,
+            "axes": self.axes,
+            "mode": self.mode,
+            "zip": self.zip_blocks,
+            "exclude": exc,
+            "num_configs": len(self),
+        }
+        if self.seeds is not None:
+            out["seeds"] = self.seeds
+        if self.tuning is not None:
+            out["tuning"] = self.tuning.describe()
+        return jsonable(out)
 
     def __repr__(self) -> str:
-        return f"Grid({len(self)} configurations, axes={list(self.axes)}, zip={[list(b) for b in self.zip_blocks]})"
+        tuned = f", tune={list(self.tuning.names)}" if self.tuning is not None else ""
+        return (
+            f"Grid({len(self)} configurations, axes={list(self.axes)}, "
+            f"zip={[list(b) for b in self.zip_blocks]}{tuned})"
+        )
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], name: str | None = None) -> Grid:
         """A grid from a YAML/JSON-style dict: {"base": {...} | preset name, "preset": name,
-        "axes": {...}, "zip": {...} | [{...}], "exclude": [{...}], "mode": "product"|"zip"}."""
-        allowed = {"base", "preset", "axes", "zip", "exclude", "mode", "name"}
+        "axes": {...}, "zip": {...} | [{...}], "exclude": [{...}], "mode": "product"|"zip",
+        "seeds": [...], "tune": {field: [...] | {"log_grid": {...}}}, "tuning_seeds": [...],
+        "criterion": name, "extend_edges": bool | rounds} (the keywords of `Grid`)."""
+        allowed = {
+            "base", "preset", "axes", "zip", "exclude", "mode", "name",
+            "seeds", "tune", "tuning_seeds", "criterion", "extend_edges",
+        }  # fmt: skip
         unknown = set(spec) - allowed
         if unknown:
             raise ConfigError(f"grid file: unknown keys {sorted(unknown)}: valid keys are {sorted(allowed)}")
@@ -287,6 +688,11 @@ class Grid:
             ("zip", (Mapping, list), "a mapping of field -> list of values, or a list of such mappings"),
             ("base", (Mapping, str), "a mapping of fields, or a preset name"),
             ("exclude", (Mapping, list), "a list of mappings of field -> value"),
+            ("tune", (Mapping,), "a mapping of field -> candidate values, e.g. {lr: [0.01, 0.1]}"),
+            ("seeds", (list,), "a list of seeds, e.g. [0, 1, 2]"),
+            ("tuning_seeds", (list,), "a list of seeds, e.g. [1000, 1001]"),
+            ("criterion", (str,), f"a criterion name ({', '.join(sorted(CRITERIA))})"),
+            ("extend_edges", (bool, int), "true/false or a number of rounds"),
         ):
             value = spec.get(key)
             if value is not None and not isinstance(value, kinds):
@@ -310,6 +716,11 @@ class Grid:
             zip_axes=spec.get("zip"),
             exclude=exclude,
             name=spec.get("name", name),
+            seeds=spec.get("seeds"),
+            tune=spec.get("tune"),
+            tuning_seeds=spec.get("tuning_seeds"),
+            criterion=spec.get("criterion"),
+            extend_edges=spec.get("extend_edges", 0),
         )
 
 
@@ -335,7 +746,7 @@ def load_grid_file(path: pathlib.Path, quick: bool = False) -> Grid:
     if quick and isinstance(spec.get("quick"), dict):
         spec = {**spec, **spec["quick"]}
     spec.pop("quick", None)
-    if not spec.get("axes") and not spec.get("zip"):
+    if not spec.get("axes") and not spec.get("zip") and not spec.get("seeds"):
         raise ConfigError(
             f"{str(path)!r} has no axes: it would run its base configuration alone; give the fields to vary "
             "under 'axes:' (or 'zip:'), or 'axes: {seed: [0]}' to run the base configuration on purpose"

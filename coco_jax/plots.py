@@ -6,12 +6,15 @@ put side by side in a paper:
 
 - one curve per method (or per compressor / code, whatever the figure compares), drawn
   with that label's fixed colour and marker (`style`), the same in every figure;
-- each curve is the mean over seeds with a shaded band, ± one standard deviation by
-  default (`band="std"`) or a 95 % Student-t interval (`band="ci95"`); the legend title
-  says which, and how many seeds;
-- runs that diverged (θ became non-finite, or the plotted metric is NaN/inf) are dropped
-  from the mean and the legend title says how many; a label whose runs all diverged
-  keeps its legend entry, marked "(diverged)", so the figure still names it;
+- each curve is the mean over seeds with a shaded band: the 95 % confidence interval
+  of the mean (Student t over seeds, `band="ci95"`, the default) or ± one standard
+  deviation (`band="std"`); the legend title says which, and how many seeds (one seed:
+  no band, and the title says so);
+- runs that diverged (`tables.diverged_runs`: θ or the loss became non-finite, the
+  final loss exceeds 10× the initial, or the plotted metric is ±inf; the rule of the
+  report's tables and sentences too) are dropped from the mean and the legend title
+  says how many, per x value in panels of final values; a label whose runs all
+  diverged keeps its legend entry, marked "(diverged)", so the figure still names it;
 - axes carry units; the y axis is logarithmic when the plotted values span more than
   a decade;
 - one legend per figure, outside the axes (below them), so it never hides a curve;
@@ -54,11 +57,14 @@ from matplotlib.ticker import NullFormatter, NullLocator
 from coco_jax.fileio import atomic_write_bytes
 from coco_jax.tables import (
     CONFIG_FIELDS,
+    LEVEL,
+    PAIR_FIELDS,
     diverged_runs,
     label_column,
     method_label,
     ordered_labels,
     run_key,
+    t_quantile,
     with_gap,
 )
 
@@ -179,22 +185,29 @@ def axis_label(name: str) -> str:
 # ------------------------------------------------------------------ aggregation
 
 
+BANDS = ("ci95", "std")
+
+
 def band_label(band: str) -> str:
-    return {"std": "±1 std", "ci95": "95% CI (Student t)"}[band]
+    """What a band shows, for legend titles."""
+    if band not in BANDS:
+        raise ValueError(f"band={band!r} is invalid: must be one of {', '.join(BANDS)}")
+    return {
+        "std": "±1 standard deviation over seeds",
+        "ci95": f"{round(LEVEL * 100)}% CI of the mean (Student t)",
+    }[band]
 
 
 def _spread(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """mean, low, high over axis 0 (runs), ignoring NaN."""
+    """mean, low, high over axis 0 (runs), ignoring NaN (no band where one run is finite)."""
+    band_label(band)
     with np.errstate(all="ignore"), _quiet():
         mean = np.nanmean(values, axis=0)
         n = np.sum(np.isfinite(values), axis=0)
         std = np.where(n > 1, np.nanstd(values, axis=0, ddof=1), 0.0)
         if band == "ci95":
-            from scipy import stats
-
-            half = np.where(
-                n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), 0.0
-            )
+            t = np.array([t_quantile(int(k)) if k > 1 else 0.0 for k in np.ravel(n)]).reshape(np.shape(n))
+            half = np.where(n > 1, t * std / np.sqrt(np.maximum(n, 1)), 0.0)
         else:
             half = std
     return mean, mean - half, mean + half
@@ -214,25 +227,34 @@ class _quiet:
 class _Notes:
     """What a figure's legend title reports: band, seeds, dropped runs."""
 
-    band: str = "std"
+    band: str = "ci95"
     seeds: set = dataclasses.field(default_factory=set)
     dropped: dict = dataclasses.field(default_factory=dict)  # label -> (bad runs, all runs)
+    at: dict = dataclasses.field(default_factory=dict)  # label -> {x text: (bad runs, all runs)}
     extra: list = dataclasses.field(default_factory=list)
 
-    def add_dropped(self, label, bad_runs, all_runs):
+    def add_dropped(self, label, bad_runs, all_runs, at: str | None = None):
         """Record a label's runs and which of them diverged (sets of run keys, so a run
-        drawn in several panels counts once)."""
+        drawn in several panels counts once); `at` names the x value of a final panel."""
         bad, every = self.dropped.get(label, (set(), set()))
         self.dropped[label] = (bad | set(bad_runs), every | set(all_runs))
+        if at is not None:
+            here = self.at.setdefault(label, {})
+            b, e = here.get(at, (set(), set()))
+            here[at] = (b | set(bad_runs), e | set(all_runs))
 
     def title(self) -> str:
         n = sorted(self.seeds)
         seeds = f"{n[0]}" if len(n) == 1 else f"{n[0]}–{n[-1]}" if n else "?"
-        lines = [f"Mean over {seeds} seed{'s' if n != [1] else ''}; band: {band_label(self.band)}"]
+        band = "no band (one seed)" if n == [1] else f"band: {band_label(self.band)}"
+        lines = [f"Mean over {seeds} seed{'s' if n != [1] else ''}; {band}"]
         shown = {k: (len(a), len(b)) for k, (a, b) in sorted(self.dropped.items()) if a}
         if shown:
-            parts = ", ".join(f"{k} {a}/{b}" for k, (a, b) in shown.items())
-            lines.append(f"diverged runs dropped: {parts}")
+            parts = []
+            for k, (a, b) in shown.items():
+                where = [f"{x}: {len(bb)}/{len(ee)}" for x, (bb, ee) in self.at.get(k, {}).items() if bb]
+                parts.append(f"{k} {a}/{b}" + (f" ({', '.join(where)})" if where else ""))
+            lines.append(f"diverged runs dropped: {', '.join(parts)}")
         lines.extend(self.extra)
         return "\n".join(lines)
 
@@ -344,10 +366,10 @@ def curve_panel(
     y: str,
     *,
     hue="method",
-    band: str = "std",
+    band: str = "ci95",
     logy="auto",
     logx="auto",
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     notes: _Notes | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
@@ -485,13 +507,13 @@ def curves_figure(
     panels: Sequence[tuple[str, str]],
     *,
     hue="method",
-    band: str = "std",
+    band: str = "ci95",
     title: str | None = None,
     panel_titles: Sequence[str] | None = None,
     tables: Sequence[pd.DataFrame] | None = None,
     logx: Sequence[bool | str] | bool | str = "auto",
     logy="auto",
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     nrows: int = 1,
 ) -> Figure:
     """A row of panels, each metric y against x (("step", "loss"), ("bits", "loss"), ...),
@@ -526,10 +548,10 @@ def final_panel(
     y: str,
     *,
     hue="method",
-    band: str = "std",
+    band: str = "ci95",
     logy="auto",
     logx=False,
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     notes: _Notes | None = None,
     xlabel: str | None = None,
     ylabel: str | None = None,
@@ -569,10 +591,11 @@ def _final_points(sub: pd.DataFrame, label: str, x: str, y: str, band: str, over
     """((xs, mean, lo, hi) over the values of field `x` of one label's runs, whether a
     value had no finite run)."""
     _check_single(sub.drop(columns=["step"], errors="ignore"), label, over, x)
-    notes.add_dropped(label, set(sub.loc[sub["final_diverged"], "_run"]), set(sub["_run"]))
     ok = sub[~sub["final_diverged"]]
     points, missing = [], False
     for xv, pts in sub.groupby(x, sort=True):
+        at = f"{x.replace('_', ' ')} {xv:g}" if isinstance(xv, (int, float)) else f"{x} {xv}"
+        notes.add_dropped(label, set(pts.loc[pts["final_diverged"], "_run"]), set(pts["_run"]), at)
         notes.seeds.add(len(pts))
         vals = _scale(y, ok.loc[ok[x] == xv, "final"].to_numpy(np.float64))
         vals = vals[np.isfinite(vals)]
@@ -599,7 +622,7 @@ def _value_ticks(ax, values: Sequence[float]) -> None:
 def finals_figure(
     panels: Sequence[dict],
     *,
-    band: str = "std",
+    band: str = "ci95",
     title: str | None = None,
     nrows: int = 1,
 ) -> Figure:
@@ -635,11 +658,11 @@ def category_figure(
     y: str,
     *,
     hue="method",
-    band: str = "std",
+    band: str = "ci95",
     order: Sequence[str] | None = None,
     tick_text: Callable[[str, pd.DataFrame], str] | None = None,
     logy="auto",
-    over: Sequence[str] = ("seed",),
+    over: Sequence[str] = PAIR_FIELDS,
     title: str | None = None,
     xlabel: str = "",
     ylabel: str | None = None,
@@ -740,8 +763,8 @@ def heatmap_figure(
             )
     cb = fig.colorbar(im, ax=ax)
     cb.set_label(colorbar_label)
-    if title:
-        ax.set_title(title, fontsize=10)
+    if title:  # wrapped to the figure's width (a long title would be clipped at its edges)
+        fig.suptitle("\n".join(textwrap.wrap(title, int(width * 11))), fontsize=10)
     if note:
         fig.supxlabel("\n".join(textwrap.wrap(note, int(width * 13))), fontsize=8)
     fig._coco_notes = note or ""
@@ -750,7 +773,7 @@ def heatmap_figure(
 
 # ------------------------------------------------------------- standard figures
 
-_STANDARD_SKIP = ("seed", "config_id")
+_STANDARD_SKIP = (*PAIR_FIELDS, "config_id")  # seeds and their data are averaged
 
 
 def standard_label(df: pd.DataFrame) -> Callable[[pd.Series], str]:

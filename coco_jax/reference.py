@@ -6,6 +6,9 @@
 They cover full-batch linreg/logreg, top-k or identity compression, error feedback on
 or off, and any encoding matrix and decoding weights. Tests check them against the
 engine (straggler='trace' makes the runs deterministic), and the benchmarks time them.
+
+Also the constants of a configuration's objective computed from its data in float64:
+`optimum` (F*) and `smoothness` (L̂, a smoothness constant of F, for step sizes).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from scipy import optimize, special
 from coco_jax import data as data_lib
 from coco_jax.cache import cache_dir
 from coco_jax.config import DATASET_FIELDS, LINEAR_TASKS, ExperimentConfig
+from coco_jax.errors import ConfigError
 from coco_jax.fileio import write_json
 from coco_jax.partition import truncate_to_multiple
 
@@ -166,15 +170,26 @@ def _solve_optimum(fields: tuple) -> float | None:
     if values.get("task") not in CONVEX_TASKS:
         return None
     cfg = ExperimentConfig(**values)
-    ds = truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved)
-    x = ds.x_train.astype(np.float64).reshape(ds.x_train.shape[0], -1)
-    y = ds.y_train
+    return _minimum(cfg.task, truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved))
+
+
+def optimum_of_data(task: str, x, y) -> float | None:
+    """F* = min_θ F(θ) in float64 on user arrays (as `cj.run(cfg, data=(x, y))`
+    trains on them: every row); None for a non-convex task."""
+    if task not in CONVEX_TASKS:
+        return None
+    return _minimum(task, data_lib.from_arrays(np.asarray(x), np.asarray(y), task))
+
+
+def _minimum(task: str, ds) -> float:
+    """min_θ F(θ) of a linear task on the training rows of `ds`, in float64."""
+    x, y = _float64_rows(ds), ds.y_train
     n, d = x.shape
-    if cfg.task == "linreg":
+    if task == "linreg":
         theta, *_ = np.linalg.lstsq(x, y.astype(np.float64), rcond=None)
         r = x @ theta - y
         return float(0.5 * np.mean(r * r))
-    if cfg.task == "logreg":
+    if task == "logreg":
         yf = y.astype(np.float64)
 
         def fg(t):
@@ -196,3 +211,49 @@ def _solve_optimum(fields: tuple) -> float | None:
         fg, t0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-12, "ftol": 0}
     )
     return float(res.fun)
+
+
+def _float64_rows(ds) -> np.ndarray:
+    """The training rows of a dataset as X [n, d] in float64 (images flattened)."""
+    return ds.x_train.astype(np.float64).reshape(ds.x_train.shape[0], -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _smoothness(fields: tuple) -> float:
+    cfg = ExperimentConfig(**dict(fields))
+    x = _float64_rows(truncate_to_multiple(data_lib.load_dataset(cfg), cfg.num_partitions_resolved))
+    n, d = x.shape
+    gram = x.T @ x if d <= n else x @ x.T  # same nonzero eigenvalues, the smaller matrix
+    lam = float(np.linalg.eigvalsh(gram)[-1])  # λ_max(XᵀX)
+    factor = {"linreg": 1.0, "logreg": 0.25, "softmax": 0.5}[cfg.task]
+    return factor * lam / n
+
+
+def smoothness(cfg: ExperimentConfig) -> float:
+    """L̂: a smoothness constant of F (‖∇²F(θ)‖ ≤ L̂ for every θ) computed in float64
+    from the configuration's training rows (X [n, d], the rows the run trains on).
+
+    - linreg, F = (1/2n)‖Xθ − y‖²: ∇²F = XᵀX/n, so L̂ = λ_max(XᵀX)/n (exact).
+    - logreg, F = mean log-loss: ∇²F = Xᵀ diag(σ(1 − σ)) X / n with σ(1 − σ) ≤ 1/4, so
+      L̂ = λ_max(XᵀX)/(4n) (attained at θ = 0, where every σ = 1/2).
+    - softmax with C classes, F(Θ) = mean cross-entropy of Θᵀx: ∇²F = (1/n) Σ_i
+      (diag(p_i) − p_i p_iᵀ) ⊗ x_i x_iᵀ. For a unit vector v, vᵀ(diag(p) − ppᵀ)v is the
+      variance of a variable taking the value v_j with probability p_j, at most
+      (max_j v_j − min_j v_j)²/4 ≤ (v_a² + v_b²)/2 ≤ 1/2 (Popoviciu), so
+      ∇²F ⪯ (1/2n) I ⊗ XᵀX and L̂ = λ_max(XᵀX)/(2n) (attained for C = 2 at Θ = 0;
+      an upper bound, up to C/2 times the constant at Θ = 0, otherwise).
+
+    1/L̂ is the classical step of gradient descent (the best constant step for a
+    quadratic's largest curvature; steps above 2/L̂ diverge on linreg). The COCO-EF
+    paper's analysis is not available here beyond its abstract (arXiv 2603.16353), so
+    no step it prescribes is offered: tune around 1/L̂ instead (`coco_jax.tuning.lr_grid`).
+
+    Raises:
+        ConfigError: a task without a closed-form constant (mlp, cnn, registered models).
+    """
+    if cfg.task not in CONVEX_TASKS:
+        raise ConfigError(
+            f"task={cfg.task!r} has no computable smoothness constant: smoothness() is defined for "
+            f"{', '.join(CONVEX_TASKS)}; give step-size candidates by hand for networks"
+        )
+    return _smoothness(tuple((f, getattr(cfg, f)) for f in DATA_FIELDS_OF_OPTIMUM))

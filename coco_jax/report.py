@@ -1,5 +1,5 @@
-"""report.md: what an experiment ran, its figures, its final metrics, what was observed,
-and how to rerun it.
+"""report.md: what an experiment ran, the claims its results decide, its figures, its
+final metrics, what was observed, and how to rerun it.
 
 GitHub renders the file as is: figures are inline PNG links (with a link to the PDF),
 tables are Markdown pipe tables, the grid is a JSON code block.
@@ -10,7 +10,18 @@ section under "Observed (computed from these results)". Docstrings keep only the
 question and the expectation; numbers in the report come from the results, so they
 cannot drift from what the code produced. The helpers below (`num`, `listing`,
 `compare`, `bits_to_reach`) keep those sentences short and uniform; the numbers come
-from `coco_jax.tables` (`final_means`, `reach_means`, `with_gap`, ...).
+from `coco_jax.tables` (`final_means`, `reach_means`, `with_gap`, ...). A sentence that
+compares two methods says "below"/"above" only when their paired difference's 95%
+interval excludes 0 (`tables.compare_runs`, `Difference.sentence`), otherwise
+"indistinguishable" with the interval.
+
+Claims: a module may define ``claims(df) -> list[Claim]``: each `Claim` states what the
+paper or the module's "Expected" says, where it comes from, and a verdict (holds,
+contradicted, inconclusive, holds by construction) decided from the numbers it prints
+beside it. Build them with the verdict helpers (`claim_all`, `claim_threshold`,
+`claim_by_construction`), which compute the verdict from paired intervals, so that it
+always follows from the evidence shown. report.md lists every claim of every section in
+a "Claims" table at its top.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import json
 import math
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,27 +39,51 @@ import pandas as pd
 
 from coco_jax.config import ExperimentConfig
 from coco_jax.fileio import atomic_write_bytes, jsonable
-from coco_jax.tables import CONFIG_FIELDS, method_label, ordered_labels, reach_means, run_key, with_gap
+from coco_jax.tables import (
+    CONFIG_FIELDS,
+    LEVEL,
+    PAIR_FIELDS,
+    Difference,
+    Interval,
+    diverged_runs,
+    method_label,
+    num,
+    ordered_labels,
+    reach_means,
+    run_key,
+    value_text,
+    with_gap,
+)
 
 __all__ = [
+    "CLAIMS_HEADING",
     "OBSERVED_HEADING",
+    "VERDICTS",
+    "Claim",
     "Section",
     "bits_to_reach",
+    "claim_all",
+    "claim_by_construction",
+    "claim_threshold",
+    "claims_of",
     "compare",
     "final_table",
     "listing",
     "num",
     "observations_of",
+    "tuned_fields",
     "write_report",
 ]
 
 OBSERVED_HEADING = "Observed (computed from these results)"
+CLAIMS_HEADING = "Claims"
+VERDICTS = ("holds", "contradicted", "inconclusive", "holds by construction")
 
 MAX_TABLE_ROWS = 80
 # Fields a method preset sets: they are part of the method label, not separate columns.
 _METHOD_FIELDS = ("allocation", "compressor", "error_feedback", "decoder", "straggler", "diana_alpha")
 # Fields that never label a row of the table (identity, bookkeeping or derived).
-_SKIP_FIELDS = ("seed", "config_id", "steps", "eval_every")
+_SKIP_FIELDS = (*PAIR_FIELDS, "config_id", "steps", "eval_every")  # a seed draws its data too (Grid seeds=)
 
 
 @dataclasses.dataclass
@@ -62,6 +98,7 @@ class Section:
     grids: dict = dataclasses.field(default_factory=dict)  # part -> Grid.describe()
     metrics: tuple = ()  # extra history keys for the final-metrics table (REPORT_METRICS)
     observe: Any = None  # the module's observations(df) -> list[str], if it defines one
+    claims: Any = None  # the module's claims(df) -> list[Claim], if it defines one
 
 
 def _fmt(x: float) -> str:
@@ -73,33 +110,7 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _mean_std(values: np.ndarray) -> str:
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return "–"
-    if v.size == 1:
-        return _fmt(float(v[0]))
-    return f"{_fmt(float(v.mean()))} ± {_fmt(float(v.std(ddof=1)))}"
-
-
 # ------------------------------------------------------------------ observations
-
-
-def num(x: float, digits: int = 2) -> str:
-    """A number for a sentence: 2 significant digits, scientific below 0.01 or from
-    1e5 (``num(0.00172) == "1.7e-03"``), "n/a" when not finite."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if not math.isfinite(x):
-        return "n/a"
-    a = abs(x)
-    if a != 0 and (a < 1e-2 or a >= 1e5):
-        return f"{x:.{max(digits - 1, 0)}e}"
-    if a >= 10**digits:
-        return f"{x:.0f}"
-    return f"{x:.{digits}g}"
 
 
 def listing(values: dict, fmt=None, limit: int = 12) -> str:
@@ -111,7 +122,9 @@ def listing(values: dict, fmt=None, limit: int = 12) -> str:
 
 
 def compare(a: float, b: float) -> str:
-    """ "below" / "above" / "equal to" (a against b, 1% relative tolerance)."""
+    """ "below" / "above" / "equal to" (a against b, 1% relative tolerance): two numbers
+    only, blind to the spread over seeds. A sentence about results compares methods
+    with `tables.compare_runs` (paired by seed, with its 95% interval) instead."""
     if not (np.isfinite(a) and np.isfinite(b)):
         return "not comparable with"
     if abs(a - b) <= 0.01 * max(abs(a), abs(b)):
@@ -147,36 +160,197 @@ def observations_of(section: Section) -> list[str]:
     return [str(x) for x in (out or [])]
 
 
-def _varying(df: pd.DataFrame) -> list[str]:
+# ------------------------------------------------------------------------ claims
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim a report checks against its results.
+
+    Attributes:
+        statement: what is claimed, e.g. "COCO-EF ends below gc-compressed at every k/d".
+        source: where it comes from: "paper (arXiv 2603.16353)", "compression: Expected".
+        verdict: "holds", "contradicted", "inconclusive" or "holds by construction".
+        evidence: the numbers and intervals that decide it, one line each (the
+            verdict helpers write the `Difference` texts here).
+        differences: the paired differences behind it (kept for tests and tables).
+    """
+
+    statement: str
+    source: str
+    verdict: str
+    evidence: tuple[str, ...] = ()
+    differences: tuple[Difference, ...] = ()
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(
+                f"Claim verdict={self.verdict!r} is invalid: must be one of {', '.join(VERDICTS)}"
+            )
+        if isinstance(self.evidence, str):
+            object.__setattr__(self, "evidence", (self.evidence,))
+
+
+def claim_all(
+    statement: str, source: str, differences: list[Difference], expect: str = "below", minimum: int = 1
+) -> Claim:
+    """ "a is `expect` b at every setting" from paired differences a − b (one per
+    setting, `tables.compare_runs`): **holds** if every interval excludes 0 on the
+    expected side, **contradicted** if some interval excludes 0 on the other side,
+    otherwise **inconclusive** (some interval contains 0, or fewer than `minimum`
+    settings have an interval). The evidence lists every difference."""
+    if expect not in ("below", "above"):
+        raise ValueError(f"expect={expect!r} is invalid: must be 'below' or 'above'")
+    other = "above" if expect == "below" else "below"
+    verdicts = [d.verdict for d in differences]
+    usable = sum(d.interval.n >= 2 for d in differences)
+    if other in verdicts:
+        verdict = "contradicted"
+    elif usable >= max(minimum, 1) and all(v == expect for v in verdicts):
+        verdict = "holds"
+    else:
+        verdict = "inconclusive"
+    return Claim(statement, source, verdict, tuple(d.text() for d in differences), tuple(differences))
+
+
+def claim_threshold(
+    statement: str,
+    source: str,
+    intervals: Mapping[str, Interval],
+    *,
+    below: float | None = None,
+    above: float | None = None,
+) -> Claim:
+    """ "the quantity is below (or above) a threshold at every setting" from t-intervals
+    (`tables.t_interval` over seeds) keyed by setting: **holds** if every interval lies
+    entirely on the claimed side, **contradicted** if some interval lies entirely on
+    the other side, otherwise **inconclusive**."""
+    if (below is None) == (above is None):
+        raise ValueError("give exactly one of below= or above=")
+    limit = below if below is not None else above
+    lines, sides = [], []
+    for where, iv in intervals.items():
+        if iv.n < 2:
+            side = "unknown"
+        elif below is not None:
+            side = "yes" if iv.high < limit else "no" if iv.low > limit else "unknown"
+        else:
+            side = "yes" if iv.low > limit else "no" if iv.high < limit else "unknown"
+        sides.append(side)
+        bound = f"[{num(iv.low)}, {num(iv.high)}]" if iv.n >= 2 else "no interval"
+        lines.append(
+            f"{where}: {num(iv.mean)} {bound} ({round(iv.level * 100)}% CI, {iv.n} seeds) vs "
+            f"{'<' if below is not None else '>'} {num(limit)}"
+        )
+    if "no" in sides:
+        verdict = "contradicted"
+    elif sides and all(x == "yes" for x in sides):
+        verdict = "holds"
+    else:
+        verdict = "inconclusive"
+    return Claim(statement, source, verdict, tuple(lines))
+
+
+def claim_by_construction(statement: str, source: str, why: str) -> Claim:
+    """A claim the method guarantees whatever the results (a check that cannot fail is
+    labelled so, never presented as a finding); `why` says what guarantees it."""
+    return Claim(statement, source, "holds by construction", (why,))
+
+
+def claims_of(section: Section) -> tuple[list[Claim], str | None]:
+    """(the section's claims, an error message if its ``claims(df)`` failed): a failing
+    module does not stop the report."""
+    fn = section.claims
+    if fn is None:
+        return [], None
+    try:
+        out = list(fn(section.df) or [])
+    except Exception as err:  # noqa: BLE001 - a report must not die on one module
+        return [], f"claims could not be computed: {type(err).__name__}: {err}"
+    bad = [c for c in out if not isinstance(c, Claim)]
+    if bad:
+        return [], f"claims() returned {type(bad[0]).__name__}, not coco_jax.report.Claim"
+    return out, None
+
+
+def _claims_block(sections: list[Section], composite: bool) -> list[str]:
+    """The "Claims" table: every claim of every section, its verdict and evidence."""
+    rows, errors = [], []
+    for s in sections:
+        claims, err = claims_of(s)
+        if err:
+            errors.append(f"_({s.name}: {err})_")
+        rows += [(s.name, c) for c in claims]
+    if not rows and not errors:
+        return []
+    counts = {v: sum(c.verdict == v for _, c in rows) for v in VERDICTS}
+    lines = [
+        f"## {CLAIMS_HEADING}",
+        "",
+        (
+            "Each verdict is computed from the numbers beside it: paired differences over seeds (same seed and data "
+            f"seed) with their {round(LEVEL * 100)}% Student-t intervals. A claim holds when every interval "
+            "excludes 0 on the claimed side, is contradicted when one excludes 0 on the other side, and is "
+            "inconclusive otherwise. " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."
+        ),
+        "",
+    ]
+    if rows:
+        head = ["#", *(["Section"] if composite else []), "Claim", "Source", "Verdict", "Evidence"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for i, (name, c) in enumerate(rows, 1):
+            cells = [str(i), *([name] if composite else []), c.statement, c.source, f"**{c.verdict}**"]
+            cells.append("<br>".join(c.evidence) or "–")
+            lines.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ") for x in cells) + " |")
+        lines.append("")
+    return lines + [*errors, ""]
+
+
+def _varying(df: pd.DataFrame, always: tuple[str, ...] = ()) -> list[str]:
     """Config fields that vary between runs of one method (the grid's axes, seeds aside);
-    fields that only change with the method (a preset's redundancy, say) are not axes."""
+    fields that only change with the method (a preset's redundancy, say) are not axes.
+    Fields in `always` (tuned fields: the chosen values) are listed whatever they do."""
     out = []
     for c in CONFIG_FIELDS:
-        if c not in df or c in _METHOD_FIELDS or c in _SKIP_FIELDS:
+        if c not in df or c in _SKIP_FIELDS:
             continue
-        if (df.groupby("Method", sort=False)[c].nunique(dropna=False) > 1).any():
+        if c in always or (
+            c not in _METHOD_FIELDS and (df.groupby("Method", sort=False)[c].nunique(dropna=False) > 1).any()
+        ):
             out.append(c)
     return out
 
 
-def final_table(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
-    """Final metrics per method (and per varied grid axis, seeds pooled): mean ± std over
-    seeds of the last evaluated step; each history key in `extra` (an experiment's
-    REPORT_METRICS) as its mean over the last half of the evaluated steps. Returns
-    (table of strings, a note)."""
+def tuned_fields(grids: dict) -> tuple[str, ...]:
+    """The tuned fields of grid descriptions (`Grid.describe()`), in order."""
+    names = [n for g in grids.values() for n in ((g or {}).get("tuning") or {}).get("fields", {})]
+    return tuple(dict.fromkeys(names))
+
+
+def final_table(
+    df: pd.DataFrame, extra: tuple[str, ...] = (), always: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, str]:
+    """Final metrics per method (and per varied grid axis, seeds pooled): mean ± the
+    half-width of its 95% Student-t interval over seeds of the last evaluated step
+    (`tables.value_text`: a gap at the float floor is said so, never "± 0"); each
+    history key in `extra` (an experiment's REPORT_METRICS) as its mean over the last
+    half of the evaluated steps. Runs that diverged (`tables.diverged_runs`, the rule of
+    figures and sentences too) are left out of every number and counted in "Runs".
+    Fields in `always` (a tuned grid's tuned fields) are columns even where constant,
+    so every row shows its chosen value. Returns (table of strings, a note)."""
     if df.empty:
         return pd.DataFrame(), "no rows"
     note = []
     frames = []
     for part, pdf in df.groupby("part", sort=False) if "part" in df else [(None, df)]:
-        last, keys, loss_col, dropped = _last_rows(pdf, extra)
+        last, keys, loss_col, dropped, bad = _last_rows(pdf, extra, always)
         if dropped:
             note.append(
                 f"{part or 'table'}: pooled over {', '.join(dropped)} (too many rows; the ± then includes that axis)"
             )
         label_part = part if part is not None and df["part"].nunique() > 1 else None
         rows = [
-            _final_row(g, key if isinstance(key, tuple) else (key,), keys, loss_col, extra, label_part)
+            _final_row(g, key if isinstance(key, tuple) else (key,), keys, loss_col, extra, label_part, bad)
             for key, g in last.groupby(["Method", *keys], dropna=False, sort=False)
         ]
         frames.append(pd.DataFrame(rows))
@@ -189,13 +363,14 @@ def final_table(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> tuple[pd.DataF
     return table, "; ".join(note)
 
 
-def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
+def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...], always: tuple[str, ...] = ()):
     """(last evaluated row of each run with its method label and last-half means, the
     varied axes that label the table's rows, the loss column, the axes pooled because
-    the table would be too long)."""
+    the table would be too long, the diverged runs)."""
     pdf, loss_col = with_gap(pdf)
     pdf = pdf.copy()
     pdf["_run"] = run_key(pdf)
+    bad = diverged_runs(pdf, loss_col)
     ordered = pdf.sort_values("step")
     last = ordered.groupby("_run", sort=False).tail(1).copy()
     for key in extra:
@@ -203,13 +378,15 @@ def _last_rows(pdf: pd.DataFrame, extra: tuple[str, ...]):
             half = ordered.groupby("_run", sort=False)[key].apply(_last_half_mean)
             last[f"_extra_{key}"] = last["_run"].map(half)
     last["Method"] = last.apply(method_label, axis=1)
-    keys = _varying(last)
+    keys = _varying(last, always)
     dropped = []
     while keys and last.groupby(["Method", *keys], dropna=False).ngroups > MAX_TABLE_ROWS:
-        dropped.insert(0, keys.pop())
+        pool = [k for k in keys if k not in always] or keys
+        keys.remove(pool[-1])
+        dropped.insert(0, pool[-1])
     rank = {m: i for i, m in enumerate(ordered_labels(list(dict.fromkeys(last["Method"]))))}
     last = last.assign(_rank=last["Method"].map(rank)).sort_values(["_rank", *keys], kind="stable")
-    return last, keys, loss_col, dropped
+    return last, keys, loss_col, dropped, bad
 
 
 def _last_half_mean(values: pd.Series) -> float:
@@ -217,25 +394,27 @@ def _last_half_mean(values: pd.Series) -> float:
     return float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan")
 
 
-def _final_row(g: pd.DataFrame, key: tuple, keys: list, loss_col: str, extra: tuple, part) -> dict:
-    """One row of the final-metrics table: a method (and varied axes) over its seeds."""
-    div = g["diverged"].fillna(False).astype(bool) | (g.get("diverged_step", pd.Series(-1, g.index)) >= 0)
-    ok = g[~div.to_numpy()]
+def _final_row(g: pd.DataFrame, key: tuple, keys: list, loss_col: str, extra: tuple, part, bad: set) -> dict:
+    """One row of the final-metrics table: a method (and varied axes) over its seeds;
+    runs in `bad` (diverged) are counted, not averaged."""
+    div = g["_run"].isin(bad).to_numpy()
+    ok = g[~div]
     row: dict[str, Any] = {} if part is None else {"Part": part}
     row["Method"] = key[0]
     for k, v in zip(keys, key[1:]):
         row[k] = "–" if v is None or (isinstance(v, float) and math.isnan(v)) else v
     label = "Final F − F*" if loss_col == "gap" else "Final loss"
-    row[label] = _mean_std(ok[loss_col].to_numpy(np.float64))
+    floor = ok["gap_floor"].to_numpy(np.float64) if loss_col == "gap" and "gap_floor" in ok else None
+    row[label] = value_text(ok[loss_col].to_numpy(np.float64), floor)
     if "test_accuracy" in ok and ok["test_accuracy"].notna().any():
-        row["Test acc. (%)"] = _mean_std(100 * ok["test_accuracy"].to_numpy(np.float64))
-    row["Uploaded Mbit"] = _mean_std(ok["bits"].to_numpy(np.float64) / 1e6)
+        row["Test acc. (%)"] = value_text(100 * ok["test_accuracy"].to_numpy(np.float64))
+    row["Uploaded Mbit"] = value_text(ok["bits"].to_numpy(np.float64) / 1e6)
     if "time" in ok:
-        row["Sim. time"] = _mean_std(ok["time"].to_numpy(np.float64))
+        row["Sim. time"] = value_text(ok["time"].to_numpy(np.float64))
     for key_name in extra:
         if f"_extra_{key_name}" in ok:
-            row[f"{key_name} (last half)"] = _mean_std(ok[f"_extra_{key_name}"].to_numpy(np.float64))
-    row["Runs"] = f"{len(g)}" + (f" ({int(div.sum())} diverged)" if div.any() else "")
+            row[f"{key_name} (last half)"] = value_text(ok[f"_extra_{key_name}"].to_numpy(np.float64))
+    row["Runs"] = f"{len(g)}" + (f" ({int(div.sum())} diverged, left out)" if div.any() else "")
     return row
 
 
@@ -295,6 +474,7 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
     if composite:
         lines += [_doc_block(exp.doc), ""]
     lines += _run_block(out, exp, meta)
+    lines += _claims_block(sections, composite)
     if composite:
         lines += ["## Contents", ""]
         lines += [f"- [{s.name}](#{s.name.lower()}): {s.description}" for s in sections]
@@ -335,8 +515,11 @@ def _run_block(out: pathlib.Path, exp, meta: dict) -> list[str]:
             f"{compile_s:.1f} s (in background threads, overlapping the runs), running {run_s:.1f} s{resumed}"
         ),
         (
-            "- Curves: mean over seeds, shaded band ±1 standard deviation (stated in each legend). "
-            "Convex tasks plot the optimality gap F(θ) − F*, F* computed in float64 from the data."
+            f"- Curves: mean over seeds, shaded band: the {round(LEVEL * 100)}% confidence interval of the mean "
+            "(Student t; stated in each legend). Tables: mean ± the half-width of that interval; diverged runs "
+            "(non-finite, or a final loss above 10× the initial) are left out of curves, tables and sentences "
+            "alike and counted. Convex tasks plot the optimality gap F(θ) − F*, F* computed in float64 from the "
+            'data; a gap at the float32 resolution is reported as "at the float floor".'
         ),
         "",
     ]
@@ -351,9 +534,9 @@ def _section_block(out: pathlib.Path, exp, s: Section, composite: bool) -> list[
     if observed:
         lines += [f"{sub} {OBSERVED_HEADING}", "", *[f"- {o}" for o in observed], ""]
     lines += [f"{sub} Figures", "", *_figure_block(out, s.figures)]
-    table, note = final_table(s.df, tuple(s.metrics))
+    table, note = final_table(s.df, tuple(s.metrics), always=tuned_fields(s.grids))
     lines += [
-        f"{sub} Final metrics (mean ± std over seeds, last evaluated step)",
+        f"{sub} Final metrics (mean ± {round(LEVEL * 100)}% CI half-width over seeds, last evaluated step)",
         "",
         _markdown_table(table),
         "",
@@ -419,7 +602,18 @@ def _grid_block(grids: dict) -> list[str]:
                 else json.dumps(exc)
             )
             head += f"; excluded points: `{exc}`"
-        lines += [head, "", f"- base: `{json.dumps(base, default=str)}`", ""]
+        lines += [head, "", f"- base: `{json.dumps(base, default=str)}`"]
+        tn = g.get("tuning")
+        if tn:
+            cands = "; ".join(f"{k} ∈ {{{_values(v)}}}" for k, v in tn.get("fields", {}).items())
+            lines.append(
+                f"- tuned per cell on tuning seeds {_values(tn.get('tuning_seeds', []))} (disjoint from the "
+                f"reported seeds): {cands}; criterion {tn.get('criterion', {}).get('name')}: "
+                f"{tn.get('criterion', {}).get('definition')}"
+                + (f"; edges extended up to {tn['extend_edges']} round(s)" if tn.get("extend_edges") else "")
+                + " (choices: tuning.parquet of the part's directory)"
+            )
+        lines.append("")
         rows = [(k, _values(v), "product") for k, v in (g.get("axes") or {}).items()]
         for i, block in enumerate(g.get("zip") or []):
             rows += [(k, _values(v), f"zip {i}") for k, v in block.items()]

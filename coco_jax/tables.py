@@ -3,10 +3,17 @@
 
 A run is one configuration (with its seed): `run_key` names it. Helpers here reduce a
 tidy results table (`coco_jax.results`) to what a figure or a sentence needs: curve
-labels (`label_column`, `method_label`, `ordered_labels`), diverged runs, the
-optimality gap F(θ) − F* (`with_gap`, F* from `reference.optimum`), each run's final
-value or the first step that reaches a target, and their means over seeds. No
-matplotlib here.
+labels (`label_column`, `method_label`, `ordered_labels`), diverged runs (one rule for
+tables, figures and sentences: `diverged_runs`), the optimality gap F(θ) − F*
+(`with_gap`, F* from `reference.optimum`), each run's final value or the first step
+that reaches a target, and their means over seeds. No matplotlib here.
+
+Statistics: `t_interval` (mean and Student-t confidence interval over seeds),
+`value_text` (a table cell: "mean ± half-width", or "at the float floor (≤ x)"), and
+paired comparisons (`paired_difference`, `compare_runs`): the difference a − b of two
+methods paired by seed and data seed, with its confidence interval and the only words
+a sentence may use: "below" or "above" when the interval excludes 0, otherwise
+"indistinguishable" (`Difference.verdict`).
 
 Example:
     >>> from coco_jax import tables, testing
@@ -20,10 +27,11 @@ import dataclasses
 import math
 import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from coco_jax.config import ExperimentConfig
 from coco_jax.data import dataset_label
@@ -36,18 +44,28 @@ __all__ = [
     "CONFIG_FIELDS",
     "GAP_FLOOR",
     "LABEL_ORDER",
+    "LEVEL",
+    "PAIR_FIELDS",
+    "Difference",
+    "Interval",
+    "compare_runs",
     "dataset_text",
     "diverged_runs",
     "final_means",
     "final_values",
     "label_column",
     "method_label",
+    "num",
     "optimum",
     "ordered_labels",
+    "paired_difference",
+    "paired_differences",
     "reach_means",
     "run_key",
     "setting_label",
     "steps_to_target",
+    "t_interval",
+    "value_text",
     "with_gap",
 ]
 
@@ -199,23 +217,30 @@ def optimum(cfg: ExperimentConfig | pd.Series | dict) -> float | None:
 GAP_FLOOR = 1e-6  # relative to max(F*, 1e-3): below this the float32 loss is rounding noise
 
 
-def with_gap(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def with_gap(df: pd.DataFrame, f_star: float | None = None) -> tuple[pd.DataFrame, str]:
     """`df` with a `gap` column F(θ) − F* when every dataset in it has a computable F*
     (returns (df, "gap")), else (df, "loss"). The gap is clipped below at
-    GAP_FLOOR · max(F*, 1e-3): float32 losses cannot resolve smaller differences."""
+    GAP_FLOOR · max(F*, 1e-3) (column `gap_floor`): float32 losses cannot resolve
+    smaller differences.
+    `f_star`: F* of every row (runs on user arrays, `reference.optimum_of_data`)
+    instead of the optimum of each row's configured dataset."""
     if df.empty or "loss" not in df:
         return df, "loss"
     cols = [c for c in DATA_FIELDS_OF_OPTIMUM if c in df]
-    groups = df.groupby(cols, dropna=False, sort=False).groups
+    groups = df.groupby(cols, dropna=False, sort=False).groups if f_star is None else {0: df.index}
     gap = pd.Series(np.nan, index=df.index)
+    given = f_star
+    floors = pd.Series(np.nan, index=df.index)
     for idx in groups.values():
-        f_star = optimum(df.loc[idx[0]])
+        f_star = optimum(df.loc[idx[0]]) if given is None else given
         if f_star is None:
             return df, "loss"
         floor = GAP_FLOOR * max(abs(f_star), 1e-3)
         gap[idx] = np.maximum(df.loc[idx, "loss"].to_numpy(np.float64) - f_star, floor)
+        floors[idx] = floor
     out = df.copy()
     out["gap"] = gap
+    out["gap_floor"] = floors  # a gap equal to it reached the float floor: report it so, never "± 0"
     return out, "gap"
 
 
@@ -314,3 +339,276 @@ def reach_means(df: pd.DataFrame, y: str, target: float, *, x: str = "step", by=
         row["runs"] = len(g)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------- statistics
+
+LEVEL = 0.95  # the confidence level of every interval the package prints
+PAIR_FIELDS = ("seed", "data_seed")  # what pairs two methods' runs: the same randomness and data
+
+
+def num(x: float, digits: int = 2) -> str:
+    """A number for a sentence or a cell: 2 significant digits, scientific below 0.01
+    or from 1e5 (``num(0.00172) == "1.7e-03"``), "n/a" when not finite."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not math.isfinite(x):
+        return "n/a"
+    a = abs(x)
+    if a != 0 and (a < 1e-2 or a >= 1e5):
+        return f"{x:.{max(digits - 1, 0)}e}"
+    if a >= 10**digits:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def t_quantile(n: int, level: float = LEVEL) -> float:
+    """The two-sided Student-t quantile of a mean over n values (n − 1 degrees of
+    freedom); NaN for n < 2."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1)) if n >= 2 else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The mean of n values and its confidence interval [low, high] (Student t with
+    n − 1 degrees of freedom; NaN bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float = LEVEL
+
+    @property
+    def half(self) -> float:
+        return (self.high - self.low) / 2
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """Whether `value` lies outside the interval (False without an interval)."""
+        return self.n >= 2 and (self.low > value or self.high < value)
+
+
+def t_interval(values, level: float = LEVEL) -> Interval:
+    """Mean and `level` Student-t confidence interval of the mean of the finite `values`:
+    mean ± t_{(1+level)/2, n−1} · s / √n with s the sample standard deviation.
+
+    Example:
+        >>> iv = t_interval([1.0, 2.0, 3.0])
+        >>> round(iv.mean, 3), round(iv.half, 3)
+        (2.0, 2.484)
+    """
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, level)
+    mean = float(v.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n, level)
+    half = t_quantile(n, level) * float(v.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, level)
+
+
+def value_text(values, floor=None, level: float = LEVEL) -> str:
+    """A table cell for per-run values (seeds): "mean ± half-width" of the `level`
+    t-interval; "x (1 run)"; "x (all n equal)" when every run gives the same number; at
+    the float floor (every value ≤ `floor`, the clip of `with_gap`): "at the float floor
+    (≤ floor)", never "floor ± 0"; some at it: the interval and "k of n at the float
+    floor". "–" without a finite value."""
+    v = np.asarray(values, np.float64).ravel()
+    fl = None
+    if floor is not None:
+        fl = np.broadcast_to(np.asarray(floor, np.float64), v.shape)[np.isfinite(v)]
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "–"
+    at_floor = int(np.sum(v <= fl * (1 + 1e-9))) if fl is not None and np.isfinite(fl).all() else 0
+    if at_floor == v.size:
+        return f"at the float floor (≤ {num(float(np.max(fl)))})"
+    if v.size == 1:
+        return f"{num(v[0], 3)} (1 run)"
+    iv = t_interval(v, level)
+    text = (
+        f"{num(v[0], 3)} (all {v.size} equal)"
+        if np.all(v == v[0])
+        else f"{num(iv.mean, 3)} ± {num(iv.half, 2)}"
+    )
+    return text + (f" ({at_floor} of {v.size} at the float floor)" if at_floor else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """a − b over runs paired by seed and data seed (`paired_difference`): the mean
+    difference and its confidence interval (on log10 values with `log`: a ratio), how
+    many pairs it used and how many it dropped (a run diverged, or has no finite value:
+    not reached, or missing in the other method).
+
+    `verdict` is the only comparison a sentence may state: "below" (a < b) or "above"
+    when the interval excludes 0, otherwise "indistinguishable"."""
+
+    a: str
+    b: str
+    where: str
+    interval: Interval
+    dropped: int = 0
+    log: bool = False
+
+    @property
+    def verdict(self) -> str:
+        iv = self.interval
+        if iv.excludes(0.0):
+            return "below" if iv.high < 0 else "above"
+        return "indistinguishable"
+
+    def numbers(self) -> str:
+        """The difference and its interval in words, e.g. "ratio 0.45 [0.40, 0.51]" or
+        "−3.1e-05 [−4.0e-05, −2.2e-05]", with the pairs it rests on."""
+        iv = self.interval
+        pairs = f"{iv.n} seed pair{'s' if iv.n != 1 else ''}" + (
+            f", {self.dropped} dropped (diverged or no value)" if self.dropped else ""
+        )
+        pct = f"{round(iv.level * 100)}% CI"
+        if iv.n < 2:
+            head = (
+                "no interval"
+                if iv.n == 0
+                else ("ratio " if self.log else "") + (num(10**iv.mean if self.log else iv.mean, 2))
+            )
+            return f"{head} ({pairs}: too few for an interval)"
+        if self.log:
+            return f"ratio {num(10**iv.mean)} [{num(10**iv.low)}, {num(10**iv.high)}] ({pct}, {pairs})"
+        return f"{num(iv.mean)} [{num(iv.low)}, {num(iv.high)}] ({pct}, {pairs})"
+
+    def text(self) -> str:
+        """ "a − b at where: numbers" (a / b with `log`)."""
+        op = "/" if self.log else "−"
+        at = f" at {self.where}" if self.where else ""
+        return f"{self.a} {op} {self.b}{at}: {self.numbers()}"
+
+    def sentence(self, what: str = "") -> str:
+        """ "a's <what> is below b's (numbers)" or "... is indistinguishable from b's (...)"."""
+        what = f" {what}" if what else ""
+        at = f" at {self.where}" if self.where else ""
+        rel = {"below": "below", "above": "above", "indistinguishable": "indistinguishable from"}[
+            self.verdict
+        ]
+        return f"{self.a}'s{what}{at} is {rel} {self.b}'s ({self.numbers()})"
+
+
+def paired_difference(
+    a: Mapping | pd.Series,
+    b: Mapping | pd.Series,
+    *,
+    labels: tuple[str, str] = ("a", "b"),
+    where: str = "",
+    log: bool = False,
+    level: float = LEVEL,
+) -> Difference:
+    """The difference a − b over the keys both have (the pairing: seed and data seed),
+    with its `level` t-interval. Pairs where either value is not finite (a diverged run,
+    a target not reached) — or not positive with `log` (then log10 a − log10 b, a
+    ratio) — are dropped and counted.
+
+    Example:
+        >>> d = paired_difference({0: 1.0, 1: 1.1, 2: 0.9}, {0: 2.0, 1: 2.2, 2: 2.1}, labels=("x", "y"))
+        >>> d.verdict
+        'below'
+    """
+    a = pd.Series(dict(a)) if not isinstance(a, pd.Series) else a
+    b = pd.Series(dict(b)) if not isinstance(b, pd.Series) else b
+    keys = a.index.union(b.index)
+    av = a.reindex(keys).to_numpy(np.float64)
+    bv = b.reindex(keys).to_numpy(np.float64)
+    ok = np.isfinite(av) & np.isfinite(bv)
+    if log:
+        ok &= (av > 0) & (bv > 0)
+        with np.errstate(all="ignore"):
+            diff = np.log10(av) - np.log10(bv)
+    else:
+        diff = av - bv
+    iv = t_interval(diff[ok], level)
+    return Difference(labels[0], labels[1], where, iv, int((~ok).sum()), log)
+
+
+def _pair_key(rows: pd.DataFrame, pair: Sequence[str]) -> pd.Index:
+    cols = [c for c in pair if c in rows]
+    return pd.MultiIndex.from_frame(rows[cols].astype("int64")) if len(cols) > 1 else pd.Index(rows[cols[0]])
+
+
+def paired_differences(
+    finals: pd.DataFrame,
+    a: str,
+    b: str,
+    *,
+    by: Sequence[str] = (),
+    hue: str | Callable = "method",
+    log: bool = False,
+    level: float = LEVEL,
+    pair: Sequence[str] = PAIR_FIELDS,
+) -> list[Difference]:
+    """Per value of the `by` columns, `paired_difference` of label `a` against label
+    `b` (labels of `hue`, as in figures) over per-run values `finals["final"]` (from
+    `final_values` or `steps_to_target`; diverged runs, `final_diverged`, count as
+    missing). Runs pair by `pair` (seed and data seed)."""
+    if finals.empty:
+        return []
+    fin = finals.assign(_label=label_column(finals, hue).to_numpy())
+    vals = fin["final"].to_numpy(np.float64).copy()
+    if "final_diverged" in fin:
+        vals[fin["final_diverged"].to_numpy(bool)] = np.nan
+    fin = fin.assign(_value=vals)
+    groups = fin.groupby(list(by), sort=True, dropna=False) if by else [((), fin)]
+    out = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(f"{k} = {_cell(v)}" for k, v in zip(by, key))
+        sides = []
+        for lab in (a, b):
+            rows = g[g["_label"] == lab]
+            if _pair_key(rows, pair).duplicated().any():
+                raise ValueError(
+                    f"label {lab!r}{' at ' + where if where else ''} has several runs per seed pair: put the "
+                    "fields that vary between them in `by` (or in the label)"
+                )
+            sides.append(
+                pd.Series(rows["_value"].to_numpy(), index=_pair_key(rows, pair))
+                if len(rows)
+                else pd.Series(dtype=float)
+            )
+        if sides[0].empty and sides[1].empty:
+            continue
+        out.append(paired_difference(sides[0], sides[1], labels=(a, b), where=where, log=log, level=level))
+    return out
+
+
+def compare_runs(
+    df: pd.DataFrame,
+    y: str,
+    a: str,
+    b: str,
+    *,
+    by: Sequence[str] = (),
+    hue: str | Callable = "method",
+    tail: float = 0.0,
+    log: bool = False,
+    level: float = LEVEL,
+    pair: Sequence[str] = PAIR_FIELDS,
+) -> list[Difference]:
+    """`paired_differences` of each run's final `y` (`final_values`, with `tail`) of
+    label `a` against label `b`, per value of `by`.
+
+    Example:
+        >>> from coco_jax import testing
+        >>> df, y = with_gap(testing.synthetic_results())  # doctest: +SKIP
+        >>> [d.verdict for d in compare_runs(df, y, "coco-ef", "gc", log=True)]  # doctest: +SKIP
+        ['below']
+    """
+    return paired_differences(
+        final_values(df, y, tail=tail), a, b, by=by, hue=hue, log=log, level=level, pair=pair
+    )
+
+
+def _cell(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

@@ -9,7 +9,7 @@ above; inside a layer the graph must still be acyclic):
     3  components: codes, decoders, compressors, feedback, stragglers, tasks, data, presets, schedules
     4  step, engine, reference
     5  grid, plan, program, costs, store, results, sweep, distributed
-    6  tables, plots, report, testing
+    6  tables, plots, report, testing, tuning (tuning needs tables' divergence rule and F − F*)
     7  experiment (its modules), bench
     8  cli
     9  coco_jax itself (the public API in __init__)
@@ -63,6 +63,7 @@ LAYERS = {
     "plots": 6,
     "report": 6,
     "testing": 6,
+    "tuning": 6,
     "experiment": 7,
     "experiment.": 7,
     "bench": 7,

@@ -52,7 +52,7 @@ def test_curves_figure_one_curve_per_method_per_panel(table, tmp_path):
         assert sorted(labels) == sorted(methods)  # one curve per method, no duplicates
         assert ax.get_xlabel() and ax.get_ylabel()
     assert sorted(legend_labels(fig)) == sorted(methods)  # one shared legend
-    assert "band: ±1 std" in fig.legends[0].get_title().get_text()
+    assert "band: 95% CI of the mean (Student t)" in fig.legends[0].get_title().get_text()
     assert "3 seeds" in fig.legends[0].get_title().get_text()
     paths = plots.save_figure(fig, tmp_path, "curves")
     assert [p.suffix for p in paths] == [".png", ".pdf"]
@@ -222,9 +222,77 @@ def test_config_from_row_round_trips(table):
     assert cfg.task == row.task and cfg.hidden_sizes == (32,) and cfg.seed == row.seed
 
 
-def test_final_table_mean_std(table):
+def test_final_table_mean_and_ci(table):
     t, _note = final_table(table.assign(part="x"))
     assert set(t["Method"]) == set(table.method)
     assert "straggler_prob" in t.columns  # the varied axis labels rows
     assert t["Runs"].eq("3").all()
     assert all("±" in v for v in t["Final F − F*"])
+    # the ± is the half-width of the 95% t-interval of the seeds' final values
+    df, y = tables.with_gap(table[(table.method == "gc") & (table.straggler_prob == 0.1)])
+    finals = df[df.step == df.step.max()][y].to_numpy(np.float64)
+    half = tables.t_interval(finals).half
+    row = t[(t.Method == "gc") & (t.straggler_prob == 0.1)].iloc[0]
+    assert row["Final F − F*"] == f"{tables.num(finals.mean(), 3)} ± {tables.num(half, 2)}"
+
+
+def test_one_divergence_rule_for_table_and_legend():
+    """A finite blow-up (final loss > 10x the initial, as qsgd + EF at few levels) is
+    diverged for the table, the legend and the sentences alike, and the legend of a
+    final-value panel says at which x the runs were dropped."""
+    df = testing.synthetic_results(methods=("coco-ef", "gc"), straggler_probs=(0.1, 0.3), seeds=3)
+    blown = (df.method == "gc") & (df.straggler_prob == 0.3) & (df.step == df.step.max())
+    df.loc[blown, "loss"] = 3e3  # finite, but 6000x the initial loss
+    t, _ = final_table(df.assign(part="x"))
+    row = t[(t.Method == "gc") & (t.straggler_prob == 0.3)].iloc[0]
+    assert row["Runs"] == "3 (3 diverged, left out)" and row["Final F − F*"] == "–"
+    gapped, y = tables.with_gap(df)
+    fin = tables.final_values(gapped, y)
+    fig = plots.finals_figure([{"finals": fin, "x": "straggler_prob", "y": y}])
+    assert "diverged runs dropped: gc 3/6 (straggler prob 0.3: 3/3)" in fig.legends[0].get_title().get_text()
+    means = tables.final_means(gapped, y, by=("method", "straggler_prob"))
+    assert means.set_index(["method", "straggler_prob"]).loc[("gc", 0.3), "diverged"] == 3
+
+
+def test_a_gap_at_the_float_floor_is_never_printed_as_plus_minus_zero():
+    df = testing.synthetic_results(methods=("gd",), seeds=3)
+    f_star = tables.optimum(df.iloc[0])
+    df.loc[df.step == df.step.max(), "loss"] = f_star  # every run at the optimum: the gap is clipped
+    t, _ = final_table(df.assign(part="x"))
+    floor = tables.GAP_FLOOR * max(f_star, 1e-3)
+    assert t["Final F − F*"].tolist() == [f"at the float floor (≤ {tables.num(floor)})"]
+    assert "± 0" not in t.to_string()
+    assert tables.value_text([2.0, 2.0, 2.0]) == "2 (all 3 equal)"
+    assert tables.value_text([1e-7, 2e-5, 3e-5], floor=1e-7).endswith("(1 of 3 at the float floor)")
+    assert tables.value_text([0.5]) == "0.5 (1 run)" and tables.value_text([np.nan]) == "–"
+
+
+def test_band_is_the_t_interval_and_one_seed_has_none(table):
+    """The shaded band of a curve is the 95% t-interval of the mean over seeds at each
+    step (checked against scipy's interval); with one seed the legend says no band."""
+    from scipy import stats
+
+    sub = table[(table.straggler_prob == 0.2) & (table.method == "gc")]
+    fig = plots.curves_figure(sub, [("step", "grad_norm_sq")], logy=False)
+    band_y = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    wide = sub.pivot(index="seed", columns="step", values="grad_norm_sq").to_numpy(np.float64)
+    lo, hi = stats.t.interval(0.95, wide.shape[0] - 1, loc=wide.mean(0), scale=stats.sem(wide, axis=0))
+    _, lo_p, hi_p = plots._spread(wide, "ci95")
+    # float64 on both sides, the same formula up to reassociation: rtol 1e-12
+    np.testing.assert_allclose(np.c_[lo_p, hi_p], np.c_[lo, hi], rtol=1e-12)
+    for v in np.r_[lo, hi]:  # the drawn polygon runs along both edges
+        assert np.min(np.abs(band_y - v)) <= 1e-9 * abs(v)
+    one = plots.curves_figure(sub[sub.seed == 0], [("step", "loss")])
+    assert "Mean over 1 seed; no band (one seed)" in one.legends[0].get_title().get_text()
+
+
+def test_heatmap_title_is_not_clipped():
+    values = pd.DataFrame([[0.1, 0.2], [0.3, 0.4]], index=[0.1, 0.2], columns=[0.05, 0.1])
+    title = (
+        "log10 of COCO-EF's final gap over the best compressed baseline within ±10% bits per message, " * 2
+    )
+    fig = plots.heatmap_figure(values, xlabel="k/d", ylabel="p", colorbar_label="log ratio", title=title)
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    assert fig._suptitle.get_text().replace("\n", " ") == title.strip()

@@ -21,6 +21,10 @@ An experiment is a Python module (``experiments/<name>.py``) with
   table (the ``df`` of ``figures``), rendered in the report under "Observed (computed
   from these results)" (`coco_jax.report`); the docstring keeps the question and the
   expectation, never numbers typed by hand;
+- optionally ``claims(df) -> list[coco_jax.report.Claim]``: the claims of the paper and
+  of the module's "Expected", each with a verdict computed from paired intervals
+  (`report.claim_all`, `report.claim_threshold`, `report.claim_by_construction`),
+  listed in the "Claims" table at the top of report.md;
 - optionally ``PARTS``: names of other experiments; such a module (``paper``) runs all
   of them and writes one report with a section per experiment.
 

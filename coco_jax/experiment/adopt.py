@@ -15,7 +15,7 @@ import types
 from coco_jax.errors import ConfigError
 from coco_jax.experiment.load import Experiment, load_experiment, part_dir, parts_of
 from coco_jax.store import EXPERIMENT, QUARANTINE, SIDECAR, ResultsDir, repair_how
-from coco_jax.sweep import out_status
+from coco_jax.tuning import out_status
 
 __all__ = ["adopt", "adopted_record", "grid_experiment"]
 

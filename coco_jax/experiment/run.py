@@ -33,10 +33,10 @@ from coco_jax.experiment.load import (
     sibling,
     split_parts,
 )
-from coco_jax.grid import Grid
 from coco_jax.report import Section, write_report
 from coco_jax.store import EXPERIMENT, ResultsDir
-from coco_jax.sweep import out_status, sweep
+from coco_jax.tuning import RowCache, tune
+from coco_jax.tuning import out_status as tuned_status
 
 __all__ = [
     "FIGURES",
@@ -62,7 +62,7 @@ def apply_overrides(parts: list[tuple[str, Any]], overrides: dict | None) -> lis
     flags = {k: "--" + k.replace("_", "-") for k in overrides}
     out = []
     for pname, g in parts:
-        varied = set(g.axes) | {k for block in g.zip_blocks for k in block}
+        varied = g.varied_fields()
         for k in overrides:
             if k in varied:
                 raise ConfigError(
@@ -79,16 +79,10 @@ def apply_overrides(parts: list[tuple[str, Any]], overrides: dict | None) -> lis
         else:
             new_base = g.base.replace(**overrides)
         try:
-            ng = Grid(
-                base=new_base,
-                axes=g.axes,
-                zip_axes=g.zip_blocks or None,
-                exclude=g.exclude,
-                name=g.name,
-            )
+            ng = g.with_base(new_base)
         except ConfigError as err:
             raise ConfigError(f"overriding grid {pname!r} ({', '.join(flags.values())}): {err}") from None
-        for method, cfg in ng.configs():
+        for method, cfg in ng.reported_configs():
             for k, v in overrides.items():
                 if getattr(cfg, k) != v:
                     raise ConfigError(
@@ -107,16 +101,27 @@ def sweep_parts(
     progress: bool = True,
     grids=None,
 ):
-    """Run (or resume) every grid of `exp` into `out`; returns (table with `part`, info)."""
+    """Run (or resume) every grid of `exp` into `out`; returns (table with `part`, info).
+
+    One number per configuration: a configuration (same `config_id`, whatever its
+    method label) that an earlier part computed or loaded is not computed again; its
+    rows are copied into the later part (`tuning.RowCache`, `tuning.sweep_reusing`;
+    tuning runs included). A tuned grid runs its tuning stages first (`tuning.tune`)."""
     parts = grids if grids is not None else parts_of(exp, quick)
     frames = []
     info = {}
+    known = RowCache()
     for pname, g in parts:
         d = part_dir(out, exp.name, pname, len(parts))
         t0 = time.time()
         if progress:
-            print(f"[{exp.name}] sweep {pname}: {len(g)} configurations -> {d}", file=sys.stderr, flush=True)
-        df = sweep(g, out=d, overwrite=overwrite, progress=progress)
+            tuned = f" (tuning {', '.join(g.tuning.names)} first)" if g.tuning is not None else ""
+            print(
+                f"[{exp.name}] sweep {pname}: {len(g)} configurations{tuned} -> {d}",
+                file=sys.stderr,
+                flush=True,
+            )
+        df = tune(g, out=d, overwrite=overwrite, progress=progress, known=known)
         info[pname] = {
             "dir": str(d.relative_to(out)) if d != out else ".",
             "configs": len(g),
@@ -124,8 +129,12 @@ def sweep_parts(
             "compile_s": round(df.stats.compile_s, 2),
             "run_s": round(df.stats.run_s, 2),
             "compilations": df.stats.compilations,
+            "computed": df.stats.computed_configs,
+            "reused": df.reused,
             "resumed": df.stats.resumed,
         }
+        if g.tuning is not None:
+            info[pname]["tuning_configs"] = sum(s.num_configs for s in df.stage_stats["tuning"])
         frames.append(df.assign(part=pname))
     return pd.concat(frames, ignore_index=True), info
 
@@ -165,6 +174,7 @@ def _section(exp: Experiment, df, figures: dict, grids: dict) -> Section:
         grids=grids,
         metrics=tuple(getattr(exp.module, "REPORT_METRICS", ())),
         observe=getattr(exp.module, "observations", None),
+        claims=getattr(exp.module, "claims", None),
     )
 
 
@@ -215,7 +225,7 @@ def _accept(
     directory, and every part's directory (another grid, a missing sidecar). Returns
     the parts' states ('new', 'resume', 'complete')."""
     rd.check_experiment(exp.name, quick, overrides, overwrite)
-    return [out_status(g, part_dir(rd.path, exp.name, pname, len(parts)), overwrite) for pname, g in parts]
+    return [tuned_status(g, part_dir(rd.path, exp.name, pname, len(parts)), overwrite) for pname, g in parts]
 
 
 def run_experiment(
