@@ -258,6 +258,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     init_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     name, parts = load_grids(args.target, quick=args.quick)
     out = pathlib.Path(args.out) if args.out else default_out(name, args.quick)
+    programs: set = set()  # distinct compiled programs over the parts (--dry-run)
+    configs = 0
     for part, grid in parts:
         d = part_dir(out, name, part, len(parts))  # as `coco-jax run`: a single grid into out itself
         if args.dry_run:
@@ -265,6 +267,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             check_memory_budget(args.memory_budget, plan.groups)
             print(f"grid {part!r} -> {d}")
             print(plan.describe(plan_estimates(plan, args.chunk_steps)))
+            programs.update(g.program_key() for g in plan.groups)
+            configs += len(plan.entries)
+            if len(parts) > 1 and part == parts[-1][0]:
+                print(
+                    f"programs: {len(programs)} distinct compiled programs for {configs} configurations in {len(parts)} parts"
+                )
             continue
         df = sweep(
             grid,
