@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coco_jax import costs, engine, fileio, store
 from coco_jax import data as data_lib
-from coco_jax import engine, fileio, store
 from coco_jax import feedback as feedback_lib
 from coco_jax.config import (
     CHOICE_FIELDS,
@@ -504,20 +504,42 @@ def step_flops(prep) -> float:
     return float(per_row * rows * d + 20 * m * d)
 
 
-def config_width(prep, config_bytes: int, largest: int | None = None, platform: str | None = None) -> int:
+def config_width(prep, config_bytes: int, classes=None, platform: str | None = None) -> int:
     """W of a group (see WIDTH_TARGET_FLOPS): a power of two from its shapes and the
-    platform, and at most the power of two that holds `largest` (the group's largest
-    set of configurations that share its batch-uniform choices, so a small grid is not
-    padded to a wide call)."""
+    platform; with `classes`, the sizes and model FLOPs per configuration-step of the
+    group's sets of configurations that share its batch-uniform choices, the W up to
+    that which minimises calls x (per-call overhead + W x work) over the sets (a small
+    set is not padded to a wide call; a costly one, e.g. with the least-squares decoder,
+    prefers narrower calls)."""
     platform = platform or jax.default_backend()
     target = WIDTH_TARGET_FLOPS.get(platform, WIDTH_TARGET_DEFAULT)
     cap = WIDTH_MAX.get(platform, WIDTH_MAX_DEFAULT)
     by_bytes = WIDTH_BYTES.get(platform, WIDTH_BYTES_DEFAULT) // max(config_bytes, 1)
     w = max(1, min(int(target // max(step_flops(prep), 1.0)), cap, by_bytes))
     w = 1 << (w.bit_length() - 1)
-    if largest is not None:
-        w = min(w, 1 << max(0, int(largest - 1).bit_length()))
-    return w
+    if not classes:
+        return w
+    w = min(w, 1 << max(0, int(max(n for n, _ in classes) - 1).bit_length()))
+    overhead = costs.DEFAULT_OVERHEAD_S.get(platform, 2e-5)
+    rate = costs.DEFAULT_FLOPS_PER_S.get(platform, 1e12)
+
+    def cost(width: int) -> float:
+        return sum(math.ceil(n / width) * (overhead + width * f / rate) for n, f in classes)
+
+    widths = [1 << i for i in range(w.bit_length())]
+    return min(reversed(widths), key=cost)
+
+
+def class_flops(prep, decoder: str) -> float:
+    """Model FLOPs of one configuration-step of a set of configurations with `decoder`:
+    `step_flops`, plus a least-squares solve per step for a decoder that is not
+    traceable (its SVD costs about 50 M K min(M, K) FLOP-equivalents on a CPU)."""
+    cfg = prep.static.cfg
+    extra = 0.0
+    if not DECODERS.entry(decoder).option("traceable"):
+        m, k = cfg.num_devices, cfg.num_partitions_resolved
+        extra = 50.0 * m * k * min(m, k)
+    return step_flops(prep) + extra
 
 
 def _batch_size(n: int, per_dev: int, width: int, n_dev: int, split: int = 1) -> int:
@@ -643,11 +665,12 @@ def make_plan(entries, groups, loads, done, budget, n_dev, n_proc, grid_hash, wi
     split = n_proc if busy < n_proc else 1
     for gi, g in enumerate(groups):
         per_dev = max(1, (budget - g.data_bytes) // max(g.config_bytes, 1))
-        classes: dict[tuple, int] = {}
+        classes: dict[tuple, list] = {}
         for e in g.entries:
-            classes[e.sig.uniform] = classes.get(e.sig.uniform, 0) + 1
-        largest = max(classes.values())
-        g.width = max(1, min(width or config_width(g.prepared, g.config_bytes, largest), per_dev))
+            c = classes.setdefault(e.sig.uniform, [0, e.sig.options["decoder"]])
+            c[0] += 1
+        sizes = [(n, class_flops(g.prepared, decoder)) for n, decoder in classes.values()]
+        g.width = max(1, min(width or config_width(g.prepared, g.config_bytes, sizes), per_dev))
         pending: dict[tuple, list] = {}
         for e in g.entries:
             if e.key not in done:
