@@ -267,6 +267,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     name, parts = load_grids(args.target, quick=args.quick)
     out = pathlib.Path(args.out) if args.out else default_out(name, args.quick)
     store.record_out(out)
+    programs: set = set()  # distinct compiled programs over the parts (--dry-run)
+    configs = 0
     for part, grid in parts:
         d = part_dir(out, name, part, len(parts))  # as `coco-jax run`: a single grid into out itself
         if args.dry_run and grid.tuning is not None:  # both stages: tuning runs, then the reported seeds
@@ -280,6 +282,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             check_memory_budget(args.memory_budget, plan.groups)
             print(f"grid {part!r} -> {d}")
             print(plan.describe(plan_estimates(plan, args.chunk_steps)))
+            programs.update(g.program_key() for g in plan.groups)
+            configs += len(plan.entries)
+            if len(parts) > 1 and part == parts[-1][0]:
+                print(
+                    f"programs: {len(programs)} distinct compiled programs for {configs} configurations in {len(parts)} parts"
+                )
             continue
         df = tune(  # a grid without tuned fields is swept as by cj.sweep
             grid,
@@ -451,7 +459,7 @@ def _add_sweep(sub) -> None:
         "--chunk-steps",
         type=_positive_int,
         metavar="N",
-        help="steps per progress update, a positive integer (default: about 1/16 of a run)",
+        help="steps per call and progress update, a positive integer (default: calls of about 0.25 s, timed on a program's first call)",
     )
     p_sweep.add_argument("--overwrite", action="store_true", help="replace results of another grid in --out")
     p_sweep.add_argument("--no-progress", action="store_true", help="no progress bar")

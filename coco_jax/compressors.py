@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,12 @@ class Compressor(NamedTuple):
             (in expectation for random ones); None where there is no guarantee.
             The identity also carries ``delta = 1``.
         omega: variance constant of an unbiased compressor; None for biased ones.
+        compress_k: optional ``(key, v[d], k) -> c[d]``: the same compressor with the
+            kept count ``k`` a traced int32 scalar, equal to ``compress`` of the
+            compressor built with that k. A sweep group whose configurations differ
+            only in k then runs one compiled program (`coco_jax.config.CHOICES`).
+        bits_of_k: with ``compress_k``: upload bits as a function of k (a Python int or
+            a traced integer).
     """
 
     compress: Callable[[jax.Array, jax.Array], jax.Array]
@@ -63,6 +69,8 @@ class Compressor(NamedTuple):
     biased: bool = True
     delta: float | None = None
     omega: float | None = None
+    compress_k: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
+    bits_of_k: Callable[[Any], Any] | None = None
 
 
 def _index_bits(d: int) -> int:
@@ -116,12 +124,23 @@ def _topk_indices(v: jax.Array, k: int) -> jax.Array:
     return idx
 
 
+def _noise(key: jax.Array, d: int) -> jax.Array:
+    """iid uniform non-negative int32 noise [d] (31 random bits per coordinate; ties
+    have probability ~ d^2 / 2^32 and go to the lower index)."""
+    return jax.lax.shift_right_logical(jax.random.bits(key, (d,), jnp.uint32), jnp.uint32(1)).astype(
+        jnp.int32
+    )
+
+
 def _random_indices(key: jax.Array, d: int, k: int) -> jax.Array:
-    """k indices drawn uniformly without replacement: top-k of iid uniform noise
-    (32 random bits per coordinate; ties have probability ~ d^2 / 2^33)."""
-    noise = jax.random.bits(key, (d,), jnp.uint32)
-    _, idx = jax.lax.top_k(noise, k)
+    """k indices drawn uniformly without replacement: top-k of iid uniform noise."""
+    _, idx = jax.lax.top_k(_noise(key, d), k)
     return idx
+
+
+def _random_mask(key: jax.Array, d: int, k) -> jax.Array:
+    """Boolean mask [d] of exactly the entries `_random_indices` draws, for a traced k."""
+    return _mask_of_largest(_noise(key, d), k)
 
 
 def _scatter(v: jax.Array, idx: jax.Array, vals: jax.Array) -> jax.Array:
@@ -165,6 +184,12 @@ def _topk_mask(v: jax.Array, k: int) -> jax.Array:
     near k/d = 5%, 1.6-4x faster at 10% for d = 1e3..1e5).
     """
     bits = jax.lax.bitcast_convert_type(jnp.abs(v).astype(jnp.float32), jnp.int32)  # [d]
+    return _mask_of_largest(bits, k)
+
+
+def _mask_of_largest(bits: jax.Array, k) -> jax.Array:
+    """Boolean mask [d] of the k largest of the non-negative int32 `bits`, ties to the
+    lowest indices (`lax.top_k`'s rule); `k` may be traced (see `_topk_mask`)."""
 
     def halve(_, bracket):
         lo, hi = bracket  # invariant: count(bits >= lo) >= k > count(bits >= hi)
@@ -183,7 +208,7 @@ _MASK_TOPK_RATIO = 0.05
 
 
 @register_compressor("topk")
-def topk(dim: int, k: int) -> Compressor:
+def topk(dim: int, k: int, dtype=None) -> Compressor:
     """topk: keep the k largest |v_i| (exactly k entries, ties broken in lax.top_k
     order: lowest index first), zero the rest. Biased, deterministic,
     delta = k/d (worst case: all |v_i| equal). bits = k (32 + ceil(log2 d))."""
@@ -195,7 +220,17 @@ def topk(dim: int, k: int) -> Compressor:
         idx = _topk_indices(v, k)
         return _scatter(v, idx, v[idx])
 
-    return Compressor(compress, k * (FLOAT_BITS + _index_bits(dim)), "topk", delta=k / dim)
+    def compress_k(key, v, kk):  # float32: the bisection selects exactly lax.top_k's entries
+        del key
+        return jnp.where(_topk_mask(v, kk), v, jnp.zeros_like(v))
+
+    def bits_of_k(kk):
+        return kk * (FLOAT_BITS + _index_bits(dim))
+
+    dynamic = compress_k if dtype is None or jnp.dtype(dtype) == jnp.float32 else None
+    return Compressor(
+        compress, bits_of_k(k), "topk", delta=k / dim, compress_k=dynamic, bits_of_k=dynamic and bits_of_k
+    )
 
 
 def _randk(dim: int, k: int, *, unbiased: bool) -> Compressor:
@@ -205,17 +240,28 @@ def _randk(dim: int, k: int, *, unbiased: bool) -> Compressor:
     delta = k/d in expectation. Scaled by d/k (``randk_unbiased``): unbiased,
     omega = d/k - 1. bits = k (32 + ceil(log2 d)) in both cases (values + indices).
     """
-    scale = dim / k
+
+    def scale(v, kk):  # d/k rounded once in v's dtype, for a static or a traced k
+        return jnp.asarray(dim, v.dtype) / jnp.asarray(kk, v.dtype)
 
     def compress(key, v):
         idx = _random_indices(key, dim, k)
-        vals = v[idx] * jnp.asarray(scale, v.dtype) if unbiased else v[idx]
+        vals = v[idx] * scale(v, k) if unbiased else v[idx]
         return _scatter(v, idx, vals)
 
-    bits = k * (FLOAT_BITS + _index_bits(dim))
+    def compress_k(key, v, kk):
+        mask = _random_mask(key, dim, kk)
+        return jnp.where(mask, v * scale(v, kk) if unbiased else v, jnp.zeros_like(v))
+
+    def bits_of_k(kk):
+        return kk * (FLOAT_BITS + _index_bits(dim))
+
+    dynamic = {"compress_k": compress_k, "bits_of_k": bits_of_k}
     if unbiased:
-        return Compressor(compress, bits, "randk_unbiased", biased=False, omega=dim / k - 1.0)
-    return Compressor(compress, bits, "randk", delta=k / dim)
+        return Compressor(
+            compress, bits_of_k(k), "randk_unbiased", biased=False, omega=dim / k - 1.0, **dynamic
+        )
+    return Compressor(compress, bits_of_k(k), "randk", delta=k / dim, **dynamic)
 
 
 @register_compressor("randk")
@@ -424,10 +470,32 @@ def _check_compressor(comp, entry: Entry, args: dict) -> Compressor:
         raise ConfigError(f"compressor {name!r}: compress={comp.compress!r} is not callable")
     if not _is_int(comp.bits) or comp.bits < 0:
         raise ConfigError(f"compressor {name!r}: bits={comp.bits!r} must be a non-negative integer")
+    if comp.compress_k is not None and not (callable(comp.compress_k) and callable(comp.bits_of_k)):
+        raise ConfigError(
+            f"compressor {name!r}: compress_k={comp.compress_k!r} needs a callable compress_k(key, v, k) "
+            f"and a callable bits_of_k(k), got bits_of_k={comp.bits_of_k!r}"
+        )
     dim, dtype = args.get("dim"), args.get("dtype", jnp.float32)
     comp = comp._replace(name=comp.name or name, bits=int(comp.bits), biased=bool(comp.biased))
     if dim is None:
         return comp
+    if comp.compress_k is not None:
+        try:
+            out_k = jax.eval_shape(
+                lambda v, k: comp.compress_k(jax.random.key(0), v, k),
+                jax.ShapeDtypeStruct((dim,), dtype),
+                jax.ShapeDtypeStruct((), jnp.int32),
+            )
+        except Exception as err:
+            raise ConfigError(
+                f"compressor {name!r}: compress_k(key, v, k) fails on v of shape ({dim},) and a traced "
+                f"int32 k: {type(err).__name__}: {err}"
+            ) from err
+        if getattr(out_k, "shape", None) != (dim,):
+            raise ConfigError(
+                f"compressor {name!r}: compress_k(key, v, k) returned shape "
+                f"{getattr(out_k, 'shape', type(out_k).__name__)}, must return shape ({dim},)"
+            )
     v = jax.ShapeDtypeStruct((dim,), dtype)
     try:
         out = jax.eval_shape(lambda v: comp.compress(jax.random.key(0), v), v)  # the key traced too
@@ -460,7 +528,14 @@ def _check_compressor(comp, entry: Entry, args: dict) -> Compressor:
 
     compress.__doc__ = inspect.cleandoc(entry.factory.__doc__ or "")
     compress.__name__ = compress.__qualname__ = f"compress_{name}"
-    return comp._replace(compress=compress)
+    if comp.compress_k is None:
+        return comp._replace(compress=compress)
+    inner_k = comp.compress_k
+
+    def compress_k(key: jax.Array, v: jax.Array, k: jax.Array) -> jax.Array:
+        return inner_k(key, v, k).astype(v.dtype)
+
+    return comp._replace(compress=compress, compress_k=compress_k)
 
 
 COMPRESSORS.check = _check_compressor

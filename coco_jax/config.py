@@ -227,6 +227,7 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Ex
 FIELD_NAMES = tuple(FIELDS)
 DYNAMIC_FIELDS = tuple(n for n, f in FIELDS.items() if f.metadata["dynamic"])
 STATIC_FIELDS = tuple(n for n in FIELD_NAMES if n not in DYNAMIC_FIELDS)
+_DYNAMIC_SET = frozenset(DYNAMIC_FIELDS)
 registry.declare_fields(STATIC_FIELDS, DYNAMIC_FIELDS)
 
 # Fields a named dataset depends on (its factory's arguments and the task that shapes
@@ -300,9 +301,8 @@ def _validate_devices(cfg) -> None:
     _int(cfg, "redundancy", 0, m - 1, what=f"must satisfy 0 <= redundancy < num_devices={m}")
 
 
-def _validate_stragglers(cfg) -> None:
+def _check_straggler_probs(cfg) -> None:
     m = cfg.num_devices
-    _real(cfg, "straggler_prob", low=0.0, high=1.0, high_open=True)
     probs = cfg.straggler_probs
     if cfg.straggler == "heterogeneous" and (probs is None or len(probs) != m):
         fail(
@@ -318,31 +318,76 @@ def _validate_stragglers(cfg) -> None:
                 fail("straggler_probs", probs, "every entry must lie in [0, 1)")
         if len(probs) != m:
             fail("straggler_probs", probs, f"must have length num_devices={m}")
-    _int(cfg, "straggler_count", 0, m - 1, what=f"must satisfy 0 <= straggler_count < num_devices={m}")
-    _real(cfg, "markov_p_gb", low=0.0, high=1.0)
-    _real(cfg, "markov_p_bg", low=0.0, high=1.0, low_open=True)
-    _real(cfg, "latency_shift", low=0.0)
-    _real(cfg, "latency_rate", low=0.0, low_open=True)
-    _real(cfg, "deadline", low=0.0, low_open=True)
-    _real(cfg, "latency_fixed", low=0.0)
-    if cfg.upload_bandwidth is not None:
-        _real(cfg, "upload_bandwidth", low=0.0, low_open=True)
+
+
+def _check_wait_for(cfg) -> None:
     if cfg.wait_for is not None:
+        m = cfg.num_devices
         _int(cfg, "wait_for", 1, m, what=f"must satisfy 1 <= wait_for <= num_devices={m}")
         if cfg.straggler != "latency":
             fail("wait_for", cfg.wait_for, "is only used with straggler='latency'; set it to None")
 
 
-def _validate_compression(cfg) -> None:
+def _optional(check):
+    def run(cfg, name):
+        if getattr(cfg, name) is not None:
+            check(cfg, name)
+
+    return run
+
+
+# The checks of the dynamic fields, in the order they run: (field, fields of the
+# configuration it is checked against, check(cfg, field)). Each depends on nothing else,
+# so its verdict is kept per value and context (`_check_dynamic`).
+_DYNAMIC_CHECKS = (
+    ("lr_schedule", (), _choice),
+    ("straggler_prob", (), lambda c, n: _real(c, n, low=0.0, high=1.0, high_open=True)),
+    ("straggler_probs", ("num_devices", "straggler"), lambda c, n: _check_straggler_probs(c)),
+    (
+        "straggler_count",
+        ("num_devices",),
+        lambda c, n: _int(
+            c,
+            n,
+            0,
+            c.num_devices - 1,
+            what=f"must satisfy 0 <= straggler_count < num_devices={c.num_devices}",
+        ),
+    ),
+    ("markov_p_gb", (), lambda c, n: _real(c, n, low=0.0, high=1.0)),
+    ("markov_p_bg", (), lambda c, n: _real(c, n, low=0.0, high=1.0, low_open=True)),
+    ("latency_shift", (), lambda c, n: _real(c, n, low=0.0)),
+    ("latency_rate", (), lambda c, n: _real(c, n, low=0.0, low_open=True)),
+    ("deadline", (), lambda c, n: _real(c, n, low=0.0, low_open=True)),
+    ("latency_fixed", (), lambda c, n: _real(c, n, low=0.0)),
+    ("upload_bandwidth", (), _optional(lambda c, n: _real(c, n, low=0.0, low_open=True))),
+    ("wait_for", ("num_devices", "straggler"), lambda c, n: _check_wait_for(c)),
+    ("device_momentum", (), lambda c, n: _real(c, n, low=0.0, high=1.0, high_open=True)),
+    ("diana_alpha", (), _optional(lambda c, n: _real(c, n, low=0.0, high=1.0, low_open=True))),
+    ("lr", (), lambda c, n: _real(c, n, low=0.0)),
+    ("lr_decay_steps", (), _optional(lambda c, n: _real(c, n, low=0.0, low_open=True))),
+    ("momentum", (), lambda c, n: _real(c, n, low=0.0, high=1.0, high_open=True)),
+    ("seed", (), lambda c, n: _int(c, n, 0)),
+)
+
+
+def _validate_static_fields(cfg) -> None:
+    """Every check that reads only static fields (the registries' excepted)."""
+    for name in STATIC_FIELDS:
+        meta = FIELDS[name].metadata
+        if meta["choices"] is not None or meta["registry"] is not None:
+            _choice(cfg, name)
+    _validate_devices(cfg)
     if cfg.compress_k is not None:
         _int(cfg, "compress_k", 1)
     _real(cfg, "compress_ratio", low=0.0, high=1.0, low_open=True)
     _int(cfg, "qsgd_levels", 1)
     if cfg.group_size is not None:
         _int(cfg, "group_size", 1)
-    _real(cfg, "device_momentum", low=0.0, high=1.0, high_open=True)
-    if cfg.diana_alpha is not None:
-        _real(cfg, "diana_alpha", low=0.0, high=1.0, low_open=True)
+    _int(cfg, "steps", 1)
+    _int(cfg, "eval_every", 1)
+    _int(cfg, "data_seed", 0)
+    _validate_data(cfg)
 
 
 def _validate_data(cfg) -> None:
@@ -365,56 +410,267 @@ def _validate_data(cfg) -> None:
         fail("partitioning", cfg.partitioning, "label-based partitioning needs a classification task")
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def validate(cfg: ExperimentConfig, *, memo: dict | None = None, static_key=None, varied=None) -> None:
     """Check every field on its own and against the others, then run every registry's
     config-time checks (`registry.CONFIG_REGISTRIES`: the code is built, the decoder
     and the feedback rule checked against it and the compressor, the dataset against
     the task, ...). Data-dependent checks (k <= d, rows divisible by K, trace shape)
-    happen in `engine.prepare`, before anything compiles."""
-    for name in FIELD_NAMES:
-        meta = FIELDS[name].metadata
-        if meta["choices"] is not None or meta["registry"] is not None:
-            _choice(cfg, name)
-    _validate_devices(cfg)
-    _validate_stragglers(cfg)
-    _validate_compression(cfg)
-    _real(cfg, "lr", low=0.0)
-    if cfg.lr_decay_steps is not None:
-        _real(cfg, "lr_decay_steps", low=0.0, low_open=True)
-    _real(cfg, "momentum", low=0.0, high=1.0, high_open=True)
-    _int(cfg, "steps", 1)
-    _int(cfg, "eval_every", 1)
-    _int(cfg, "seed", 0)
-    _int(cfg, "data_seed", 0)
-    _validate_data(cfg)
+    happen in `engine.prepare`, before anything compiles.
+
+    A grid validates many configurations that share their static fields, so verdicts
+    are kept (in `memo`, by default the process's): the static checks and each
+    registry's checks per value of the static fields and the registrations, each
+    dynamic field's check per value and context. A registry check that reads a dynamic
+    field (a registration's own ``validate=`` may) is noticed and then runs for every
+    configuration. `Grid` passes its own `static_key` (what decides the static fields
+    and the dynamic fields it does not vary: the preset and the static axes' values)
+    and `varied`, the dynamic fields its axes set."""
+    memo = _VERDICTS if memo is None else memo
+    if static_key is None:
+        static_key = _static_key(cfg)
+        varied = _DYNAMIC_SET
+    if static_key is None:  # an unhashable value: the checks say what is wrong with it
+        _validate_static_fields(cfg)
+        for name, _, check in _DYNAMIC_CHECKS:
+            check(cfg, name)
+        for reg in registry.CONFIG_REGISTRIES:
+            reg.check_config(cfg)
+        return
+    fixed, checked = _check_plan(varied)
+    _remembered(memo, ("static", static_key), lambda: _static_checks(cfg, fixed))
+    for name, ctx, check in checked:
+        value = getattr(cfg, name)
+        try:
+            vkey = (
+                (name, _typed(value), tuple(getattr(cfg, c) for c in ctx)) if ctx else (name, _typed(value))
+            )
+            hit = memo.get(vkey, _MISSING)
+        except TypeError:
+            check(cfg, name)
+            continue
+        if hit is None:
+            continue
+        if hit is not _MISSING:
+            raise ConfigError(hit)
+        _remembered(memo, vkey, lambda check=check, name=name: check(cfg, name))
+    dynamic = _READS_DYNAMIC.copy()
+    _remembered(memo, ("registries", static_key, len(dynamic)), lambda: _registry_checks(cfg, dynamic))
     for reg in registry.CONFIG_REGISTRIES:
+        if reg in dynamic:
+            reg.check_config(cfg)
+
+
+_MISSING = object()
+_CHECK_PLANS: dict = {}
+
+
+def _check_plan(varied) -> tuple[tuple, tuple]:
+    """(dynamic checks run with the static ones, dynamic checks run per value) for the
+    dynamic fields `varied`."""
+    plan = _CHECK_PLANS.get(varied)
+    if plan is None:
+        fixed = tuple(c for c in _DYNAMIC_CHECKS if c[0] not in varied)
+        checked = tuple(c for c in _DYNAMIC_CHECKS if c[0] in varied)
+        plan = _CHECK_PLANS[varied] = (fixed, checked)
+    return plan
+
+
+def _static_checks(cfg, fixed) -> None:
+    _validate_static_fields(cfg)
+    for name, _, check in fixed:
+        check(cfg, name)
+
+
+def _registry_checks(cfg, dynamic: set) -> None:
+    """The checks of every registry not known to read dynamic fields, on the static view
+    of `cfg` (`_check_registry`); not remembered when one of them turns out to."""
+    forget = None
+    for reg in registry.CONFIG_REGISTRIES:
+        if reg in dynamic:
+            continue
+        try:
+            _check_registry(reg, cfg)
+        except _Unremembered as skip:
+            if skip.error is not None:
+                raise
+            forget = skip
+    if forget is not None:
+        raise forget
+
+
+def build(fields: dict, *, memo: dict, static_key, varied) -> ExperimentConfig:
+    """`ExperimentConfig(**fields)` for a grid: `fields` holds every field; validated
+    with the grid's verdicts (`validate`'s `memo`, `static_key`, `varied`)."""
+    cfg = ExperimentConfig.__new__(ExperimentConfig)
+    cfg.__dict__.update(fields)
+    validate(cfg, memo=memo, static_key=static_key, varied=varied)
+    return cfg
+
+
+_VERDICTS: dict = {}  # key -> None (valid) or the ConfigError message
+_VERDICTS_MAX = 100_000
+_READS_DYNAMIC: set = set()  # registries one of whose checks reads a dynamic field
+
+
+class _NeedsDynamic(BaseException):
+    """A registry check read a dynamic field through `_StaticView` (not an Exception, so
+    a registration's error wrapping does not catch it)."""
+
+
+class _StaticView:
+    """A configuration whose dynamic fields (and whole-configuration methods) cannot be
+    read: a registry check that passes on it depends on the static fields only."""
+
+    __slots__ = ("_cfg",)
+
+    def __init__(self, cfg):
+        object.__setattr__(self, "_cfg", cfg)
+
+    def __getattr__(self, name: str):
+        if name in _DYNAMIC_SET or name in ("replace", "to_dict", "__dict__"):
+            raise _NeedsDynamic(name)
+        return getattr(object.__getattribute__(self, "_cfg"), name)
+
+
+def _check_registry(reg, cfg) -> None:
+    """`reg.check_config` on the static view of `cfg`; when it reads a dynamic field (or
+    fails only on the view) the registry is marked to run on every configuration."""
+    try:
+        reg.check_config(_StaticView(cfg))
+        return
+    except _NeedsDynamic:
+        pass
+    except ConfigError as err:
+        try:
+            reg.check_config(cfg)
+        except ConfigError as real:
+            if str(real) == str(err):
+                raise
+            _READS_DYNAMIC.add(reg)
+            raise _Unremembered(real) from None
+        _READS_DYNAMIC.add(reg)
+        raise _Unremembered(None) from None
+    _READS_DYNAMIC.add(reg)
+    try:
         reg.check_config(cfg)
+    except ConfigError as real:
+        raise _Unremembered(real) from None
+    raise _Unremembered(None)
+
+
+class _Unremembered(Exception):
+    """A verdict that must not be kept (it depends on dynamic fields): its error or None."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+
+def _remembered(memo: dict, key, check) -> None:
+    """Run `check()` once per `key`; later calls repeat its verdict (its ConfigError)."""
+    if key in memo:
+        message = memo[key]
+        if message is not None:
+            raise ConfigError(message)
+        return
+    try:
+        check()
+    except ConfigError as err:
+        if len(memo) < _VERDICTS_MAX:
+            memo[key] = str(err)
+        raise
+    except _Unremembered as skip:
+        if skip.error is not None:
+            raise skip.error from None
+        return
+    if len(memo) < _VERDICTS_MAX:
+        memo[key] = None
+
+
+def _typed(value):
+    """`value` with its type (1, 1.0 and True are equal keys but not equal fields)."""
+    if isinstance(value, tuple):
+        return (tuple, value, tuple(map(type, value)))
+    return (type(value), value)
+
+
+def _static_key(cfg) -> tuple | None:
+    """The static fields with their types and the registrations they name, or None
+    when a value is unhashable."""
+    try:
+        fields = tuple(_typed(getattr(cfg, n)) for n in STATIC_FIELDS)
+        regs = []
+        for name in FIELD_NAMES:
+            reg = FIELDS[name].metadata["registry"]
+            if reg is not None:
+                value = getattr(cfg, name)
+                regs.append(reg.entry(value).serial if value in reg else None)
+        checks = tuple(len(reg.config_checks) for reg in registry.CONFIG_REGISTRIES)
+        key = (fields, tuple(regs), checks)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 # ---------------------------------------------------------- static / dynamic
 
 
-# Choice fields: static for one configuration (they pick a code path), but when a sweep
-# group's configurations differ only in them, the choice becomes a traced index into the
-# group's options, so those configurations share one compiled program. Under vmap a
-# batched index evaluates every option, so only choices whose options are all cheap are
-# traced (measured: docs/performance.md, "Traced choices"):
-#   code      deterministic codes (allocation, redundancy): B is a constant [options, M, K]
-#             and the encode gathers the largest row load of the options, a few M·d
-#             multiply-adds against the partitions' gradients over all their rows.
-#             Random codes (bernoulli) need the dense B @ grads: they stay static.
-#   decoder   fixed and received weights: O(M) arithmetic. optimal (a least-squares
-#             solve, O(M K^2) per step) stays static: every configuration would pay it.
-#   straggler models with identical state shapes (all but markov are stateless): O(M)
-#             random numbers per option; latency's deadline/wait mode stays static.
-# Everything else that picks a code path (compressor, feedback, task, ...) stays static.
-CHOICES = {"code": ("allocation", "redundancy"), "decoder": ("decoder",), "straggler": ("straggler",)}
+# Choice kinds. A choice is static for one configuration (it picks a code path), but the
+# configurations of a sweep group that differ only in choices share one compiled program
+# that holds every option of the group and picks one per configuration. How a kind enters
+# the program decides what it costs (measured: docs/performance.md, "One program per
+# shape"):
+#   traced    a per-configuration index, vmapped with the batch. Under vmap a batched
+#             index evaluates every option for every configuration and keeps the chosen
+#             result, so only options that are all cheap are traced:
+#     code      deterministic codes (allocation, redundancy): B is a constant
+#               [options, M, K]; the encode gathers the largest row load of the options
+#               (a few M·d multiply-adds). Random codes (bernoulli) stay static (the
+#               dense B @ grads for every configuration).
+#     decoder   fixed and received weights: O(M) arithmetic (when the group also holds a
+#               decoder that is not `traceable`, e.g. the optimal least-squares decoder,
+#               the whole kind is batch-uniform instead).
+#     straggler stateless models (with their latency wait mode): O(M) random numbers and
+#               a sort of M arrival times. A model with state (markov) stays static.
+#     k         the kept entries of top-k / rand-k: one k per configuration, selected by
+#               a threshold bisection (31 compare-and-count passes over [d]) instead of
+#               a partial sort of static length; bits come from the traced k.
+#   uniform   one value for a whole batch, passed unbatched: `lax.switch` runs only the
+#             chosen option while the program holds all of them, and a group's batches
+#             are formed per value. For choices whose options are expensive or differ
+#             in state:
+#     variant   the compressor and the feedback rule (with the static fields their
+#               factories read: straggler_error, qsgd_levels, group_size, ...): their
+#               device memories share one union state; every option would cost a
+#               compression per device and configuration if it were traced.
+#     horizon   steps and eval_every: a group compiles for its longest run and its most
+#               evaluated steps; a batch stops after its own steps, and evaluation stays
+#               under a `lax.cond` that runs only on evaluated steps (a traced horizon
+#               would evaluate on every step).
+# Everything else that picks a code path (task, model, data, shapes, optimizer, dtype,
+# device momentum, random codes, stateful straggler models) stays static: one program each.
+CHOICES = {
+    "code": ("allocation", "redundancy"),
+    "decoder": ("decoder",),
+    "straggler": ("straggler",),
+    "k": ("compress_k", "compress_ratio"),
+    "variant": ("compressor", "error_feedback", "straggler_error", "qsgd_levels", "group_size"),
+    "horizon": ("steps", "eval_every"),
+}
 CHOICE_FIELDS = tuple(f for fields in CHOICES.values() for f in fields)
+# Kinds that are always batch-uniform when a group merges them; decoder and straggler
+# are batch-uniform in a group whose options are not all cheap (`Static.uniform`).
+UNIFORM_KINDS = ("variant", "horizon")
 # Per-configuration indices into its group's options (0 outside a merged group).
-CHOICE_HPARAMS = tuple(f"{kind}_choice" for kind in CHOICES)
+CHOICE_HPARAMS = tuple(f"{kind}_choice" for kind in CHOICES if kind != "horizon")
+# The horizon enters the program as values, not as an index.
+HORIZON_HPARAMS = ("steps", "eval_every")
 
 HParams = dataclasses.make_dataclass(
-    "HParams", [(name, jax.Array) for name in (*DYNAMIC_FIELDS, *CHOICE_HPARAMS)], frozen=True
+    "HParams",
+    [(name, jax.Array) for name in (*DYNAMIC_FIELDS, *HORIZON_HPARAMS, *CHOICE_HPARAMS)],
+    frozen=True,
 )
 HParams.__module__ = __name__
 HParams = jax.tree_util.register_dataclass(HParams)
@@ -422,10 +678,49 @@ HParams.__doc__ = (
     "The dynamic fields of one configuration as arrays: a vmappable pytree whose values "
     "never change the compiled program. Generated from the fields marked dynamic ("
     + ", ".join(DYNAMIC_FIELDS)
-    + ") plus the indices of its traced choices ("
-    + ", ".join(CHOICE_HPARAMS)
-    + ")."
+    + "), the run's horizon (steps, eval_every) and the indices of its choices among its "
+    "group's options (" + ", ".join(CHOICE_HPARAMS) + ")."
 )
+HPARAM_NAMES = tuple(f.name for f in dataclasses.fields(HParams))
+
+
+def uniform_hparams(uniform_kinds) -> tuple[str, ...]:
+    """The `HParams` fields that are one value per batch in a group whose batch-uniform
+    choice kinds are `uniform_kinds` (the horizon always is)."""
+    names = list(HORIZON_HPARAMS)
+    names += [f"{kind}_choice" for kind in uniform_kinds if kind != "horizon"]
+    return tuple(names)
+
+
+def _or(values: list, default) -> list:
+    return [default if v is None else v for v in values]
+
+
+# Column-wise forms of the `to_hp` conversions (`hparams_column`): a batch's values at once.
+_HP_COLUMNS = {
+    "straggler_probs": lambda cfgs, dt: np.stack([_straggler_probs_hp(c, dt) for c in cfgs]),
+    "wait_for": lambda cfgs, dt: np.asarray(
+        [c.num_devices if c.wait_for is None else c.wait_for for c in cfgs], np.int32
+    ),
+    "seed": lambda cfgs, dt: np.asarray([c.seed for c in cfgs], np.uint32),
+    "lr_schedule": lambda cfgs, dt: np.asarray([_SCHEDULE_INDEX[c.lr_schedule] for c in cfgs], np.int32),
+    "lr_decay_steps": lambda cfgs, dt: np.asarray(
+        [c.steps if c.lr_decay_steps is None else c.lr_decay_steps for c in cfgs], dt
+    ),
+    "upload_bandwidth": lambda cfgs, dt: np.asarray(_or([c.upload_bandwidth for c in cfgs], np.inf), dt),
+    "diana_alpha": lambda cfgs, dt: np.asarray(_or([c.diana_alpha for c in cfgs], np.nan), dt),
+}
+_SCHEDULE_INDEX = {name: i for i, name in enumerate(LR_SCHEDULES)}
+
+
+def hparams_column(name: str, cfgs: list, dt) -> np.ndarray:
+    """The `HParams` field `name` of the dynamic field of that name for `cfgs` stacked
+    (what `np.stack([hparams_of(c).<name> for c in cfgs])` gives), computed column-wise."""
+    conv = _HP_COLUMNS.get(name)
+    if conv is not None:
+        return conv(cfgs, dt)
+    values = [getattr(c, name) for c in cfgs]
+    return np.asarray(values, np.int32 if FIELDS[name].type == "int" else dt)
 
 
 def float_dtype_of(dtype=None) -> np.dtype:
@@ -448,6 +743,8 @@ def hparams_of(cfg: ExperimentConfig) -> HParams:
     floats in the run's float dtype, ints as int32, or the field's own `to_hp`."""
     dt = np.float64 if float_dtype(cfg) == jnp.float64 else np.float32
     values = {name: np.asarray(0, np.int32) for name in CHOICE_HPARAMS}
+    values["steps"] = np.asarray(cfg.steps, np.int32)
+    values["eval_every"] = np.asarray(cfg.eval_every, np.int32)
     for name in DYNAMIC_FIELDS:
         meta = FIELDS[name].metadata
         if "to_hp" in meta:
@@ -460,9 +757,9 @@ def hparams_of(cfg: ExperimentConfig) -> HParams:
 
 class StaticFields:
     """Read-only view of a configuration's static fields (`Static.cfg`). Reading a
-    dynamic field, or a choice field that is traced in this group, raises: its value
-    differs between the configurations that share a compiled program, so code inside
-    the program must read it from `HParams` (or the group's options)."""
+    dynamic field, or a choice field that this group merges, raises: its value differs
+    between the configurations that share a compiled program, so code inside the
+    program must read it from `HParams` (or the group's options)."""
 
     __slots__ = ("_values",)
 
@@ -476,7 +773,7 @@ class StaticFields:
         if name in DYNAMIC_FIELDS:
             raise AttributeError(f"{name!r} is a dynamic field: read it from HParams inside the program")
         if name in CHOICE_FIELDS:
-            raise AttributeError(f"{name!r} is a traced choice in this group: use the group's options")
+            raise AttributeError(f"{name!r} is a choice this group merges: use the group's options")
         raise AttributeError(name)
 
     def __setattr__(self, name, value):
@@ -494,52 +791,106 @@ class StaticFields:
 @dataclasses.dataclass(frozen=True)
 class Static:
     """Everything that changes a shape or a code path: one compiled program per value.
-    Built by `engine.prepare` from a configuration and its data; hashable.
+    Built by `engine.prepare` from a configuration and its data (one configuration), or
+    by `coco_jax.plan` for a group that merges choices; hashable.
 
-    The on/off switches of dynamic features are explicit flags (their values are
-    dynamic): `device_momentum` (momentum before compression is on) and `wait_mode`
-    (latency stragglers wait for the `wait_for` fastest devices). `components` names
-    each registered component with its registration serial, so re-registering a name
-    never reuses a program compiled for the old factory.
+    The on/off switch of device momentum is an explicit flag (its value is dynamic).
+    `components` names each registered component with its registration serial, so
+    re-registering a name never reuses a program compiled for the old factory.
+    `steps` and `points` are the longest run and the most evaluated steps of the
+    group (a configuration's own are its `HParams.steps` / `eval_every`).
     """
 
-    fields: tuple[tuple[str, Any], ...]  # the static config fields (traced choices removed)
+    fields: tuple[tuple[str, Any], ...]  # the static config fields (merged choice fields removed)
     feature_shape: tuple[int, ...]  # shape of one data row
     num_classes: int  # 0 for regression
     dim: int  # d, the flat parameter count
-    compress_k: int
+    compress_k: int  # k of the group's first configuration
     device_momentum: bool
-    wait_mode: bool
+    wait_mode: bool  # the first configuration's latency wait mode
     components: tuple[tuple[str, str, int], ...] = ()
-    # traced choices of a merged sweep group: (kind, options) for each of `CHOICES`
-    # whose options differ; a code option is (allocation, redundancy)
+    # merged choices of a sweep group: (kind, options) for each of `CHOICES` whose
+    # options differ (see `options` for what an option is)
     choices: tuple[tuple[str, tuple], ...] = ()
+    uniform: tuple[str, ...] = ()  # the merged kinds that are batch-uniform (lax.switch)
+    steps: int = 0  # the longest run of the group
+    points: int = 0  # the most evaluated steps of a run of the group
 
     @property
     def cfg(self) -> StaticFields:
         return StaticFields(dict(self.fields))
 
     def options(self, kind: str) -> tuple:
-        """The group's options of choice `kind` (one option unless it is traced)."""
-        traced = dict(self.choices)
-        if kind in traced:
-            return traced[kind]
-        values = tuple(dict(self.fields)[f] for f in CHOICES[kind])
-        return (values if len(values) > 1 else values[0],)
+        """The group's options of choice `kind` (one option unless it is merged): code
+        (allocation, redundancy); decoder a name; straggler (name, wait mode); k an int;
+        variant (((field, value), ...) of `CHOICES["variant"]`, k) with k None when the
+        group's k is traced; horizon (steps, eval_every)."""
+        merged = dict(self.choices)
+        if kind in merged:
+            return merged[kind]
+        f = dict(self.fields)
+        if kind == "code":
+            return ((f["allocation"], f["redundancy"]),)
+        if kind == "decoder":
+            return (f["decoder"],)
+        if kind == "straggler":
+            return ((f["straggler"], self.wait_mode),)
+        if kind == "k":
+            return (self.compress_k,)
+        if kind == "variant":
+            return ((tuple((n, f[n]) for n in CHOICES["variant"]), self.compress_k),)
+        if kind == "horizon":
+            return ((f["steps"], f["eval_every"]),)
+        raise KeyError(kind)
+
+    def uniform_hparams(self) -> tuple[str, ...]:
+        """The `HParams` fields one batch of this group shares (unbatched in its program)."""
+        return uniform_hparams(self.uniform)
 
 
-def choice_value(cfg, kind: str) -> Any:
-    """The option a configuration takes for choice `kind` (see `Static.options`)."""
-    values = tuple(getattr(cfg, f) for f in CHOICES[kind])
-    return values if len(values) > 1 else values[0]
+def choice_value(cfg, kind: str, dim: int | None = None) -> Any:
+    """The option a configuration takes for choice `kind` (see `Static.options`); k
+    and variant need the flat parameter count `dim`."""
+    if kind == "code":
+        return (cfg.allocation, cfg.redundancy)
+    if kind == "decoder":
+        return cfg.decoder
+    if kind == "straggler":
+        return (cfg.straggler, cfg.wait_for is not None)
+    if kind == "k":
+        return resolve_k(dim, cfg.compress_k, cfg.compress_ratio)
+    if kind == "variant":
+        fields = tuple((n, getattr(cfg, n)) for n in CHOICES["variant"])
+        return (fields, resolve_k(dim, cfg.compress_k, cfg.compress_ratio))
+    if kind == "horizon":
+        return (cfg.steps, cfg.eval_every)
+    raise KeyError(kind)
+
+
+def option_index(static: Static, kind: str, value) -> int:
+    """Index of `value` (from `choice_value`) among `static`'s options of `kind` (a
+    variant whose k the group traces, or whose compressor takes no k, matches the option
+    with its fields)."""
+    options = static.options(kind)
+    if kind == "variant" and value not in options:
+        # its k is traced, or its compressor takes no k: the one option with its fields
+        same = [o for o in options if o[0] == value[0]]
+        if len(same) == 1:
+            return options.index(same[0])
+    if kind == "k" and value not in options:
+        return 0  # a variant that keeps a static k ignores the traced one
+    return options.index(value)
 
 
 def hparams_in_group(static: Static, cfg: ExperimentConfig) -> HParams:
     """`hparams_of(cfg)` with the indices of `cfg`'s options among its group's."""
     hp = hparams_of(cfg)
     indices = {
-        f"{kind}_choice": np.asarray(static.options(kind).index(choice_value(cfg, kind)), np.int32)
+        f"{kind}_choice": np.asarray(
+            option_index(static, kind, choice_value(cfg, kind, static.dim)), np.int32
+        )
         for kind, _ in static.choices
+        if kind != "horizon"
     }
     return dataclasses.replace(hp, **indices)
 
@@ -560,7 +911,17 @@ def resolve_k(dim: int, compress_k: int | None, compress_ratio: float) -> int:
 
 def eval_schedule(cfg) -> np.ndarray:
     """The evaluated steps of a run: 0, e, 2e, ..., and `steps` itself (int64)."""
-    points = list(range(0, cfg.steps + 1, cfg.eval_every))
-    if points[-1] != cfg.steps:
-        points.append(cfg.steps)
-    return np.asarray(points, np.int64)
+    return schedule_of(cfg.steps, cfg.eval_every)
+
+
+def schedule_of(steps: int, eval_every: int) -> np.ndarray:
+    """The evaluated steps 0, e, 2e, ..., and `steps` itself (int64)."""
+    points = np.arange(0, steps + 1, eval_every, dtype=np.int64)
+    if points[-1] != steps:
+        points = np.append(points, np.int64(steps))
+    return points
+
+
+def num_points(steps: int, eval_every: int) -> int:
+    """How many evaluated steps a run of `steps` with `eval_every` records: ceil(T/e) + 1."""
+    return -(-steps // eval_every) + 1

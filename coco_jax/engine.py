@@ -18,6 +18,7 @@ from coco_jax.config import (
     ConfigError,
     ExperimentConfig,
     Static,
+    eval_schedule,
     float_dtype,
     hparams_of,
     resolve_k,
@@ -151,6 +152,8 @@ def prepare(
         device_momentum=cfg.device_momentum > 0,
         wait_mode=cfg.wait_for is not None,
         components=component_serials(cfg),
+        steps=cfg.steps,
+        points=len(eval_schedule(cfg)),
     )
     comps = components(static)
     if comps.feedback.check is not None:

@@ -312,6 +312,21 @@ def make_feedback(
     return FEEDBACKS.build(name, {"compressor": compressor, "dim": dim}, fields or {})
 
 
+# Built-in rules that use nothing of their compressor but `compress`: around a
+# compressor whose k is traced (`Compressor.compress_k`) they are rebuilt inside the
+# program (`rebuild`). Other rules (DIANA reads the compressor's omega, which depends on
+# k; a registered rule may read anything) keep a static k: one option per k.
+K_AGNOSTIC = ("none", "ef", "ef21")
+
+
+def rebuild(name: str, compressor: Compressor, *, dim: int, fields: dict) -> Feedback:
+    """`make_feedback` without the registry's cache, for a compressor built inside a
+    trace (bound to a traced k): called once per compiled program."""
+    entry = FEEDBACKS.entry(name)
+    args = FEEDBACKS.arguments(name, {"compressor": compressor, "dim": dim}, fields)
+    return _check_feedback(FEEDBACKS.call(entry, args), entry, args)
+
+
 _PROBE_DIM = 64
 
 
@@ -333,6 +348,7 @@ def check_feedback_with_compressor(cfg) -> None:
 
 
 __all__ = [
+    "K_AGNOSTIC",
     "ErrorMemory",
     "Feedback",
     "MomentumMemory",
@@ -344,6 +360,7 @@ __all__ = [
     "keep",
     "make_feedback",
     "no_memory",
+    "rebuild",
     "register_feedback",
     "sum_delivered",
     "with_device_momentum",

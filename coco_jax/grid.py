@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from coco_jax.config import DYNAMIC_FIELDS, FIELD_NAMES, ExperimentConfig
+from coco_jax.config import DYNAMIC_FIELDS, FIELD_NAMES, STATIC_FIELDS, ExperimentConfig, _typed, build
 from coco_jax.errors import ConfigError
 from coco_jax.fileio import jsonable
 from coco_jax.presets import preset_fields
 from coco_jax.reference import smoothness
 from coco_jax.registry import PRESETS
-from coco_jax.results import TUPLE_FIELDS, config_id
+from coco_jax.results import TUPLE_FIELDS, config_id, config_id_from, id_template
 
 __all__ = [
     "CRITERIA",
@@ -586,33 +586,71 @@ class Grid:
 
     def _build(self) -> list[tuple[str, ExperimentConfig]]:
         out: list[tuple[str, ExperimentConfig]] = []
+        keys: list[tuple] = []
         seen = set()
         base_fields = self.base.to_dict()
         duplicates = 0
+        memo: dict = {}  # validation verdicts of this grid (`config.validate`)
+        presets: dict = {}
+        templates: dict = {}
+        kinds: dict = {}
         for point in self._points():
             method = point.get("preset", self.base_method)
             fields = dict(base_fields)
             if "preset" in point:
-                fields.update(preset_fields(point["preset"]))
-            fields.update({k: v for k, v in point.items() if k != "preset"})
+                name = point["preset"]
+                if name not in presets:
+                    presets[name] = preset_fields(name)
+                fields.update(presets[name])
+            names = tuple(point)
+            if names not in kinds:  # which axes set static and which dynamic fields (per key set)
+                varied = tuple(k for k in names if k != "preset")
+                kinds[names] = (
+                    varied,
+                    tuple(k for k in varied if k in STATIC_FIELDS),
+                    frozenset(k for k in varied if k in DYNAMIC_FIELDS),
+                )
+            varied, static_names, dynamic = kinds[names]
+            fields.update({k: point[k] for k in varied})
             label = method or "custom"
             if self._excluded({**fields, "preset": label}):
                 continue
+            # what decides the static fields (and the dynamic ones the axes do not set)
+            skey = (point.get("preset"), tuple((k, _typed(point[k])) for k in static_names))
             try:
-                cfg = ExperimentConfig(**fields)
+                hash(skey)
+            except TypeError:
+                skey = None  # an unhashable value: the checks say what is wrong with it
+            try:
+                if skey is None:
+                    cfg = ExperimentConfig(**fields)
+                else:
+                    cfg = build(fields, memo=memo, static_key=(skey, dynamic), varied=dynamic)
             except ConfigError as err:
                 raise ConfigError(f"grid point {point}: {err}") from None
+            if skey is not None:
+                template = templates.get((skey, dynamic))
+                if template is None:
+                    template = templates[(skey, dynamic)] = id_template(cfg, dynamic)
+                config_id_from(template, cfg)
             key = (label, config_id(cfg))
             if key in seen:
                 duplicates += 1
                 continue
             seen.add(key)
             out.append((label, cfg))
+            keys.append((skey, dynamic) if skey is not None else None)
         if duplicates:
             warnings.warn(f"grid: {duplicates} duplicate configuration(s) dropped", stacklevel=3)
         if not out:
             raise ConfigError("the grid is empty (every point was excluded)")
+        self._keys = keys
         return out
+
+    def static_keys(self) -> list:
+        """Per configuration (grid order): a key equal for configurations whose static
+        fields this grid sets alike (the preset and the static axes' values), or None."""
+        return list(self._keys)
 
     def configs(self) -> list[tuple[str, ExperimentConfig]]:
         """(method label, ExperimentConfig) of every point, in grid order.

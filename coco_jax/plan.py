@@ -6,6 +6,7 @@ device memory — all before anything compiles (`plan_sweep` is the --dry-run vi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -19,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coco_jax import costs, engine, fileio, store
 from coco_jax import data as data_lib
-from coco_jax import engine, fileio, store
+from coco_jax import feedback as feedback_lib
 from coco_jax.config import (
     CHOICE_FIELDS,
     CHOICES,
@@ -30,13 +32,14 @@ from coco_jax.config import (
     choice_value,
     float_dtype,
     hparams_of,
+    num_points,
     static_fields,
 )
 from coco_jax.errors import ConfigError
 from coco_jax.grid import Grid
-from coco_jax.registry import COMPRESSORS, DECODERS, FEEDBACKS, MODELS
+from coco_jax.registry import CODES, COMPRESSORS, DECODERS, FEEDBACKS, MODELS, STRAGGLER_MODELS
 from coco_jax.results import config_id
-from coco_jax.step import components, init_run
+from coco_jax.step import bits_table, components, init_run
 
 __all__ = [
     "Batch",
@@ -57,11 +60,31 @@ DEVICE_MEMORY_FRACTION = 0.6  # share of a device's free memory a sweep plans to
 
 
 @dataclasses.dataclass
+class Signature:
+    """What the configurations with one static part share (computed once per static
+    part, never per configuration): the prepared run, the key of the program it joins
+    and its option of each choice; once grouped, its option indices in the group, the
+    batch-uniform values its batches share, its bits per message and its points."""
+
+    prep: Any  # engine.Prepared of the first configuration with this static part
+    key: tuple  # merge key: equal keys share one compiled program
+    options: dict  # kind -> option value (`config.choice_value`)
+    capable: bool  # its compressor and rule can take a traced k
+    group: int = -1
+    hparams: dict = dataclasses.field(default_factory=dict)  # choice indices and horizon values
+    uniform: tuple = ()  # the values of the group's batch-uniform HParams
+    bits: int = 0  # upload bits of one message
+    points: int = 0  # evaluated steps of a run
+
+
+@dataclasses.dataclass
 class Entry:
     index: int  # position in the grid
     method: str
     cfg: ExperimentConfig
     config_id: str
+    sig: Signature | None = None  # set by `prepare_groups`
+    static_key: Any = None  # equal for configurations of one grid with equal static fields (or None)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -75,29 +98,52 @@ class Group:
     entries: list[Entry]
     config_bytes: int  # estimated device bytes of one configuration
     data_bytes: int  # bytes of the shared (replicated) data
+    steps: int = 0  # the longest run of the group
+    width: int = 1  # configurations one program call computes per device (`config_width`)
+
+    def program_key(self) -> tuple:
+        """What identifies the group's compiled program (equal keys: one program, also
+        across the parts of an experiment)."""
+        shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(self.prepared.data))
+        return (self.static, self.width, shapes)
 
     def label(self) -> str:
         st = self.static
         c = st.cfg
         codes = "|".join(f"s={s} {a}" for a, s in st.options("code"))
+        variants = "|".join(_variant_label(fields, k) for fields, k in st.options("variant"))
+        ks = st.options("k")
+        stragglers = "|".join(
+            name + (" (wait for n)" if wait else "") for name, wait in st.options("straggler")
+        )
+        horizons = sorted({h for h in (e.sig.options["horizon"] for e in self.entries if e.sig)} or set())
         parts = [
             f"{c.task}/{c.dataset}",
             f"M={c.num_devices} K={c.num_partitions_resolved} {codes}",
             f"d={st.dim}",
-            f"{c.compressor}(k={st.compress_k}) {c.error_feedback} {'|'.join(st.options('decoder'))}",
-            f"{'|'.join(st.options('straggler'))}{' (wait for n)' if st.wait_mode else ''} {c.optimizer}",
-            f"steps={c.steps}/{c.eval_every}",
+            variants + (f", k={'|'.join(map(str, ks))}" if len(ks) > 1 else ""),
+            f"{'|'.join(st.options('decoder'))}, {stragglers}, {c.optimizer}",
+            "steps=" + ("|".join(f"{t}/{e}" for t, e in horizons) if horizons else str(self.steps)),
         ]
         if c.batch_size is not None:
             parts.append(f"batch={c.batch_size}")
         return ", ".join(parts)
 
 
+def _variant_label(fields: tuple, k: int | None) -> str:
+    f = dict(fields)
+    name = f["compressor"] + ("" if k is None or not _takes_k(f["compressor"]) else f"(k={k})")
+    if f["compressor"] in ("qsgd", "topk_qsgd"):
+        name += f"[{f['qsgd_levels']}]"
+    rule = f["error_feedback"] + (f"[{f['straggler_error']}]" if f["straggler_error"] != "keep" else "")
+    return f"{name}+{rule}"
+
+
 @dataclasses.dataclass
 class Batch:
     group: int
     entries: list[Entry]
-    size: int  # padded size (a multiple of the local device count)
+    size: int  # padded size (a multiple of the group's width times the local device count)
 
 
 def _tree_nbytes(tree) -> int:
@@ -217,20 +263,23 @@ def _data_key(cfg: ExperimentConfig) -> tuple:
 def prepare_groups(
     entries: list[Entry], data=None, test_data=None, straggler_trace=None
 ) -> tuple[list[Group], int]:
-    """Group entries by their static part, merging the configurations that differ only
-    in cheap choices (`config.CHOICES`: traced indices into the group's options). A
-    named dataset is loaded once per set of data fields, prepared (partitioned, checked)
-    once per static configuration, and the prepared arrays are shared between groups
-    that read the same partitioned data. Returns (groups, number of dataset loads)."""
-    by_static_cfg: dict[tuple, Any] = {}
+    """Group entries into programs: the configurations whose static parts differ only in
+    choices (`config.CHOICES`) share one compiled program. Everything is computed once
+    per static part (a `Signature`: the prepared run, its merge key, its options), so
+    the work per configuration is a dictionary lookup. A named dataset is loaded once
+    per set of data fields and the prepared arrays are shared between groups that read
+    the same partitioned data. Returns (groups, number of dataset loads); every entry's
+    `sig` is set."""
+    sigs: dict[tuple, Signature] = {}
     datasets: dict[tuple, Any] = {}
     shared_data: dict[tuple, Any] = {}
-    members: dict[tuple, list] = {}  # merge key -> [(entry, prepared)]
+    members: dict[tuple, list] = {}  # merge key -> entries
     loads = 0 if data is None else 1  # user arrays: given once
     for e in entries:
-        scfg = (static_fields(e.cfg), e.cfg.device_momentum > 0, e.cfg.wait_for is not None)
-        prep = by_static_cfg.get(scfg)
-        if prep is None:
+        part = e.static_key if e.static_key is not None else static_fields(e.cfg)
+        skey = (part, e.cfg.device_momentum > 0, e.cfg.wait_for is not None)
+        sig = sigs.get(skey)
+        if sig is None:
             trace = straggler_trace if e.cfg.straggler == "trace" else None
             dataset = None
             if data is None:  # a named dataset: load it once per data-relevant fields
@@ -245,95 +294,263 @@ def prepare_groups(
                 prep = dataclasses.replace(prep, data=shared_data[dkey])
             else:
                 shared_data[dkey] = prep.data
-            by_static_cfg[scfg] = prep
-        elif prep.comps.feedback.check is not None:
-            prep.comps.feedback.check(e.cfg)  # a dynamic field the rule may refuse or warn about
-        members.setdefault(_merge_key(prep), []).append((e, prep))
+            sig = sigs[skey] = _signature(prep)
+        elif sig.prep.comps.feedback.check is not None:
+            sig.prep.comps.feedback.check(e.cfg)  # a dynamic field the rule may refuse or warn about
+        e.sig = sig
+        members.setdefault(sig.key, []).append(e)
     groups = []
     for items in members.values():
-        prep = _merged(items)
+        group_sigs = list(dict.fromkeys(id(e.sig) for e in items))
+        by_id = {id(e.sig): e.sig for e in items}
+        prep, steps = _merged([by_id[i] for i in group_sigs], len(groups))
         groups.append(
             Group(
-                prep.static, prep, [e for e, _ in items], estimate_config_bytes(prep), _tree_nbytes(prep.data)
+                prep.static,
+                prep,
+                items,
+                estimate_config_bytes(prep),
+                _tree_nbytes(prep.data),
+                steps,
             )
         )
     return groups, loads
 
 
-def _choice_free(prep) -> bool:
-    """Whether no factory but the code's and the straggler model's reads a choice
-    field (then the choices can be traced without changing any other component)."""
-    cfg = prep.cfg
-    used = [(COMPRESSORS, cfg.compressor), (FEEDBACKS, cfg.error_feedback)]
+@functools.lru_cache(maxsize=256)
+def _parameters(factory) -> frozenset:
+    return frozenset(inspect.signature(factory).parameters)
+
+
+# the choice fields that belong to each registry's own choice kind
+_OWN = {
+    CODES: CHOICES["code"],
+    DECODERS: CHOICES["decoder"],
+    STRAGGLER_MODELS: CHOICES["straggler"],
+    COMPRESSORS: CHOICES["variant"] + CHOICES["k"],
+    FEEDBACKS: CHOICES["variant"] + CHOICES["k"],
+    MODELS: (),
+}
+
+
+def _pinned(cfg) -> frozenset:
+    """Choice fields that a factory of another kind reads (a user code that asks for
+    `qsgd_levels`, a model that asks for `steps`, ...): those stay in the program key,
+    so the configurations of one program agree on them."""
+    used = [
+        (COMPRESSORS, cfg.compressor),
+        (FEEDBACKS, cfg.error_feedback),
+        (CODES, cfg.allocation),
+        (DECODERS, cfg.decoder),
+        (STRAGGLER_MODELS, cfg.straggler),
+    ]
     if cfg.task in MODELS:
         used.append((MODELS, cfg.task))
+    pinned = set()
     for reg, name in used:
-        params = inspect.signature(reg.entry(name).factory).parameters
-        if any(f in params for f in CHOICE_FIELDS):
-            return False
-    return True
+        params = _parameters(reg.entry(name).factory) | {k for k, _ in reg.entry(name).bound}
+        pinned |= (params & set(CHOICE_FIELDS)) - set(_OWN[reg])
+    return frozenset(pinned)
 
 
-def _merge_key(prep) -> tuple:
-    """Configurations with equal keys share one compiled program: the static part
-    without the choice fields, plus what makes options incompatible (a random code, the
-    optimal decoder, a straggler state of another shape, other data)."""
+def _signature(prep) -> Signature:
+    """The merge key and options of a prepared configuration (see `Signature`)."""
     static, cfg = prep.static, prep.cfg
-    if not _choice_free(prep):
-        return ("static", static, id(prep.data))
+    pinned = _pinned(cfg)
     code = prep.comps.codes[0]
     model = prep.comps.straggler_models[0]
     state = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jax.tree_util.tree_map(jnp.asarray, hparams_of(cfg)))
     )
-    return (
-        tuple((n, v) for n, v in static.fields if n not in CHOICE_FIELDS),
+    merged = set(CHOICE_FIELDS) - pinned
+    if code.random:  # a random code keeps its own program (its encode is a dense product)
+        merged -= set(CHOICES["code"])
+    rule_entry = FEEDBACKS.entry(cfg.error_feedback)
+    capable = (
+        prep.comps.compressor.compress_k is not None
+        and rule_entry.builtin
+        and cfg.error_feedback in feedback_lib.K_AGNOSTIC
+        and not static.device_momentum
+    )
+    key = (
+        tuple((n, v) for n, v in static.fields if n not in merged),
         static.feature_shape,
         static.num_classes,
         static.dim,
-        static.compress_k,
         static.device_momentum,
-        static.wait_mode,
-        tuple(c for c in static.components if c[0] not in ("code", "decoder", "straggler model")),
+        tuple(
+            c
+            for c in static.components
+            if c[0] not in ("code", "decoder", "straggler model", "compressor", "feedback")
+        ),
         ("random", cfg.allocation) if code.random else "deterministic",
-        "traceable" if DECODERS.entry(cfg.decoder).option("traceable") else ("static", cfg.decoder),
         jax.tree_util.tree_structure(state),
         tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(state)),
         id(prep.data),
     )
+    options = {kind: choice_value(cfg, kind, static.dim) for kind in CHOICES}
+    if not _takes_k(cfg.compressor):  # its programs do not depend on k
+        options["variant"] = (options["variant"][0], 1)
+    return Signature(prep, key, options, capable)
 
 
-def _merged(items: list) -> Any:
-    """The prepared group of configurations that share a merge key: the first one's,
-    with every choice whose options differ traced (`Static.choices`)."""
-    first = items[0][1]
-    if len(items) == 1 or first.static.choices or not _choice_free(first):
-        return first
-    traced, drop = [], set()
-    for kind, names in CHOICES.items():
-        options = tuple(dict.fromkeys(choice_value(e.cfg, kind) for e, _ in items))
-        if len(options) > 1:
-            traced.append((kind, options))
-            drop.update(names)
-    if not traced:
-        return first
-    serials = tuple(dict.fromkeys(c for _, p in items for c in p.static.components))
+def _takes_k(compressor: str) -> bool:
+    entry = COMPRESSORS.entry(compressor)
+    return "k" in _parameters(entry.factory) and "k" not in dict(entry.bound)
+
+
+def _points_bucket(points: int) -> int:
+    """History buffer length for `points` evaluated steps: the next power of two (so
+    groups whose runs record a similar number of points share a program)."""
+    return 1 << max(0, int(points - 1).bit_length())
+
+
+def _merged(sigs: list[Signature], group: int) -> tuple[Any, int]:
+    """The prepared program of the signatures that share a merge key: the first one's,
+    with every choice merged (`Static.choices`; its fields dropped from the static part),
+    and each signature's option indices, batch-uniform values, bits and points. Returns
+    (prepared, the group's longest run)."""
+    first = sigs[0].prep
+    pinned = _pinned(first.cfg)
+    ks = sorted({s.options["k"] for s in sigs if s.capable})
+    dynamic_k = len(ks) > 1
+    options: dict[str, list] = {kind: [] for kind in CHOICES}
+    for s in sigs:
+        for kind in CHOICES:
+            value = s.options[kind]
+            if kind == "variant":
+                value = (value[0], None if dynamic_k and s.capable else value[1])
+            if kind == "k":
+                continue
+            if value not in options[kind]:
+                options[kind].append(value)
+    options["k"] = ks if dynamic_k else [first.static.compress_k]
+    kinds = [k for k in CHOICES if not (set(CHOICES[k]) & pinned)]
+    if first.comps.codes[0].random:
+        kinds = [k for k in kinds if k != "code"]
+    drop = {f for k in kinds for f in CHOICES[k]}
+    decoders = options["decoder"]
+    uniform = ["variant", "horizon"]
+    if len(decoders) > 1 and not all(DECODERS.entry(d).option("traceable") for d in decoders):
+        uniform.insert(0, "decoder")
+    max_points = max(num_points(*s.options["horizon"]) for s in sigs)
+    steps = max(s.options["horizon"][0] for s in sigs)
+    serials = tuple(dict.fromkeys(c for s in sigs for c in s.prep.static.components))
     static = dataclasses.replace(
         first.static,
         fields=tuple((n, v) for n, v in first.static.fields if n not in drop),
         components=serials,
-        choices=tuple(traced),
+        choices=tuple((k, tuple(options[k])) for k in kinds),
+        uniform=tuple(k for k in uniform if k in kinds),
+        steps=0,
+        points=_points_bucket(max_points),
     )
-    return dataclasses.replace(first, static=static, comps=components(static))
+    prep = dataclasses.replace(first, static=static, comps=components(static))
+    table = bits_table(prep.comps)
+    unif = static.uniform_hparams()
+    for s in sigs:
+        hp = {}
+        for kind in kinds:
+            if kind == "horizon":
+                continue
+            value = s.options[kind]
+            if kind == "variant":
+                value = (value[0], None if dynamic_k and s.capable else value[1])
+            if kind == "k":
+                hp["k_choice"] = ks.index(value) if dynamic_k and value in ks else 0
+            else:
+                hp[f"{kind}_choice"] = options[kind].index(value)
+        hp["steps"], hp["eval_every"] = s.options["horizon"]
+        s.group = group
+        s.hparams = hp
+        s.uniform = tuple(hp.get(name, 0) for name in unif)
+        s.bits = int(table[hp.get("variant_choice", 0), hp.get("k_choice", 0)])
+        s.points = num_points(*s.options["horizon"])
+    return prep, steps
 
 
-def _batch_size(n: int, config_bytes: int, data_bytes: int, budget: int, n_dev: int, split: int = 1) -> int:
-    """Padded batch size for `n` configurations: fits the per-device budget, is a
-    multiple of the local device count, and gives at least `split` batches where the
-    group is large enough (to share one group among processes)."""
-    per_dev = max(1, (budget - data_bytes) // max(config_bytes, 1))
-    nb = max(math.ceil(n / (per_dev * n_dev)), min(split, math.ceil(n / n_dev)))
-    return math.ceil(math.ceil(n / nb) / n_dev) * n_dev
+# The width W of a group (configurations one program call computes per device, vmapped)
+# depends only on the group's shapes and the platform, never on a batch, the device
+# count or the memory budget (unless the budget admits fewer than W configurations): a
+# configuration is then computed by the same arithmetic whatever batch it is in (XLA
+# compiles reductions and matrix products differently for other batch shapes). W is the
+# largest power of two whose work per step stays under the platform's target (so the
+# per-step overhead of a call is amortised over enough work), at most WIDTH_MAX and
+# WIDTH_BYTES of device memory. Measured: docs/performance.md, "Batch-independent results".
+WIDTH_TARGET_FLOPS = {"cpu": 2e7}  # per program step; other platforms: WIDTH_TARGET_DEFAULT
+WIDTH_TARGET_DEFAULT = 1e12
+WIDTH_MAX = {"cpu": 512}
+WIDTH_MAX_DEFAULT = 8192
+WIDTH_BYTES = {"cpu": 256 * 1024**2}
+WIDTH_BYTES_DEFAULT = 8 * 1024**3
+PART_CONFIGS = 8192  # most configurations per batch (one results part; the unit of resume)
+
+
+def step_flops(prep) -> float:
+    """A rough model of one configuration-step's arithmetic: the gradient over the rows it
+    reads (4 FLOPs per row and parameter: forward and backward; 12 for an MLP or CNN)
+    and the devices' compression and feedback (about 20 FLOPs per device and parameter)."""
+    static, data = prep.static, prep.data
+    cfg = static.cfg
+    d, m, k = static.dim, cfg.num_devices, cfg.num_partitions_resolved
+    n_k = int(data.xp.shape[1])
+    if cfg.batch_size is None:
+        rows = k * n_k
+    elif cfg.shared_minibatch:
+        rows = k * cfg.batch_size
+    else:
+        rows = m * max(code.max_load for code in prep.comps.codes) * cfg.batch_size
+    per_row = 4 if cfg.task in ("linreg", "logreg", "softmax") else 12
+    return float(per_row * rows * d + 20 * m * d)
+
+
+def config_width(prep, config_bytes: int, classes=None, platform: str | None = None) -> int:
+    """W of a group (see WIDTH_TARGET_FLOPS): a power of two from its shapes and the
+    platform; with `classes`, the sizes and model FLOPs per configuration-step of the
+    group's sets of configurations that share its batch-uniform choices, the W up to
+    that which minimises calls x (per-call overhead + W x work) over the sets (a small
+    set is not padded to a wide call; a costly one, e.g. with the least-squares decoder,
+    prefers narrower calls)."""
+    platform = platform or jax.default_backend()
+    target = WIDTH_TARGET_FLOPS.get(platform, WIDTH_TARGET_DEFAULT)
+    cap = WIDTH_MAX.get(platform, WIDTH_MAX_DEFAULT)
+    by_bytes = WIDTH_BYTES.get(platform, WIDTH_BYTES_DEFAULT) // max(config_bytes, 1)
+    w = max(1, min(int(target // max(step_flops(prep), 1.0)), cap, by_bytes))
+    w = 1 << (w.bit_length() - 1)
+    if not classes:
+        return w
+    w = min(w, 1 << max(0, int(max(n for n, _ in classes) - 1).bit_length()))
+    overhead = costs.DEFAULT_OVERHEAD_S.get(platform, 2e-5)
+    rate = costs.DEFAULT_FLOPS_PER_S.get(platform, 1e12)
+
+    def cost(width: int) -> float:
+        return sum(math.ceil(n / width) * (overhead + width * f / rate) for n, f in classes)
+
+    widths = [1 << i for i in range(w.bit_length())]
+    return min(reversed(widths), key=cost)
+
+
+def class_flops(prep, decoder: str) -> float:
+    """Model FLOPs of one configuration-step of a set of configurations with `decoder`:
+    `step_flops`, plus a least-squares solve per step for a decoder that is not
+    traceable (its SVD costs about 50 M K min(M, K) FLOP-equivalents on a CPU)."""
+    cfg = prep.static.cfg
+    extra = 0.0
+    if not DECODERS.entry(decoder).option("traceable"):
+        m, k = cfg.num_devices, cfg.num_partitions_resolved
+        extra = 50.0 * m * k * min(m, k)
+    return step_flops(prep) + extra
+
+
+def _batch_size(n: int, per_dev: int, width: int, n_dev: int, split: int = 1) -> int:
+    """Padded batch size for `n` configurations: at most `per_dev` per device (the
+    memory budget's share) and PART_CONFIGS in all, a multiple of the width times the
+    local device count, and at least `split` batches where the group is large enough
+    (to share one group among processes)."""
+    unit = width * n_dev
+    cap = max(unit, min(per_dev * n_dev, PART_CONFIGS))
+    nb = max(math.ceil(n / cap), min(split, math.ceil(n / unit)))
+    return math.ceil(math.ceil(n / nb) / unit) * unit
 
 
 @dataclasses.dataclass
@@ -372,35 +589,36 @@ class SweepPlan:
             bs = [b for b in self.batches if b.group == gi]
             pending = sum(len(b.entries) for b in bs)
             methods = sorted({e.method for e in g.entries})
-            size = bs[0].size if bs else 0
-            per_device = g.data_bytes + g.config_bytes * size // max(self.local_devices, 1)
+            sizes = sorted({b.size for b in bs})
+            per_device = g.data_bytes + g.config_bytes * g.width
             text = (
                 f"group {gi}: {len(g.entries)} configs ({pending} pending), methods {', '.join(methods)}\n"
                 f"    {g.label()}\n"
-                f"    {len(bs)} batch(es) of {size} (padded); est. {format_bytes(g.config_bytes)} per config, "
-                f"{format_bytes(g.data_bytes)} shared data, {format_bytes(per_device)} per device"
+                f"    {len(bs)} batch(es) of {'/'.join(map(str, sizes)) or 0} (padded), "
+                f"{g.width} configuration(s) per device and call; est. {format_bytes(g.config_bytes)} per "
+                f"config, {format_bytes(g.data_bytes)} shared data, {format_bytes(per_device)} per device"
             )
             if estimates and gi in estimates:
                 est = estimates[gi]
                 how = "cached" if est["cached"] else "compile"
-                text += f"\n    est. {how} {est['compile_s']:.1f} s, run {est['run_s']:.1f} s"
+                basis = "measured here" if est["measured"] else "a guess: not run here yet"
+                text += f"\n    est. {how} {est['compile_s']:.1f} s, run {est['run_s']:.1f} s ({basis})"
             lines.append(text)
         lines.append(
-            f"compilations: {self.compilations} (one per static group with pending work: its step "
-            "program and its small init program)"
+            f"compilations: {self.compilations} (one per group with pending work: its step program and "
+            "its small init program)"
         )
         if estimates:
             compile_s = sum(e["compile_s"] for e in estimates.values())
             run_s = sum(e["run_s"] for e in estimates.values())
-            calibrated = all(e["calibrated"] for e in estimates.values())
-            lines.append(
-                f"estimated: compile {compile_s:.0f} s, run {run_s:.0f} s"
-                + (
-                    ""
-                    if calibrated
-                    else " (uncalibrated defaults: this machine has few measured programs yet)"
-                )
-            )
+            measured = sum(1 for e in estimates.values() if e["measured"])
+            if measured == len(estimates):
+                basis = "every group's program measured here"
+            elif all(e["calibrated"] for e in estimates.values()):
+                basis = f"{len(estimates) - measured} group(s) guessed from the programs measured here"
+            else:
+                basis = "a guess from default rates: this machine has few measured programs yet"
+            lines.append(f"estimated: compile {compile_s:.0f} s, run {run_s:.0f} s ({basis})")
         return "\n".join(lines)
 
     @property
@@ -431,28 +649,42 @@ def grid_hash(entries: list[Entry], data, test_data, straggler_trace) -> str:
 def entries_of(grid: Grid) -> list[Entry]:
     if not isinstance(grid, Grid):
         raise ConfigError(f"grid={type(grid).__name__} is invalid: must be a coco_jax.Grid")
-    return [Entry(i, m, c, config_id(c)) for i, (m, c) in enumerate(grid.configs())]
+    keys = grid.static_keys()
+    return [Entry(i, m, c, config_id(c), None, k) for i, ((m, c), k) in enumerate(zip(grid.configs(), keys))]
 
 
-def make_plan(entries, groups, loads, done, budget, n_dev, n_proc, grid_hash) -> SweepPlan:
+def make_plan(entries, groups, loads, done, budget, n_dev, n_proc, grid_hash, width=None) -> SweepPlan:
+    """Batches of the pending configurations (a batch holds one value of each of its
+    group's batch-uniform choices) and their assignment to processes; sets each group's
+    width (`config_width`, or `width` when given, lowered where the budget admits fewer
+    configurations per device)."""
     batches: list[Batch] = []
     busy = sum(1 for g in groups if any(e.key not in done for e in g.entries))
     # with several processes, whole groups go to processes (one compilation each);
     # groups are split across processes only when there are fewer groups than processes
     split = n_proc if busy < n_proc else 1
     for gi, g in enumerate(groups):
-        pending = [e for e in g.entries if e.key not in done]
-        if not pending:
-            continue
-        b = _batch_size(len(pending), g.config_bytes, g.data_bytes, budget, n_dev, split)
-        for i in range(0, len(pending), b):
-            batches.append(Batch(gi, pending[i : i + b], b))
+        per_dev = max(1, (budget - g.data_bytes) // max(g.config_bytes, 1))
+        classes: dict[tuple, list] = {}
+        for e in g.entries:
+            c = classes.setdefault(e.sig.uniform, [0, e.sig.options["decoder"]])
+            c[0] += 1
+        sizes = [(n, class_flops(g.prepared, decoder)) for n, decoder in classes.values()]
+        g.width = max(1, min(width or config_width(g.prepared, g.config_bytes, sizes), per_dev))
+        pending: dict[tuple, list] = {}
+        for e in g.entries:
+            if e.key not in done:
+                pending.setdefault(e.sig.uniform, []).append(e)
+        for same in pending.values():
+            b = _batch_size(len(same), per_dev, g.width, n_dev, split)
+            for i in range(0, len(same), b):
+                part = same[i : i + b]
+                batches.append(Batch(gi, part, math.ceil(len(part) / (g.width * n_dev)) * g.width * n_dev))
     # longest-processing-time assignment of batches to processes (deterministic)
     load = [0.0] * n_proc
     assignment = [0] * len(batches)
     cost = [
-        len(b.entries) * groups[b.group].static.cfg.steps * (groups[b.group].config_bytes + 1)
-        for b in batches
+        b.size * b.entries[0].sig.options["horizon"][0] * (groups[b.group].config_bytes + 1) for b in batches
     ]
     for i in sorted(range(len(batches)), key=lambda i: (-cost[i], i)):
         p = min(range(n_proc), key=lambda q: (load[q], q))
@@ -469,9 +701,11 @@ def plan_sweep(
     data=None,
     test_data=None,
     straggler_trace=None,
+    width: int | None = None,
 ) -> SweepPlan:
     """Group, size and batch a grid without compiling anything (the --dry-run view).
-    With `out`, configurations already finished there (same grid) count as done."""
+    With `out`, configurations already finished there (same grid) count as done;
+    `width` overrides every group's width (`config_width`)."""
     entries = entries_of(grid)
     groups, loads = prepare_groups(entries, data, test_data, straggler_trace)
     ghash = grid_hash(entries, data, test_data, straggler_trace)
@@ -494,4 +728,5 @@ def plan_sweep(
         len(jax.local_devices()),
         jax.process_count(),
         ghash,
+        width,
     )

@@ -1,18 +1,25 @@
 """The compiled programs of a sweep group, and running a batch of configurations.
 
-A static group compiles two programs, ahead of time (`jit(...).lower(...).compile()`,
-timed):
+A group compiles two programs, ahead of time (`jit(...).lower(...).compile()`, timed),
+for a fixed number of configurations per device, the group's width W
+(`plan.config_width`: from its shapes and the platform only):
 
-- init: `step.init_run` vmapped over a batch of configurations (θ0, B, per-run
-  constants, the step-0 evaluation) — small, no step inside;
-- chunk: `step.advance` of `chunk_steps` steps vmapped over the batch — the one copy
-  of the step. A run of T steps is ceil(T / chunk_steps) calls of the same program
-  (steps past T are no-ops), so a progress bar moves without compiling anything else.
+- init: `step.init_run` vmapped over W configurations (θ0, B, per-run constants, the
+  step-0 evaluation) — small, no step inside;
+- chunk: `step.advance` vmapped over W configurations, for a number of steps given at
+  run time (a loop whose trip count is an argument) — the one copy of the step.
 
-The batch's dynamic fields (`HParams`, leading configuration axis) and carry are
-sharded over the local devices on the mesh axis "config" (`jax.shard_map`); the data
-is replicated. `plan_estimates` lowers a plan's groups (no compilation) for the
---dry-run estimates of `coco_jax.costs`.
+A batch of any size runs as consecutive calls on W configurations per device (the last
+call padded by repeating the batch's last configuration): the same two programs serve
+every batch of the group, and a configuration is computed by the same arithmetic
+whatever batch, memory budget or device count it runs with. The batch's batch-uniform
+choices (`config.CHOICES`: the compressor/feedback variant, the horizon, ...) are
+passed unbatched, so `lax.switch` runs only the chosen option.
+
+The configurations of a call (`HParams` with a leading configuration axis) and their
+carry are sharded over the local devices on the mesh axis "config" (`jax.shard_map`);
+the data is replicated. `plan_estimates` lowers a plan's groups (no compilation) for
+the --dry-run estimates of `coco_jax.costs`.
 """
 
 from __future__ import annotations
@@ -33,39 +40,38 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from coco_jax import costs, interrupt
-from coco_jax.config import hparams_in_group
-from coco_jax.engine import history_to_numpy
-from coco_jax.plan import Entry, Group, SweepPlan
-from coco_jax.results import rows_of
+from coco_jax.config import CHOICE_HPARAMS, DYNAMIC_FIELDS, HPARAM_NAMES, HParams, float_dtype, hparams_column
+from coco_jax.plan import Entry, Group, SweepPlan, step_flops
+from coco_jax.results import batch_table
 from coco_jax.step import advance, init_run
 
 MESH_AXIS = "config"
-DEFAULT_CHUNKS = 16  # progress updates per batch when chunk_steps is not given
+CALL_SECONDS = 0.25  # target wall time of one chunk call (progress updates, Ctrl-C checks)
 
-__all__ = ["MESH_AXIS", "Program", "chunk_steps_of", "compile_program", "plan_estimates", "run_batch"]
+__all__ = [
+    "MESH_AXIS",
+    "Program",
+    "compile_program",
+    "hparams_columns",
+    "plan_estimates",
+    "run_batch",
+]
 
 
 @dataclasses.dataclass
 class Program:
-    """The compiled init and chunk programs of one static group at one batch size."""
+    """The compiled init and chunk programs of one group at one width."""
 
-    init: Any  # jax.stages.Compiled: (hp [B], data) -> carry [B]
-    chunk: Any  # jax.stages.Compiled: (carry [B], hp [B], data, t0) -> (carry [B], t0 + chunk_steps)
-    chunk_steps: int
-    calls: int  # chunk calls per run
-    batch_size: int
+    init: Any  # jax.stages.Compiled: (hp [W·n_dev], data) -> carry [W·n_dev]
+    chunk: Any  # jax.stages.Compiled: (carry, hp, data, t0, n) -> (carry, t0 + n)
+    width: int  # configurations per device and call
+    call_size: int  # configurations per call (width x local devices)
     sharding: Any  # NamedSharding of the configuration axis
     replicated: Any  # NamedSharding of shared values
     compile_s: float  # seconds to lower and compile both programs
     timings: dict = dataclasses.field(default_factory=dict)  # lower/compile seconds of each program
-    cost: Any = None  # costs.ProgramCost: fingerprint, size and FLOPs (run times are recorded against it)
-
-
-def chunk_steps_of(steps: int, chunk_steps: int | None) -> int:
-    """Steps per chunk call: `chunk_steps` (at most the run), else about 1/16 of the run."""
-    if chunk_steps is None:
-        return max(1, math.ceil(steps / DEFAULT_CHUNKS))
-    return max(1, min(int(chunk_steps), steps))
+    cost: Any = None  # costs.ProgramCost: fingerprint, size and work (run times are recorded against it)
+    steps_per_call: int = 0  # adapted while running (see `run_batch`)
 
 
 def _shard_map(f, mesh, in_specs, out_specs):
@@ -80,68 +86,91 @@ def _abstract(tree, sharding):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def hp_layout(static, value_batched, value_uniform) -> HParams:
+    """An HParams-shaped tree: `value_batched` for the fields vmapped over the
+    configurations, `value_uniform` for the batch-uniform ones."""
+    uniform = set(static.uniform_hparams())
+    return HParams(**{n: value_uniform if n in uniform else value_batched for n in HPARAM_NAMES})
+
+
 @dataclasses.dataclass
 class Lowered:
-    """A group's init and chunk programs lowered for one batch size (not compiled)."""
+    """A group's init and chunk programs lowered for one width (not compiled)."""
 
     init: Any  # jax.stages.Lowered
     chunk: Any  # jax.stages.Lowered
-    chunk_steps: int
-    calls: int
-    batch_size: int
+    width: int
+    call_size: int
     sharding: Any
     replicated: Any
     timings: dict
 
-    @property
-    def cost(self) -> costs.ProgramCost:
-        return costs.program_cost(self.init, self.chunk)
+
+def group_cost(group: Group, devices: tuple | None = None) -> costs.ProgramCost:
+    """The cost record of a group's program at its width (nothing is traced)."""
+    n_dev = len(devices or local_devices())
+    prep = group.prepared
+    return costs.program_cost(prep.static, group.width, group.width * n_dev, prep.data, step_flops(prep))
 
 
-def lower_program(comps, data, hp_template, batch_size: int, devices: tuple, chunk_steps: int) -> Lowered:
-    """Lower (trace, no XLA compilation) a group's init and chunk programs for batches
-    of `batch_size` configurations on `devices` (`hp_template`: one configuration's
+def lower_program(comps, data, hp_template, width: int, devices: tuple) -> Lowered:
+    """Lower (trace, no XLA compilation) a group's init and chunk programs for calls on
+    `width` configurations per device on `devices` (`hp_template`: one configuration's
     HParams)."""
+    static = comps.static
     mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
     sharding, replicated = NamedSharding(mesh, P(MESH_AXIS)), NamedSharding(mesh, P())
-    hp_spec = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct((batch_size, *np.shape(x)), np.asarray(x).dtype, sharding=sharding),
-        hp_template,
+    size = width * len(devices)
+    uniform = set(static.uniform_hparams())
+    hp_spec = HParams(
+        **{
+            n: jax.ShapeDtypeStruct(
+                np.shape(getattr(hp_template, n))
+                if n in uniform
+                else (size, *np.shape(getattr(hp_template, n))),
+                np.asarray(getattr(hp_template, n)).dtype,
+                sharding=replicated if n in uniform else sharding,
+            )
+            for n in HPARAM_NAMES
+        }
     )
+    hp_axes = hp_layout(static, 0, None)
+    hp_specs = hp_layout(static, P(MESH_AXIS), P())
     data_spec = _abstract(data, replicated)
 
     def init_batch(hp, data):
-        return jax.vmap(lambda h: init_run(comps, h, data))(hp)
+        return jax.vmap(lambda h: init_run(comps, h, data), in_axes=(hp_axes,))(hp)
 
-    def chunk_batch(carry, hp, data, t0):
-        carry = jax.vmap(lambda c, h: advance(comps, c, h, data, t0, chunk_steps))(carry, hp)
-        return carry, t0 + chunk_steps
+    def chunk_batch(carry, hp, data, t0, n):
+        carry = jax.vmap(lambda c, h: advance(comps, c, h, data, t0, n), in_axes=(0, hp_axes))(carry, hp)
+        return carry, t0 + n
 
     timings: dict = {}
-    init = jax.jit(_shard_map(init_batch, mesh, (P(MESH_AXIS), P()), P(MESH_AXIS)))
+    init = jax.jit(_shard_map(init_batch, mesh, (hp_specs, P()), P(MESH_AXIS)))
     t0 = time.perf_counter()
     init_lowered = init.lower(hp_spec, data_spec)
     timings["init_lower_s"] = time.perf_counter() - t0
     carry_spec = _abstract(jax.eval_shape(init, hp_spec, data_spec), sharding)
     donate = (0,) if devices[0].platform != "cpu" else ()
     chunk = jax.jit(
-        _shard_map(chunk_batch, mesh, (P(MESH_AXIS), P(MESH_AXIS), P(), P()), (P(MESH_AXIS), P())),
+        _shard_map(chunk_batch, mesh, (P(MESH_AXIS), hp_specs, P(), P(), P()), (P(MESH_AXIS), P())),
         donate_argnums=donate,
     )
-    t0_spec = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     t0 = time.perf_counter()
-    chunk_lowered = chunk.lower(carry_spec, hp_spec, data_spec, t0_spec)
+    chunk_lowered = chunk.lower(carry_spec, hp_spec, data_spec, scalar, scalar)
     timings["chunk_lower_s"] = time.perf_counter() - t0
-    calls = math.ceil(comps.static.cfg.steps / chunk_steps)
-    return Lowered(init_lowered, chunk_lowered, chunk_steps, calls, batch_size, sharding, replicated, timings)
+    return Lowered(init_lowered, chunk_lowered, width, size, sharding, replicated, timings)
 
 
-def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, chunk_steps: int) -> Program:
+def compile_program(
+    comps, data, hp_template, width: int, devices: tuple, cost: costs.ProgramCost | None = None
+) -> Program:
     """Lower and compile a group's init and chunk programs (see `lower_program`); the
     lowering and compile seconds of each are in `Program.timings`, and the compile is
-    recorded for `coco_jax.costs` estimates."""
+    recorded against `cost` (`group_cost`) for `coco_jax.costs` estimates."""
     t_start = time.perf_counter()
-    low = lower_program(comps, data, hp_template, batch_size, devices, chunk_steps)
+    low = lower_program(comps, data, hp_template, width, devices)
     timings = dict(low.timings)
     t0 = time.perf_counter()
     init_c = low.init.compile()
@@ -149,40 +178,49 @@ def compile_program(comps, data, hp_template, batch_size: int, devices: tuple, c
     t0 = time.perf_counter()
     chunk_c = low.chunk.compile()
     timings["chunk_compile_s"] = time.perf_counter() - t0
-    cost = low.cost
     compile_s = time.perf_counter() - t_start
-    costs.record(cost, compile_s=compile_s, batch=batch_size)
+    if cost is not None:
+        costs.record(cost, compile_s=compile_s)
     return Program(
-        init_c,
-        chunk_c,
-        low.chunk_steps,
-        low.calls,
-        batch_size,
-        low.sharding,
-        low.replicated,
-        compile_s,
-        timings,
-        cost,
+        init_c, chunk_c, low.width, low.call_size, low.sharding, low.replicated, compile_s, timings, cost
     )
 
 
 def plan_estimates(plan: SweepPlan, chunk_steps: int | None = None) -> dict[int, dict]:
     """Estimated compile and run seconds of each group of `plan` with pending work
-    (`coco_jax.costs`: its programs are lowered, not compiled), by group index; what
-    `SweepPlan.describe` prints."""
-    devices = tuple(jax.local_devices())
+    (`coco_jax.costs`; nothing is traced), by group index; what `SweepPlan.describe`
+    prints. (`chunk_steps` does not change a program and is accepted for callers.)"""
+    del chunk_steps
     out = {}
-    for gi, g in enumerate(plan.groups):
-        bs = [b for b in plan.batches if b.group == gi]
-        if not bs:
-            continue
-        prep = g.prepared
-        steps = chunk_steps_of(g.static.cfg.steps, chunk_steps)
-        hp = hparams_in_group(g.static, g.entries[0].cfg)
-        low = lower_program(prep.comps, prep.data, hp, bs[0].size, devices, steps)
-        config_steps = sum(b.size for b in bs) * g.static.cfg.steps
-        out[gi] = costs.estimate(low.cost, config_steps, bs[0].size)
+    by_group: dict[int, int] = {}
+    for b in plan.batches:
+        by_group[b.group] = by_group.get(b.group, 0) + b.size * b.entries[0].sig.options["horizon"][0]
+    for gi, config_steps in by_group.items():
+        out[gi] = costs.estimate(group_cost(plan.groups[gi]), config_steps)
     return out
+
+
+# ------------------------------------------------------------------ HParams
+
+
+def hparams_columns(group: Group, entries: list[Entry], size: int, unbatch: bool = False) -> HParams:
+    """The HParams of `entries` stacked column-wise ([size] per field, padded by
+    repeating the last configuration); the group's batch-uniform fields are one scalar
+    (they are equal across a batch). `unbatch`: every field one configuration's scalar
+    (a template for lowering)."""
+    cfgs = [e.cfg for e in entries]
+    cfgs += [cfgs[-1]] * (size - len(cfgs))
+    dt = np.float64 if float_dtype(cfgs[0]) == jnp.float64 else np.float32
+    uniform = set(group.static.uniform_hparams())
+    cols: dict[str, np.ndarray] = {name: hparams_column(name, cfgs, dt) for name in DYNAMIC_FIELDS}
+    sigs = [e.sig for e in entries]
+    sigs += [sigs[-1]] * (size - len(sigs))
+    for name in (*CHOICE_HPARAMS, "steps", "eval_every"):
+        cols[name] = np.asarray([s.hparams.get(name, 0) for s in sigs], np.int32)
+    for name in cols:
+        if unbatch or name in uniform:
+            cols[name] = cols[name][0]
+    return HParams(**cols)
 
 
 # ------------------------------------------------------------------ running
@@ -212,44 +250,78 @@ def run_batch(
     entries: list[Entry],
     prog: Program,
     on_chunk: Callable[[int], None] | None = None,
+    chunk_steps: int | None = None,
 ) -> pd.DataFrame:
-    """Run one padded batch of a group's configurations; the table rows of its real
-    configurations (padding repeats the last configuration and is dropped)."""
-    n, size = len(entries), prog.batch_size
-    hps = [hparams_in_group(group.static, e.cfg) for e in entries]
-    hps += [hps[-1]] * (size - n)
-    hp = jax.device_put(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *hps), prog.sharding)
+    """Run one batch of a group's configurations (they share the group's batch-uniform
+    choices) as calls of `prog` on `prog.call_size` configurations; the table rows of
+    its configurations (padding repeats the last configuration and is dropped).
+    `chunk_steps` fixes the steps per call; by default the first call runs 1/16 of the
+    run and later calls adapt to about `CALL_SECONDS` each."""
+    n, unit = len(entries), prog.call_size
+    size = math.ceil(n / unit) * unit
+    hp_all = hparams_columns(group, entries, size)
+    uniform = set(group.static.uniform_hparams())
     data = _placed.get(group.prepared.data, prog.replicated)
-    steps = group.static.cfg.steps
+    steps = entries[0].sig.options["horizon"][0]
+    points = entries[0].sig.points
+    per_call = _steps_per_call(prog, steps, chunk_steps)
     t_run = time.perf_counter()
-    carry = prog.init(hp, data)
+    records, diverged = [], []
     pending = None
-    for k in range(prog.calls):
-        t0 = jax.device_put(np.int32(k * prog.chunk_steps), prog.replicated)
-        carry, done = prog.chunk(carry, hp, data, t0)
-        if pending is not None:
-            _report(pending, on_chunk, n, steps, prog.chunk_steps)  # chunk k-1 while chunk k runs
-            interrupt.check()
-        pending = done
-    _report(pending, on_chunk, n, steps, prog.chunk_steps)
-    records = jax.device_get(carry.records)
+    for start in range(0, size, unit):
+        hp = HParams(
+            **{
+                name: getattr(hp_all, name)
+                if name in uniform
+                else getattr(hp_all, name)[start : start + unit]
+                for name in HPARAM_NAMES
+            }
+        )
+        hp = jax.device_put(hp, hp_layout(group.static, prog.sharding, prog.replicated))
+        carry = prog.init(hp, data)
+        t = 0
+        while t < steps:
+            k = min(per_call, steps - t)
+            timed = chunk_steps is None and prog.steps_per_call == 0
+            t_call = time.perf_counter()
+            carry, done = prog.chunk(carry, hp, data, np.int32(t), np.int32(k))
+            if timed:  # adapt the steps per call once, from the first call of this program
+                jax.block_until_ready(done)
+                elapsed = time.perf_counter() - t_call
+                per_call = prog.steps_per_call = int(
+                    min(steps, max(1, k * CALL_SECONDS / max(elapsed, 1e-6)))
+                )
+            real = min(unit, n - start)
+            if pending is not None:
+                _report(*pending, on_chunk)  # the previous call, while this one runs
+                interrupt.check()
+            pending = (done, real * k)
+            t += k
+        records.append(carry.records)
+        diverged.append(carry.state.diverged_step)
+    if pending is not None:
+        _report(*pending, on_chunk)
+    records = jax.device_get(records)
+    diverged = np.concatenate([np.asarray(x) for x in jax.device_get(diverged)])[:n]
+    history = {key: np.concatenate([r[key] for r in records])[:n, :points] for key in records[0]}
     if prog.cost is not None:
-        costs.record(prog.cost, run_s=time.perf_counter() - t_run, config_steps=size * steps, batch=size)
-    diverged = np.asarray(jax.device_get(carry.state.diverged_step))
-    bits = group.prepared.bits_per_message
-    frames = []
-    for b, entry in enumerate(entries):
-        hist = {key: np.asarray(values[b]) for key, values in records.items()}
-        hist["diverged_step"] = diverged[b]
-        history, div = history_to_numpy(hist, bits)
-        frames.append(rows_of(entry.method, entry.cfg, history, bits, div))
-    return pd.concat(frames, ignore_index=True)
+        costs.record(prog.cost, run_s=time.perf_counter() - t_run, config_steps=size * steps)
+    bits = np.asarray([e.sig.bits for e in entries], np.int64)
+    return batch_table([e.method for e in entries], [e.cfg for e in entries], history, bits, diverged)
 
 
-def _report(done, on_chunk, n: int, steps: int, chunk: int) -> None:
-    end = int(jax.device_get(done))  # waits for that chunk
+def _steps_per_call(prog: Program, steps: int, chunk_steps: int | None) -> int:
+    if chunk_steps is not None:
+        return max(1, min(int(chunk_steps), steps))
+    if prog.steps_per_call:
+        return max(1, min(prog.steps_per_call, steps))
+    return max(1, math.ceil(steps / 16))
+
+
+def _report(done, config_steps: int, on_chunk) -> None:
+    jax.device_get(done)  # waits for that call
     if on_chunk is not None:
-        on_chunk(n * (min(end, steps) - min(end - chunk, steps)))
+        on_chunk(config_steps)
 
 
 @functools.lru_cache(maxsize=1)

@@ -72,9 +72,77 @@ HISTORY_KEYS = (
 
 
 def config_id(cfg: ExperimentConfig) -> str:
-    """A stable hash of every field of `cfg` (same in every process and Python run)."""
-    text = json.dumps(jsonable(cfg.to_dict()), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A stable hash of every field of `cfg` (same in every process and Python run): the
+    first 16 hex digits of the SHA-256 of its fields as compact JSON with sorted keys.
+    Computed once per configuration object (kept on it)."""
+    cached = cfg.__dict__.get("_config_id")
+    if cached is not None:
+        return cached
+    text = (
+        "{" + ",".join(f'"{name}":{_json_value(name, getattr(cfg, name))}' for name in _SORTED_FIELDS) + "}"
+    )
+    out = hashlib.sha256(text.encode()).hexdigest()[:16]
+    object.__setattr__(cfg, "_config_id", out)  # not a field: equality, hashing and replace ignore it
+    return out
+
+
+_SORTED_FIELDS = tuple(sorted(FIELDS))
+
+
+def id_template(cfg: ExperimentConfig, varied) -> tuple:
+    """The JSON text of `cfg`'s fields for `config_id_from`: fixed text for the fields
+    not in `varied`, and the names of the varied ones at their places."""
+    parts, names = [], []
+    text = "{"
+    for i, name in enumerate(_SORTED_FIELDS):
+        text += ("," if i else "") + f'"{name}":'
+        if name in varied:
+            parts.append(text)
+            names.append(name)
+            text = ""
+        else:
+            text += _json_value(name, getattr(cfg, name))
+    parts.append(text + "}")
+    return tuple(parts), tuple(names)
+
+
+def config_id_from(template: tuple, cfg: ExperimentConfig) -> str:
+    """`config_id(cfg)` for a configuration that agrees with the one `template`
+    (`id_template`) was made from on every field but the varied ones (a grid's)."""
+    parts, names = template
+    pieces = [parts[0]]
+    for name, part in zip(names, parts[1:]):
+        pieces.append(_json_value(name, getattr(cfg, name)))
+        pieces.append(part)
+    out = hashlib.sha256("".join(pieces).encode()).hexdigest()[:16]
+    object.__setattr__(cfg, "_config_id", out)
+    return out
+
+
+_JSON_TEXT: dict = {}  # (field, type, value) -> JSON text of strings and tuples
+
+
+def _json_value(name: str, value: Any) -> str:
+    """`json.dumps(jsonable(value), separators=(",", ":"))` of one field's value (what
+    `json.dumps` writes for it inside the whole configuration), without the call for
+    the common scalar types."""
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    key = (name, kind, value, tuple(map(type, value)) if kind is tuple else None)
+    try:
+        return _JSON_TEXT[key]
+    except (KeyError, TypeError):
+        text = json.dumps(jsonable(value), separators=(",", ":"))
+        if len(_JSON_TEXT) < 100_000 and kind in (str, tuple):
+            _JSON_TEXT[key] = text
+        return text
 
 
 def config_columns(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -136,6 +204,89 @@ def rows_of(
     for k in keys:
         cols[k] = np.asarray(history[k])
     return pd.DataFrame(cols)
+
+
+def batch_table(
+    methods: list[str],
+    cfgs: list[ExperimentConfig],
+    history: dict[str, np.ndarray],
+    bits_per_message: np.ndarray,
+    diverged_step: np.ndarray,
+) -> pd.DataFrame:
+    """The table rows of a batch of finished runs, built column-wise: `history` holds
+    [B, P] arrays (every run of the batch records the same P evaluated steps, without
+    `bits`), `bits_per_message` and `diverged_step` [B] (-1: stayed finite). Equal, with
+    its dtypes and column order, to `pd.concat` of `rows_of` of every run (the
+    per-configuration reference the tests keep)."""
+    b, p = len(cfgs), int(next(iter(history.values())).shape[1])
+    cols: dict[str, Any] = {
+        "method": _column(methods, p),
+        "config_id": _column([config_id(c) for c in cfgs], p),
+    }
+    for name in FIELDS:
+        values = [getattr(c, name) for c in cfgs]
+        if name in TUPLE_FIELDS:
+            values = [_tuple_text(v) if isinstance(v, tuple) else v for v in values]
+        cols[name] = _column(values, p)
+    bits = np.asarray(bits_per_message, np.int64)
+    cols["bits_per_message"] = np.repeat(bits, p)
+    cols["diverged_step"] = np.repeat(np.asarray(diverged_step, np.int64), p)
+    hist = {k: np.asarray(v).reshape(b * p) for k, v in history.items()}
+    hist["bits"] = hist["delivered"].astype(np.float64) * np.repeat(bits.astype(np.float64), p)
+    keys = [k for k in HISTORY_KEYS if k in hist] + sorted(k for k in hist if k not in HISTORY_KEYS)
+    for k in keys:
+        cols[k] = hist[k]
+    return pd.DataFrame(cols, copy=False)
+
+
+_TUPLE_TEXT: dict = {}
+
+
+def _tuple_text(value: tuple) -> str:
+    """`json.dumps(jsonable(value))` of a tuple field's value (kept: few distinct values)."""
+    key = (value, tuple(map(type, value)))
+    text = _TUPLE_TEXT.get(key)
+    if text is None:
+        text = json.dumps(jsonable(value))
+        if len(_TUPLE_TEXT) < 10_000:
+            _TUPLE_TEXT[key] = text
+    return text
+
+
+_CELL_DTYPES: dict = {}  # Python type of a cell -> the dtype pandas gives a column of it
+_COMMON_DTYPES: dict = {}  # types of a column's cells -> the dtype pd.concat gives
+
+
+def _cell_dtype(kind: type, value: Any) -> Any:
+    if kind not in _CELL_DTYPES:
+        _CELL_DTYPES[kind] = pd.Series([value, value]).dtype
+    return _CELL_DTYPES[kind]
+
+
+def _column(values: list, repeat: int):
+    """A column of `values` each repeated `repeat` times, with the dtype that
+    `pd.concat` of one frame per value (`rows_of`) gives it."""
+    kinds = {}
+    for v in values:
+        kinds.setdefault(type(v), v)
+    key = tuple(sorted(kinds, key=lambda t: t.__qualname__))
+    dtype = _COMMON_DTYPES.get(key)
+    if dtype is None:
+        if len(kinds) == 1:
+            kind, value = next(iter(kinds.items()))
+            dtype = _cell_dtype(kind, value)
+        else:
+            parts = [pd.Series([v, v], dtype=_cell_dtype(t, v)) for t, v in kinds.items()]
+            dtype = pd.concat(parts, ignore_index=True).dtype
+        _COMMON_DTYPES[key] = dtype
+    if isinstance(dtype, np.dtype) and dtype != object:
+        return np.repeat(np.asarray(values, dtype), repeat)
+    cells = np.empty(len(values), object)
+    cells[:] = values
+    if dtype == object:
+        return pd.Series(np.repeat(cells, repeat), dtype=object, copy=False)
+    # an extension dtype (strings): built per configuration, repeated by a take
+    return pd.array(cells, dtype=dtype).take(np.repeat(np.arange(len(values)), repeat))
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:

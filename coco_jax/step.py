@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from coco_jax import coding, compressors, decoders, feedback, schedules, stragglers, tasks
-from coco_jax.config import HParams, Static, eval_schedule, float_dtype
+from coco_jax.config import HParams, Static, float_dtype
 from coco_jax.feedback import Server
 
 # Keys derived from a run's seed; fold_in constants, never positions in a grid.
@@ -48,10 +48,24 @@ class RunData(NamedTuple):
     trace: jax.Array | None  # [steps, M] bool, True = straggles; None unless straggler="trace"
 
 
+class Variant(NamedTuple):
+    """One option of a group's batch-uniform compressor/feedback choice: the compressor
+    and the feedback rule around it. `k` is the static k it was built with, or None when
+    the group traces k (`Compressor.compress_k`): then `rule_for_k(k)` rebuilds the
+    rule around the compressor bound to a traced k, inside the program."""
+
+    compressor: compressors.Compressor
+    feedback: feedback.Feedback
+    k: int | None
+    rule_for_k: Any = None
+
+
 class Components(NamedTuple):
     """The static parts of a run, built once per static group (`components`). The code,
-    decoder and straggler model are tuples of the group's options (one each unless the
-    group traces that choice, `config.CHOICES`); a configuration's `HParams` index them."""
+    decoder, straggler model, k and compressor/feedback variant are tuples of the
+    group's options (one each unless the group merges that choice, `config.CHOICES`); a
+    configuration's `HParams` index them. `compressor` and `feedback` are the first
+    variant's."""
 
     static: Static
     task: tasks.Task
@@ -60,6 +74,9 @@ class Components(NamedTuple):
     codes: tuple[coding.Allocation, ...]
     decoders: tuple[decoders.Decoder, ...]
     straggler_models: tuple[stragglers.StragglerModel, ...]
+    variants: tuple[Variant, ...] = ()
+    k_options: tuple[int, ...] = ()
+    union: Any = None  # StateUnion of the variants' device states (None: one variant)
 
 
 class RunState(NamedTuple):
@@ -120,12 +137,11 @@ def components(static: Static) -> Components:
     dtype = float_dtype(cfg)
     fields = cfg.to_dict()
     task = tasks.task_of(static.fields, static.feature_shape, static.num_classes, dtype)
-    comp = compressors.make_compressor(
-        cfg.compressor, task.dim, k=static.compress_k, segments=task.segments, dtype=dtype, fields=fields
+    k_options = tuple(static.options("k"))
+    variants = tuple(
+        _variant(static, {**fields, **dict(option)}, k, k_options, task, dtype)
+        for option, k in static.options("variant")
     )
-    rule = feedback.make_feedback(cfg.error_feedback, comp, dim=task.dim, fields=fields)
-    if static.device_momentum:
-        rule = feedback.with_device_momentum(rule)
     k_parts = cfg.num_partitions_resolved
     codes = tuple(
         coding.make_allocation(
@@ -135,25 +151,169 @@ def components(static: Static) -> Components:
     )
     models = tuple(
         stragglers.make_straggler_model(
-            name, cfg.num_devices, wait_mode=static.wait_mode, loads=static_loads(codes[0]), fields=fields
+            name,
+            cfg.num_devices,
+            wait_mode=wait,
+            loads=static_loads(codes[0]),
+            fields={**fields, "straggler": name},
         )
-        for name in static.options("straggler")
+        for name, wait in static.options("straggler")
     )
     decoder_options = tuple(
-        decoders.make_decoder(name, cfg.num_devices, k_parts, dtype, fields)
+        decoders.make_decoder(name, cfg.num_devices, k_parts, dtype, {**fields, "decoder": name})
         for name in static.options("decoder")
     )
-    return Components(static, task, comp, rule, codes, decoder_options, models)
+    union = StateUnion.of([v.feedback for v in variants], task.dim, dtype) if len(variants) > 1 else None
+    first = variants[0]
+    return Components(
+        static,
+        task,
+        first.compressor,
+        first.feedback,
+        codes,
+        decoder_options,
+        models,
+        variants,
+        k_options,
+        union,
+    )
 
 
-def _pick(options: tuple, index, make):
-    """`make(option)` of the option `index` selects. One option: just that one. Several
-    (a traced choice): every option is evaluated and the selected result kept, which is
-    what a batched `lax.switch` does under vmap anyway (the options are cheap)."""
+def _variant(static: Static, fields: dict, k: int | None, k_options, task, dtype) -> Variant:
+    """One compressor/feedback option built from its fields (k None: traced k)."""
+    comp = compressors.make_compressor(
+        fields["compressor"],
+        task.dim,
+        k=k_options[0] if k is None else k,
+        segments=task.segments,
+        dtype=dtype,
+        fields=fields,
+    )
+    rule = feedback.make_feedback(fields["error_feedback"], comp, dim=task.dim, fields=fields)
+    if static.device_momentum:
+        rule = feedback.with_device_momentum(rule)
+    if k is not None:
+        return Variant(comp, rule, k)
+
+    def rule_for_k(kk):
+        bound = comp._replace(compress=lambda key, v: comp.compress_k(key, v, kk))
+        inner = feedback.rebuild(fields["error_feedback"], bound, dim=task.dim, fields=fields)
+        return feedback.with_device_momentum(inner) if static.device_momentum else inner
+
+    return Variant(comp, rule, None, rule_for_k)
+
+
+class StateUnion(NamedTuple):
+    """One pytree that holds any of several feedback rules' device states: a slot per
+    leaf shape and dtype, as many as the rule that needs the most (EF's error and
+    EF21's shift share one [d] slot). Slots a rule does not use keep their values."""
+
+    slots: tuple[tuple[tuple[int, ...], Any], ...]  # (shape, dtype) of each slot
+    leaves: tuple[tuple[int, ...], ...]  # per rule: the slot of each of its state's leaves
+    treedefs: tuple[Any, ...]  # per rule: its state's tree structure
+
+    @classmethod
+    def of(cls, rules, dim: int, dtype) -> StateUnion:
+        slots: list = []
+        leaves, treedefs = [], []
+        for rule in rules:
+            state = jax.eval_shape(lambda rule=rule: rule.init(dim, dtype))
+            flat, treedef = jax.tree_util.tree_flatten(state)
+            used: dict = {}
+            mine = []
+            for leaf in flat:
+                kind = (tuple(leaf.shape), jnp.dtype(leaf.dtype))
+                n = used.get(kind, 0)
+                matches = [i for i, s in enumerate(slots) if s == kind]
+                if n < len(matches):
+                    mine.append(matches[n])
+                else:
+                    slots.append(kind)
+                    mine.append(len(slots) - 1)
+                used[kind] = n + 1
+            leaves.append(tuple(mine))
+            treedefs.append(treedef)
+        return cls(tuple(slots), tuple(leaves), tuple(treedefs))
+
+    def empty(self, lead: tuple[int, ...] = ()) -> tuple:
+        return tuple(jnp.zeros(lead + shape, dtype) for shape, dtype in self.slots)
+
+    def unpack(self, i: int, slots: tuple) -> Any:
+        return jax.tree_util.tree_unflatten(self.treedefs[i], [slots[j] for j in self.leaves[i]])
+
+    def pack(self, i: int, state: Any, slots: tuple) -> tuple:
+        out = list(slots)
+        for j, leaf in zip(self.leaves[i], jax.tree_util.tree_leaves(state)):
+            out[j] = leaf.astype(slots[j].dtype)
+        return tuple(out)
+
+
+def _pick(options: tuple, index, make, uniform: bool = False):
+    """`make(option)` of the option `index` selects. One option: just that one. Several,
+    traced (a batched index): every option is evaluated and the selected result kept,
+    which is what a batched `lax.switch` does under vmap anyway (the options are cheap).
+    Several, batch-uniform (`uniform`: the index is the same for the whole batch and
+    unbatched): `lax.switch` runs only the selected option."""
     if len(options) == 1:
         return make(options[0])
+    if uniform:
+        return jax.lax.switch(index, [functools.partial(make, o) for o in options])
     outs = [make(o) for o in options]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[index], *outs)
+
+
+def _k(comps: Components, hp: HParams):
+    """The configuration's k: a Python int unless the group traces k."""
+    if len(comps.k_options) == 1:
+        return comps.k_options[0]
+    return jnp.asarray(comps.k_options, jnp.int32)[hp.k_choice]
+
+
+def _rule(comps: Components, variant: Variant, hp: HParams) -> feedback.Feedback:
+    """A variant's feedback rule (around the compressor bound to the traced k, if any)."""
+    return variant.feedback if variant.k is not None else variant.rule_for_k(_k(comps, hp))
+
+
+def bits_table(comps: Components) -> np.ndarray:
+    """Upload bits of one message [variants, k options] (int64)."""
+    rows = []
+    for v in comps.variants:
+        if v.k is not None:
+            rows.append([v.compressor.bits] * len(comps.k_options))
+        else:
+            rows.append([int(v.compressor.bits_of_k(k)) for k in comps.k_options])
+    return np.asarray(rows, np.int64)
+
+
+def message_bits(comps: Components, hp: HParams):
+    """Upload bits of one delivered message of this configuration (traced when the
+    group merges variants or k)."""
+    table = bits_table(comps)
+    if table.size == 1:
+        return int(table[0, 0])
+    v = hp.variant_choice if table.shape[0] > 1 else 0
+    k = hp.k_choice if table.shape[1] > 1 else 0
+    return jnp.asarray(table.astype(np.float64))[v, k]
+
+
+def _with_variant(comps: Components, hp: HParams, fb_states: tuple, fn):
+    """`fn(rule, *states)` of the configuration's variant, with `fb_states` (device
+    states in the group's union layout, leaves [M, ...]) unpacked for its rule; every
+    state `fn` returns is packed back (a batch-uniform `lax.switch` over variants). One
+    variant: `fn(rule, *states)` directly."""
+    if comps.union is None:
+        return fn(_rule(comps, comps.variants[0], hp), *fb_states)
+    union = comps.union
+
+    def branch(i):
+        def run():
+            states = [union.unpack(i, s) for s in fb_states]
+            out, new_states = fn(_rule(comps, comps.variants[i], hp), *states)
+            return out, tuple(union.pack(i, n, fb_states[0]) for n in new_states)
+
+        return run
+
+    return jax.lax.switch(hp.variant_choice, [branch(i) for i in range(len(comps.variants))])
 
 
 def make_optimizer(name: str, hp: HParams, lr: jax.Array | None = None) -> optax.GradientTransformation:
@@ -242,41 +402,57 @@ def device_messages(comps: Components, key, state: RunState, b, straggles, hp: H
     straggler's follows the rule's `hold`)."""
     k_batch, k_comp = jax.random.fold_in(key, 2), jax.random.fold_in(key, 1)
     coded, true_grad = coded_gradients(comps, state.params, k_batch, b, data, hp)  # [M, d]
-    rule = comps.feedback
     keys = jax.random.split(k_comp, comps.static.cfg.num_devices)
-    messages, comp_in, sent = jax.vmap(rule.send, (0, 0, 0, None))(keys, coded, state.fb_state, hp)
-    held = jax.vmap(rule.hold, (0, 0, None))(coded, state.fb_state, hp)
-    fb_state = jax.tree_util.tree_map(
-        lambda h, s: jnp.where(straggles.reshape((-1,) + (1,) * (s.ndim - 1)), h, s), held, sent
-    )
+
+    def devices(rule, fb_state):
+        messages, comp_in, sent = jax.vmap(rule.send, (0, 0, 0, None))(keys, coded, fb_state, hp)
+        held = jax.vmap(rule.hold, (0, 0, None))(coded, fb_state, hp)
+        new = jax.tree_util.tree_map(
+            lambda h, s: jnp.where(straggles.reshape((-1,) + (1,) * (s.ndim - 1)), h, s), held, sent
+        )
+        return (messages, comp_in), (new,)
+
+    (messages, comp_in), (fb_state,) = _with_variant(comps, hp, (state.fb_state,), devices)
     return DeviceOutput(coded, messages, comp_in, fb_state, true_grad)
 
 
 def decoder_weights(comps: Components, b, straggles, rates, hp: HParams) -> jax.Array:
     """The decoder's weights w [M] for this step's straggler set (0 for stragglers)."""
     r = _pick(comps.codes, hp.code_choice, lambda code: jnp.asarray(code.replication or 1.0, b.dtype))
-    return _pick(comps.decoders, hp.decoder_choice, lambda decoder: decoder.weights(b, straggles, rates, r))
+    return _pick(
+        comps.decoders,
+        hp.decoder_choice,
+        lambda decoder: decoder.weights(b, straggles, rates, r),
+        uniform="decoder" in comps.static.uniform,
+    )
 
 
 def server_update(comps: Components, state: RunState, b, straggles, out: DeviceOutput, consts, hp, t):
     """The server's estimate ĝ from what was delivered (the feedback rule's aggregate
     over the straggler mask and the decoder's weights), then the optax update with
     the scheduled step size eta_t (iteration t, 1-based). Returns (params, opt_state, ĝ)."""
-    server = Server(
-        weights=decoder_weights(comps, b, straggles, consts.rates, hp),
-        full_weights=consts.full_weights,
-        delivered=jnp.logical_not(straggles),
-        messages=out.messages,
-        before=state.fb_state,
-        after=out.fb_state,
-    )
-    g_hat = comps.feedback.aggregate(server)  # [d]
+    weights = decoder_weights(comps, b, straggles, consts.rates, hp)
+
+    def aggregate(rule, before, after):
+        server = Server(
+            weights=weights,
+            full_weights=consts.full_weights,
+            delivered=jnp.logical_not(straggles),
+            messages=out.messages,
+            before=before,
+            after=after,
+        )
+        return rule.aggregate(server), ()
+
+    g_hat, _ = _with_variant(comps, hp, (state.fb_state, out.fb_state), aggregate)  # [d]
     opt = make_optimizer(comps.static.cfg.optimizer, hp, schedules.learning_rate(hp, t - 1))
     updates, opt_state = opt.update(g_hat, state.opt_state, state.params)
     return optax.apply_updates(state.params, updates), opt_state, g_hat
 
 
-def step_metrics(comps: Components, theta_before, straggles, out: DeviceOutput, g_hat, data: RunData) -> dict:
+def step_metrics(
+    comps: Components, theta_before, straggles, out: DeviceOutput, g_hat, data: RunData, hp: HParams
+) -> dict:
     """Diagnostics of one update: stragglers, ‖ĝ − ∇F(θ)‖², the mean feedback memory
     and the mean contraction ‖C(v) − v‖²/‖v‖² of the delivered messages."""
     true_grad = out.true_grad
@@ -288,7 +464,9 @@ def step_metrics(comps: Components, theta_before, straggles, out: DeviceOutput, 
     size = jnp.sum(out.compressor_inputs**2, axis=1)
     ratio = jnp.where(size > 0, resid / jnp.where(size > 0, size, 1), 0)
     n_sent = jnp.sum(sent)
-    memory = jax.vmap(comps.feedback.memory)(out.fb_state, out.coded)
+    memory, _ = _with_variant(
+        comps, hp, (out.fb_state,), lambda rule, fb: (jax.vmap(rule.memory)(fb, out.coded), ())
+    )
     return {
         "stragglers": jnp.sum(straggles).astype(jnp.int32),
         "grad_error_sq": jnp.sum(err * err),
@@ -324,17 +502,18 @@ def _record(comps: Components, state: RunState, metrics: dict, t, data: RunData)
     return row
 
 
-def _eval_index(comps: Components, t):
-    """Index of step t in `eval_schedule` (valid where t is evaluated)."""
-    cfg = comps.static.cfg
-    last = len(eval_schedule(cfg)) - 1
-    return jnp.where(t == cfg.steps, last, t // cfg.eval_every)
+def _eval_index(hp: HParams, t):
+    """Index of step t in the run's `eval_schedule` (valid where t is evaluated): the
+    last point ceil(T/e) for t = T, else t / e."""
+    last = (hp.steps + hp.eval_every - 1) // hp.eval_every
+    return jnp.where(t == hp.steps, last, t // hp.eval_every)
 
 
 def upload_time(comps: Components, hp: HParams) -> jax.Array:
     """Seconds one delivered message takes to upload: bits / upload_bandwidth (0 with
     unlimited bandwidth)."""
-    return (comps.compressor.bits / hp.upload_bandwidth).astype(hp.upload_bandwidth.dtype)
+    dtype = hp.upload_bandwidth.dtype
+    return (jnp.asarray(message_bits(comps, hp), dtype) / hp.upload_bandwidth).astype(dtype)
 
 
 class Update(NamedTuple):
@@ -380,18 +559,19 @@ def iterate(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> t
 def step(comps: Components, carry: Carry, t, hp: HParams, data: RunData) -> Carry:
     """`iterate`, then on evaluated steps (t % eval_every == 0 or the last) the
     metrics and evaluation written into the history buffers (under one `lax.cond`)."""
-    cfg = comps.static.cfg
     new, update = iterate(comps, carry, t, hp, data)
 
     def write(records):
         metrics = step_metrics(
-            comps, carry.state.params, update.straggles, update.devices, update.g_hat, data
+            comps, carry.state.params, update.straggles, update.devices, update.g_hat, data, hp
         )
         row = _record(comps, new, metrics, t, data)
-        i = _eval_index(comps, t)
+        i = _eval_index(hp, t)
         return {k: records[k].at[i].set(row[k].astype(records[k].dtype)) for k in records}
 
-    is_eval = (t % cfg.eval_every == 0) | (t == cfg.steps)
+    # a run's horizon is one value per batch (`config.CHOICES`, "horizon"): this stays a
+    # real lax.cond under vmap, so evaluation runs only on evaluated steps
+    is_eval = (t % hp.eval_every == 0) | (t == hp.steps)
     records = jax.lax.cond(is_eval, write, lambda r: r, carry.records)
     return carry._replace(state=new, records=records)
 
@@ -408,12 +588,18 @@ def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
     k_code, k_strag = jax.random.fold_in(key, _KEY_CODE), jax.random.fold_in(key, _KEY_STRAGGLER)
     b = _pick(comps.codes, hp.code_choice, lambda code: code.sample(k_code, dtype))  # [M, K]
     theta0 = comps.task.init(jax.random.fold_in(key, _KEY_INIT)).astype(dtype)
-    one_fb = comps.feedback.init(comps.task.dim, dtype)
     m_dev = cfg.num_devices
+
+    def fb_init(rule, *_):
+        one = rule.init(comps.task.dim, dtype)
+        return None, (jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (m_dev, *a.shape)), one),)
+
+    empty = comps.union.empty((m_dev,)) if comps.union is not None else ()
+    _, (fb_state,) = _with_variant(comps, hp, (empty,), fb_init)
     state = RunState(
         params=theta0,
         opt_state=make_optimizer(cfg.optimizer, hp).init(theta0),
-        fb_state=jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (m_dev, *a.shape)), one_fb),
+        fb_state=fb_state,
         straggler_state=_pick(
             comps.straggler_models, hp.straggler_choice, lambda model: model.init(k_strag, hp)
         ),
@@ -437,7 +623,7 @@ def init_run(comps: Components, hp: HParams, data: RunData) -> Carry:
         "contraction": jnp.full((), jnp.nan, dtype),
     }
     row0 = _record(comps, state, zero_metrics, 0, data)
-    points = len(eval_schedule(cfg))
+    points = comps.static.points
     records = {k: jnp.zeros((points,), v.dtype).at[0].set(v) for k, v in row0.items()}
     return Carry(state, b, jax.random.fold_in(key, _KEY_STEPS), consts, records)
 
@@ -447,12 +633,11 @@ def advance(comps: Components, carry: Carry, hp: HParams, data: RunData, t0, len
     advance in chunks with one compiled program. A Python int `length` is a `lax.scan`
     of that many steps; a traced one a loop whose trip count is chosen at run time
     (one program for any chunk length). The step itself is the same either way."""
-    steps = comps.static.cfg.steps
     start = jnp.asarray(t0, jnp.int32) + 1
 
     def body(i, c):
         t = start + i
-        return jax.lax.cond(t <= steps, lambda c: step(comps, c, t, hp, data), lambda c: c, c)
+        return jax.lax.cond(t <= hp.steps, lambda c: step(comps, c, t, hp, data), lambda c: c, c)
 
     return jax.lax.fori_loop(0, length, body, carry)
 
@@ -470,7 +655,7 @@ def history(carry: Carry) -> tuple[jax.Array, dict]:
 def make_run(static: Static):
     """`run(hp, data) -> (θ_final [d], history)`: one whole simulated training run."""
     comps = components(static)
-    steps = static.cfg.steps
+    steps = static.steps
 
     def run(hp: HParams, data: RunData):
         carry = init_run(comps, hp, data)

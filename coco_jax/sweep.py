@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from coco_jax import interrupt, store
+from coco_jax import costs, interrupt, store
 from coco_jax import results as res_lib
-from coco_jax.config import DYNAMIC_FIELDS, hparams_of
+from coco_jax.config import DYNAMIC_FIELDS
 from coco_jax.distributed import Comm
 from coco_jax.errors import ConfigError
 from coco_jax.grid import Grid
@@ -63,7 +63,7 @@ from coco_jax.plan import (
     make_plan,
     prepare_groups,
 )
-from coco_jax.program import Program, chunk_steps_of, compile_program, run_batch
+from coco_jax.program import Program, compile_program, group_cost, hparams_columns, plan_estimates, run_batch
 
 __all__ = ["Grid", "SweepResult", "SweepStats", "sweep"]
 
@@ -109,29 +109,26 @@ class _Compiler:
     """Compiles the programs a process needs in a background thread, in the order they
     will run, so compilation overlaps execution; `get` waits for one."""
 
-    def __init__(self, groups: list[Group], plan: SweepPlan, mine: list[int], devices, chunk_steps):
+    def __init__(self, groups: list[Group], plan: SweepPlan, mine: list[int], devices):
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="coco-compile")
-        self._futures: dict[tuple, concurrent.futures.Future] = {}
+        self._futures: dict[int, concurrent.futures.Future] = {}
         self.compile_s = 0.0
         self.compiled = 0  # programs actually compiled (not found in this process's cache)
         self._lock = threading.Lock()
         for i in mine:
-            batch = plan.batches[i]
-            key = (batch.group, batch.size)
-            if key not in self._futures:
-                group = groups[batch.group]
-                steps = chunk_steps_of(group.static.cfg.steps, chunk_steps)
-                self._futures[key] = self._pool.submit(self._compile, group, batch.size, devices, steps)
+            gi = plan.batches[i].group
+            if gi not in self._futures:
+                self._futures[gi] = self._pool.submit(self._compile, groups[gi], devices)
 
-    def _compile(self, group: Group, size: int, devices, steps: int) -> Program:
-        prog, fresh = _cached_program(group.prepared, size, devices, steps)
+    def _compile(self, group: Group, devices) -> Program:
+        prog, fresh = cached_program(group, devices)
         with self._lock:
             self.compile_s += prog.compile_s
             self.compiled += int(fresh)
         return prog
 
-    def get(self, group_index: int, size: int) -> Program:
-        return interrupt.wait(self._futures[(group_index, size)])  # a signal while it compiles stops
+    def get(self, group_index: int) -> Program:
+        return interrupt.wait(self._futures[group_index])  # a signal while it compiles stops
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -145,16 +142,19 @@ def _data_signature(data) -> tuple:
     return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(data))
 
 
-def _cached_program(prep, size: int, devices, chunk_steps: int) -> tuple[Program, bool]:
+def cached_program(group: Group, devices) -> tuple[Program, bool]:
     """The compiled programs of a group and whether they were compiled now (they are
-    kept for the process: a repeated sweep of the same group and batch size compiles
-    nothing)."""
-    key = (prep.static, size, devices, _data_signature(prep.data), chunk_steps)
+    kept for the process: a repeated sweep of the same group, or another sweep with a
+    group of the same program, compiles nothing)."""
+    prep = group.prepared
+    key = (prep.static, group.width, devices, _data_signature(prep.data))
     with _PROGRAMS_LOCK:
         hit = _PROGRAMS.get(key)
     if hit is not None:
         return dataclasses.replace(hit, compile_s=0.0), False
-    prog = compile_program(prep.comps, prep.data, hparams_of(prep.cfg), size, devices, chunk_steps)
+    template = hparams_columns(group, group.entries[:1], 1, unbatch=True)
+    cost = group_cost(group, devices)
+    prog = compile_program(prep.comps, prep.data, template, group.width, devices, cost)
     with _PROGRAMS_LOCK:
         _PROGRAMS[key] = prog
     return prog, True
@@ -170,10 +170,18 @@ def clear_programs() -> None:
 
 
 def _order(df: pd.DataFrame, entries: list[Entry]) -> pd.DataFrame:
-    rank = {e.key: e.index for e in entries}
-    idx = [rank[k] for k in zip(df["method"], df["config_id"])]
-    df = df.assign(_rank=idx).sort_values(["_rank", "step"], kind="stable").drop(columns="_rank")
-    return df.reset_index(drop=True)
+    """Rows in grid order, then by step (vectorised: one index lookup per row)."""
+    ordered = sorted(entries, key=lambda e: e.index)
+    ids = pd.Index([e.config_id for e in ordered])
+    if ids.is_unique:  # the usual grid: no configuration under two method labels
+        rank = ids.get_indexer(df["config_id"].to_numpy())
+    else:
+        keys = pd.Index([f"{e.method}\x00{e.config_id}" for e in ordered])
+        rank = keys.get_indexer((df["method"].astype(str) + "\x00" + df["config_id"].astype(str)).to_numpy())
+    order = np.lexsort((df["step"].to_numpy(), rank))
+    if (np.diff(order) == 1).all():
+        return df.reset_index(drop=True)
+    return df.take(order).reset_index(drop=True)
 
 
 def _part_name(entries: list[Entry]) -> str:
@@ -310,6 +318,7 @@ def sweep(
     data=None,
     test_data=None,
     straggler_trace=None,
+    width: int | None = None,
 ) -> SweepResult:
     """Run every configuration of `grid`; one compiled program per static group.
 
@@ -324,7 +333,11 @@ def sweep(
             do not fit are split into batches (results do not change).
         overwrite: replace results of a different grid found in `out`.
         progress: show a progress bar over configuration-steps (process 0).
-        chunk_steps: steps per host round trip; default about 1/16 of a run.
+        chunk_steps: steps per host round trip; default: about a quarter of a second
+            of work per call (results do not change).
+        width: configurations per device and program call (default: from each group's
+            shapes and the platform, `plan.config_width`). A configuration's rows do not
+            depend on its batch, the memory budget or the device count at a given width.
         data, test_data, straggler_trace: user arrays shared by every configuration
             (as in `cj.run`); the trace only for configurations with straggler="trace".
 
@@ -369,6 +382,7 @@ def sweep(
                 data,
                 test_data,
                 straggler_trace,
+                width,
             )
         except KeyboardInterrupt as err:
             raise interrupt.with_message(err, _interrupted(grid, rd)) from None
@@ -387,7 +401,7 @@ def _interrupted(grid: Grid, rd: store.ResultsDir | None) -> str:
 
 
 def _sweep(
-    grid, rd, held, memory_budget, overwrite, progress, chunk_steps, data, test_data, straggler_trace
+    grid, rd, held, memory_budget, overwrite, progress, chunk_steps, data, test_data, straggler_trace, width
 ) -> SweepResult:
     t_start = time.time()
     comm = Comm()
@@ -417,7 +431,10 @@ def _sweep(
 
     local_done, owner = _finished(outp, entries, comm)
     n_dev = len(jax.local_devices())
-    plan = make_plan(entries, groups, loads, set(owner), budget, n_dev, comm.count, ghash)
+    plan = make_plan(entries, groups, loads, set(owner), budget, n_dev, comm.count, ghash, width)
+    warning = costs.too_long(plan_estimates(plan)) if comm.index == 0 else None
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     mine = [i for i, p in enumerate(plan.assignment) if p == comm.index]
     frames = _run_batches(plan, groups, mine, outp, chunk_steps, progress and comm.index == 0, stats)
     if local_done is not None:
@@ -432,7 +449,8 @@ def _sweep(
         table = res_lib.normalise(_order(mine_df, entries)) if mine_df is not None else pd.DataFrame()
         return _result(table, stats)
     table = _order(store.dedupe(pd.concat(gathered, ignore_index=True)), entries)
-    got = set(zip(table["method"], table["config_id"]))
+    pairs = table[["method", "config_id"]].drop_duplicates()
+    got = set(zip(pairs["method"], pairs["config_id"]))
     missing = [e.key for e in entries if e.key not in got]
     if missing:  # pragma: no cover - would be a bug
         raise RuntimeError(
@@ -478,19 +496,23 @@ def _run_batches(plan: SweepPlan, groups, mine, outp, chunk_steps, show_progress
     """Run this process's batches in plan order (programs compile ahead in a thread);
     each finished batch is written to `outp/parts` before the next starts."""
     devices = tuple(jax.local_devices())
-    total = sum(len(plan.batches[i].entries) * groups[plan.batches[i].group].static.cfg.steps for i in mine)
+    total = sum(
+        len(plan.batches[i].entries) * plan.batches[i].entries[0].sig.options["horizon"][0] for i in mine
+    )
     bar = _progress_bar(total, show_progress)
-    compiler = _Compiler(groups, plan, mine, devices, chunk_steps)
+    compiler = _Compiler(groups, plan, mine, devices)
     frames: list[pd.DataFrame] = []
     try:
         for i in mine:
             interrupt.check()
             batch = plan.batches[i]
-            prog = compiler.get(batch.group, batch.size)
+            prog = compiler.get(batch.group)
             if bar is not None:
                 bar.set_description(f"group {batch.group + 1}/{len(groups)}")
             t0 = time.perf_counter()
-            df = run_batch(groups[batch.group], batch.entries, prog, bar.update if bar is not None else None)
+            df = run_batch(
+                groups[batch.group], batch.entries, prog, bar.update if bar is not None else None, chunk_steps
+            )
             stats.run_s += time.perf_counter() - t0
             if outp is not None:
                 store.write_part(outp, _part_name(batch.entries), df)

@@ -13,8 +13,11 @@
 #      references and a hand-computed example, vmapped runs equal runs one by one, a
 #      sweep equals single runs (mixed groups, chunking, memory batches), and a sweep
 #      sharded over every local device equals single runs (tests/test_paper_scale.py);
-#   3. bench: `coco-jax bench --quick --json` (step throughput, sweep throughput);
-#   4. methods: the full methods study (100 devices, both paper settings).
+#   3. bench: `coco-jax bench --quick --json` (step throughput, sweep throughput, roofline);
+#   4. grid: the bench's grid section at the device's widths: one group of 8,192 paper-linreg
+#      configurations (M = 100, d = 200, coco-ef; lr x p x seed), config-steps/s against
+#      the cost model's bound (issue 17's target: >= 1,000,000 on one H200);
+#   5. methods: the full methods study (100 devices, both paper settings).
 # It ends with one short table. It installs nothing and downloads nothing: it needs the
 # project installed with its test extra (pip install -e ".[test,cuda12]" or ".[test,tpu]").
 set -euo pipefail
@@ -44,10 +47,12 @@ export PIP_NO_INDEX=1
 # a fresh compilation cache: compile times are cold and nothing of the user's is touched
 export COCO_JAX_CACHE_DIR="$OUT_DIR/xla-cache"
 
+BENCH_SECTIONS=throughput,redundancy,sweep,compile,roofline
 if [[ "$MODE" == cpu-smoke ]]; then
     export JAX_PLATFORMS=cpu
-    PLATFORM_LIMIT=120 TESTS_LIMIT=400 BENCH_LIMIT=300 METHODS_LIMIT=600
-    BENCH_ARGS=(--tiny)
+    PLATFORM_LIMIT=120 TESTS_LIMIT=400 BENCH_LIMIT=300 GRID_LIMIT=300 METHODS_LIMIT=600
+    BENCH_ARGS=(--tiny --sections "$BENCH_SECTIONS")
+    GRID_ARGS=(tiny 64 3 "4,8")
     METHODS_ARGS=(--quick)
     # two host devices, so that the sharded-sweep test really shards (and pads 5 -> 6)
     TEST_ENV=(XLA_FLAGS=--xla_force_host_platform_device_count=2)
@@ -57,9 +62,10 @@ if [[ "$MODE" == cpu-smoke ]]; then
         "tests/test_paper_scale.py::test_sweep_sharded_over_local_devices_equals_single_runs"
     )
 else
-    # 40 + 120 + 100 + 220 = 480 s at most: the 8-minute budget
-    PLATFORM_LIMIT=40 TESTS_LIMIT=120 BENCH_LIMIT=100 METHODS_LIMIT=220
-    BENCH_ARGS=(--quick)
+    # 40 + 110 + 80 + 70 + 180 = 480 s at most: the 8-minute budget
+    PLATFORM_LIMIT=40 TESTS_LIMIT=110 BENCH_LIMIT=80 GRID_LIMIT=70 METHODS_LIMIT=180
+    BENCH_ARGS=(--quick --sections "$BENCH_SECTIONS")
+    GRID_ARGS=(quick 8192 50 "1024,8192")
     METHODS_ARGS=()
     TEST_ENV=()
     TEST_IDS=(
@@ -138,7 +144,26 @@ EOF
 )"
 ROWS+=("bench|$(verdict $LAST_RC)|$LAST_SECS|$BENCH_LINE")
 
-# 4. the full methods study (100 devices) into the output directory
+# 4. the grid section at the device's widths (mode, configurations, steps, widths)
+run grid "$GRID_LIMIT" "$PY" - "$OUT_DIR/grid.json" "${GRID_ARGS[@]}" <<'EOF'
+import json, sys
+from coco_jax.bench.grid import bench_grid
+from coco_jax.bench.plan import make_plan
+from coco_jax.bench.roofline import bench_roofline, combine_calibrations
+path, mode, configs, steps, widths = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+plan = make_plan(mode, grid_configs=configs, grid_steps=steps, grid_widths=tuple(int(w) for w in widths.split(",")), grid_reps=3)
+log = lambda m: print(m, file=sys.stderr, flush=True)
+machine = combine_calibrations([bench_roofline(plan, log)])
+result = bench_grid(plan, machine, log)
+json.dump(result, open(path, "w"), indent=2, default=str)
+best = max(result["rows"], key=lambda r: r["config_steps_per_s"])
+share = "" if best["of_bound"] is None else f", {100 * best['of_bound']:.0f}% of the model bound"
+print(f"grid {best['configs']} x {best['steps']}: {best['config_steps_per_s']:,.0f} cfg-steps/s at width {best['width']}{share}")
+EOF
+GRID_LINE="$(grep -m1 '^grid ' "$OUT_DIR/grid.log" || echo 'no grid line')"
+ROWS+=("grid|$(verdict $LAST_RC)|$LAST_SECS|$GRID_LINE")
+
+# 5. the full methods study (100 devices) into the output directory
 run methods "$METHODS_LIMIT" "$PY" -m coco_jax.cli run experiments/methods.py "${METHODS_ARGS[@]}" \
     --out "$OUT_DIR/methods" --overwrite
 METHODS_LINE="$("$PY" - "$OUT_DIR/methods/experiment.json" <<'EOF' 2>/dev/null || echo "no experiment.json"

@@ -724,3 +724,39 @@ def test_topk_bisection_mask_selects_lax_top_k_entries():
     _, idx = jax.lax.top_k(jnp.abs(batch), 40)
     expected = jnp.zeros_like(batch).at[jnp.arange(8)[:, None], idx].set(jnp.take_along_axis(batch, idx, 1))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
+
+
+# ------------------------------------------------------------- traced k (compress_k)
+
+
+@pytest.mark.parametrize("name", ["topk", "randk", "randk_unbiased"])
+def test_traced_k_equals_the_compressor_built_with_that_k(name):
+    """`compress_k(key, v, k)` with k traced equals `compress` of the compressor built
+    with that k, bit for bit (same kept entries, same values and scale), jitted and
+    vmapped over devices and over k, on fresh inputs with ties and zeros."""
+    d = 37
+    dynamic = make_compressor(name, d, k=3).compress_k
+    assert dynamic is not None
+    traced = jax.jit(jax.vmap(dynamic, in_axes=(0, 0, 0)))
+    rng = np.random.default_rng()
+    for _ in range(4):
+        ks = rng.integers(1, d + 1, size=6)
+        vs = rng.choice(np.array([0.0, -1.5, 1.5, 2.0], np.float32), (6, d))
+        vs[::2] = rng.normal(size=(3, d)).astype(np.float32)
+        keys = jax.random.split(jax.random.key(int(rng.integers(1 << 30))), 6)
+        got = np.asarray(traced(keys, jnp.asarray(vs), jnp.asarray(ks, jnp.int32)))
+        for i, k in enumerate(ks):
+            want = make_compressor(name, d, k=int(k)).compress(keys[i], jnp.asarray(vs[i]))
+            np.testing.assert_array_equal(got[i], np.asarray(want), err_msg=f"{name} k={k}")
+    bits = make_compressor(name, d, k=5)
+    assert bits.bits == bits.bits_of_k(5) and int(bits.bits_of_k(jnp.int32(5))) == bits.bits
+
+
+def test_traced_k_only_where_it_is_exact():
+    """float64 top-k has no traced-k form (its bisection works on float32 bit patterns);
+    compressors that ignore k have none either."""
+    from coco_jax.compressors import topk
+
+    assert topk(10, 2, dtype=jnp.float64).compress_k is None
+    assert make_compressor("identity", 10).compress_k is None
+    assert make_compressor("topk", 10, k=2).compress_k is not None

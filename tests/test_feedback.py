@@ -515,3 +515,29 @@ def test_diana_warns_when_a_set_alpha_exceeds_its_bound_and_defaults_to_it():
         warnings.simplefilter("error")
         prepare(base.replace(diana_alpha=bound / 2))
         prepare(base)
+
+
+def test_state_union_holds_every_rule_state():
+    """The union of none / ef / ef21 / momentum-wrapped ef states: each rule's state
+    round-trips through the shared slots, and packing one rule's state leaves the slots
+    it does not use as they were."""
+    from coco_jax.step import StateUnion
+
+    comp = make_compressor("topk", 5, k=2)
+    rules = [make_feedback(n, comp, dim=5) for n in ("none", "ef", "ef21")]
+    rules.append(with_device_momentum(make_feedback("ef", comp, dim=5)))
+    union = StateUnion.of(rules, 5, jnp.float32)
+    assert union.slots == (((5,), jnp.dtype(jnp.float32)), ((5,), jnp.dtype(jnp.float32)))
+    rng = np.random.default_rng()
+    before = tuple(jnp.asarray(rng.normal(size=(3, 5)), jnp.float32) for _ in union.slots)
+    for i, rule in enumerate(rules):
+        state = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(rng.normal(size=(3, *a.shape)), a.dtype), rule.init(5, jnp.float32)
+        )
+        packed = union.pack(i, state, before)
+        back = union.unpack(i, packed)
+        chex.assert_trees_all_equal(back, state)
+        used = set(union.leaves[i])
+        for j, (a, b) in enumerate(zip(packed, before)):
+            if j not in used:
+                np.testing.assert_array_equal(a, b)

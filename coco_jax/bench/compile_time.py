@@ -31,7 +31,7 @@ from coco_jax.bench.util import json_default, median_spread, now
 from coco_jax.cache import CompileCounter, cache_dir
 from coco_jax.config import hparams_of
 from coco_jax.engine import prepare
-from coco_jax.program import chunk_steps_of, compile_program, local_devices, lower_program
+from coco_jax.program import compile_program, local_devices, lower_program
 from coco_jax.step import make_run
 
 # Variables that would point the subprocess's JAX at another cache or turn it off.
@@ -187,21 +187,14 @@ class _Single:
 
 
 class _Group:
-    """A sweep group: `program.compile_program`'s init and chunk programs for a batch of
-    `spec["batch"]` configurations (they depend on the static group and the batch size,
-    not on the configurations' values)."""
+    """A sweep group: `program.compile_program`'s init and chunk programs for calls on
+    `spec["batch"]` configurations (they depend on the static group and the width, not
+    on the configurations' values nor on the steps per call, a run-time argument)."""
 
     def __init__(self, prep, batch: int, steps: int):
         self.prep, self.batch = prep, batch
-        self.args = (
-            prep.comps,
-            prep.data,
-            hparams_of(prep.cfg),
-            batch,
-            local_devices(),
-            chunk_steps_of(steps, None),
-        )
-        self.chunk_steps = self.args[-1]
+        self.args = (prep.comps, prep.data, hparams_of(prep.cfg), batch, local_devices())
+        self.chunk_steps = "any (run-time)"
         self.label = f"sweep group of {batch} (init + chunk)"
 
     def measure(self) -> dict:

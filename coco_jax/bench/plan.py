@@ -26,7 +26,7 @@ ROWS = 32
 MAX_X_BYTES = 512 * 2**20
 
 # The sections of a run, all on by default (`--sections`).
-SECTIONS = ("throughput", "redundancy", "sweep", "compile", "roofline")
+SECTIONS = ("throughput", "redundancy", "sweep", "compile", "roofline", "grid", "scale")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,13 @@ class Plan:
     compile_case: tuple[str, int, int, int]  # task, M, d, steps of the compile-time section
     compile_batch: int  # configurations in its sweep group
     compile_reps: int  # repetitions of the cached compilation
+    grid_configs: int  # section 8: configurations of the paper-linreg group
+    grid_steps: int
+    grid_widths: tuple[int, ...]  # configurations per device and call
+    grid_reps: int
+    scale_warm: int  # section 9: tiny configurations of the warm sweep
+    scale_written: int  # ... planned, run and written to Parquet
+    scale_dry: int  # ... planned with estimates (--dry-run)
     numpy_env: str = "clean"
     sections: tuple[str, ...] = SECTIONS
 
@@ -78,6 +85,13 @@ PLANS: dict[str, dict[str, Any]] = {
         "compile_case": ("linreg", 4, 64, 10),
         "compile_batch": 4,
         "compile_reps": 2,
+        "grid_configs": 16,
+        "grid_steps": 3,
+        "grid_widths": (2, 4),
+        "grid_reps": 1,
+        "scale_warm": 256,
+        "scale_written": 512,
+        "scale_dry": 1024,
     },
     "quick": {
         "devices": (16, 64),
@@ -97,6 +111,13 @@ PLANS: dict[str, dict[str, Any]] = {
         "compile_case": ("linreg", 16, 1_000, 200),
         "compile_batch": 16,
         "compile_reps": 5,
+        "grid_configs": 4096,
+        "grid_steps": 20,
+        "grid_widths": (4, 16, 64),
+        "grid_reps": 3,
+        "scale_warm": 2048,
+        "scale_written": 20_000,
+        "scale_dry": 100_000,
     },
     "full": {
         "devices": (16, 64, 256),
@@ -116,6 +137,13 @@ PLANS: dict[str, dict[str, Any]] = {
         "compile_case": ("linreg", 64, 10_000, 200),
         "compile_batch": 16,
         "compile_reps": 5,
+        "grid_configs": 4096,
+        "grid_steps": 100,
+        "grid_widths": (1, 4, 16, 64, 256),
+        "grid_reps": 3,
+        "scale_warm": 2048,
+        "scale_written": 100_000,
+        "scale_dry": 1_000_000,
     },
 }
 

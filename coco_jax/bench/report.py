@@ -297,7 +297,77 @@ def format_targets(result: dict) -> str:
         vals = ", ".join(f"{k} {v:.3g}" for k, v in t["measured"].items()) or "not measured in this mode"
         met = {True: "met", False: "MISSED", None: "-"}[t["met"]]
         rows.append([t["description"], t["target"], vals, met])
-    return "[7] targets (issue 6)\n" + _table(["target", "goal", "measured", ""], rows, "llll")
+    return "[7] targets (issues 6 and 17)\n" + _table(["target", "goal", "measured", ""], rows, "llll")
+
+
+def format_grid(result: dict) -> str:
+    """[8] a large grid: configuration-steps/s by width against the cost model's bound."""
+    g = result.get("grid")
+    if not g:
+        return ""
+    rows = []
+    for r in g["rows"]:
+        m = r["model"]
+        rows.append(
+            [
+                f"{r['width']}",
+                f"{r['configs']:,} x {r['steps']}",
+                f"{r['compile_s']:.1f}",
+                f"{r['run_s']['median']:.2f}",
+                _fmt_rate(r["config_steps_per_s"]),
+                f"{m['flops'] / 1e6:.2f}M",
+                f"{m['bytes'] / 1e6:.2f}M",
+                "-" if r["of_bound"] is None else f"{100 * r['of_bound']:.0f}%",
+            ]
+        )
+    title = (
+        f"[8] grid - {g['setting']}; default width here {g['default_width']}; bound = max(FLOPs / "
+        f"{_fmt_rate(g['matmul_flops_per_s'])}FLOP/s, bytes / {_fmt_rate(g['read_bytes_per_s'])}B/s) per "
+        "configuration-step (XLA cost analysis of the compiled step)"
+    )
+    header = [
+        "width",
+        "configs x steps",
+        "compile s",
+        "run s",
+        "cfg-steps/s",
+        "FLOPs/cfg-step",
+        "bytes/cfg-step",
+        "of bound",
+    ]
+    text = title + "\n" + _table(header, rows, "rrrrrrrr")
+    h = g.get("h200")
+    if h:
+        text += (
+            f"\nmodel bound on one H200 (not measured): {_fmt_rate(h['bound_config_steps_per_s'])} cfg-steps/s "
+            f"({h['assumptions']})"
+        )
+    return text
+
+
+def format_scale(result: dict) -> str:
+    """[9] the host's share: warm tiny sweep, a tiny grid written to Parquet, a dry run."""
+    sc = result.get("scale")
+    if not sc:
+        return ""
+    w, wr, dr = sc["warm"], sc["written"], sc["dry_run"]
+    return "\n".join(
+        [
+            "[9] scale - tiny configurations (linreg M=8, d=10, 20 steps)",
+            (
+                f"warm sweep of {w['configs']:,}: {w['ms_per_config']:.3f} ms per configuration "
+                f"({w['wall_s']['median']:.2f} s wall, run {w['run_s']:.2f} s)"
+            ),
+            (
+                f"{wr['configs']:,} planned, run and written to Parquet: {wr['total_s']:.1f} s (grid {wr['grid_s']:.1f} s, "
+                f"compile {wr['compile_s']:.1f} s, run {wr['run_s']:.1f} s, host {wr['host_s']:.1f} s), {wr['rows']:,} rows"
+            ),
+            (
+                f"dry run of {dr['configs']:,}: {dr['total_s']:.1f} s (grid {dr['grid_s']:.1f} s, plan and estimates "
+                f"{dr['plan_s']:.1f} s; {dr['us_per_config']:.1f} us per configuration)"
+            ),
+        ]
+    )
 
 
 SECTION_FORMATTERS = (
@@ -307,5 +377,7 @@ SECTION_FORMATTERS = (
     format_compile,
     format_roofline,
     format_memory,
+    format_grid,
+    format_scale,
     format_targets,
 )

@@ -7,6 +7,7 @@ import datetime
 from typing import Any
 
 from coco_jax.bench.compile_time import bench_compile
+from coco_jax.bench.grid import bench_grid, bench_scale
 from coco_jax.bench.machine import machine_info
 from coco_jax.bench.numpy_side import NumpyWorker
 from coco_jax.bench.plan import COMPRESS_RATIO, LR, REDUNDANCY, SCHEMA, STRAGGLER_PROB, Plan
@@ -62,6 +63,15 @@ def run_suite(plan: Plan, log=print) -> dict:
     if "compile" in plan.sections:
         log("[4] compile time (subprocess, fresh persistent cache)")
         result["compile"] = bench_compile(plan, log)
+    if "grid" in plan.sections:
+        if not calibrations:
+            log("[5] roofline calibration (for the grid section's model)")
+            calibrations.append(bench_roofline(plan, log))
+        log("[8] a large grid on the device")
+        result["grid"] = bench_grid(plan, combine_calibrations(calibrations), log)
+    if "scale" in plan.sections:
+        log("[9] the host's share of small configurations")
+        result["scale"] = bench_scale(plan, log)
     if calibrations:
         log("[5] roofline calibration (2 of 2)")
         calibrations.append(bench_roofline(plan, log))

@@ -9,6 +9,11 @@ TARGETS = (
     ("linreg_read_bandwidth_fraction", ">=", 0.5, "large linreg (most rows): X bytes/s / read bandwidth"),
     ("redundancy_s3_over_s0", "<=", 1.3, "engine step time s=3 / s=0"),
     ("sweep64_speedup", ">=", 10.0, "64-configuration vmapped sweep / one by one"),
+    # issue 17
+    ("warm_tiny_ms_per_config", "<=", 0.3, "warm sweep of 2,048 tiny configurations: ms per configuration"),
+    ("tiny_100k_written_s", "<=", 60.0, "100,000 tiny configurations planned, run, written: seconds"),
+    ("dry_run_1e6_s", "<=", 20.0, "--dry-run of 10^6 tiny configurations: seconds"),
+    ("grid_of_bound", ">=", 0.5, "paper-linreg grid: share of the cost model's bound (best width)"),
 )
 
 
@@ -34,6 +39,16 @@ def evaluate_targets(result: dict) -> list[dict]:
         for r in sw["sizes"]:
             if r["configs"] == 64:
                 measured["sweep64_speedup"][f"M{sw['M']}-d{sw['d']}"] = r["speedup"]
+    scale = result.get("scale") or {}
+    if scale.get("warm", {}).get("configs") == 2048:
+        measured["warm_tiny_ms_per_config"]["ms"] = scale["warm"]["ms_per_config"]
+    if scale.get("written", {}).get("configs", 0) >= 100_000:
+        measured["tiny_100k_written_s"]["s"] = scale["written"]["total_s"]
+    if scale.get("dry_run", {}).get("configs", 0) >= 1_000_000:
+        measured["dry_run_1e6_s"]["s"] = scale["dry_run"]["total_s"]
+    shares = [r["of_bound"] for r in (result.get("grid") or {}).get("rows", []) if r["of_bound"] is not None]
+    if shares and (result.get("grid") or {}).get("rows", [{}])[0].get("configs", 0) >= 4096:
+        measured["grid_of_bound"]["best"] = max(shares)
     out = []
     for name, op, bound, text in TARGETS:
         vals = {k: v for k, v in measured[name].items() if v is not None}
