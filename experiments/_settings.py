@@ -61,6 +61,13 @@ COMMON: dict[str, Any] = {
 }
 
 
+# tuning (issue 18): candidates around 1/L̂ of each cell's data (`cj.LogGrid`: 9 values,
+# 1/(64 L̂) … 4/L̂), chosen on seeds the reports never show
+LR_GRID = cj.LogGrid(center="1/L", below=6, above=2, factor=2.0)
+TUNING_SEEDS = (100, 101)
+# targets of the time/bits/iterations-to-target tables: fractions of the initial gap
+TARGETS = (1e-2, 1e-4, 1e-6)
+
 # every method the studies compare, in the order their grids list them
 METHODS = (
     "coco-ef",
@@ -85,9 +92,31 @@ def devices(quick: bool) -> int:
     return QUICK_DEVICES if quick else FULL_DEVICES
 
 
-def seeds(quick: bool, full: int = 3) -> range:
-    """Seeds per configuration: 3 quick; `full` (default 3) in the full variant."""
+def seeds(quick: bool, full: int = 5) -> range:
+    """Reported seeds per configuration: 3 quick; `full` (default 5) in the full variant.
+    In a tuned grid (`tuned_grid`) each seed also draws the data (`data_seed`)."""
     return range(3) if quick else range(full)
+
+
+def tuned_grid(
+    base: cj.ExperimentConfig, axes: dict, name: str, quick: bool, *, lr: Any = None, **kwargs
+) -> cj.Grid:
+    """A study's grid with every method at its own tuned step: for every cell (a
+    configuration less lr and seed) the candidates `lr` (default `LR_GRID`, 9 steps
+    from 1/(64 L̂) to 4/L̂ around 1/L̂ of the cell's data, linear tasks only) run on
+    `TUNING_SEEDS`, the best by the default criterion (mean log gap over the last 10%
+    of steps; loss for non-convex tasks) is chosen, a choice on the edge is extended
+    one step, and the reported `seeds(quick)` run at the choice."""
+    kwargs.setdefault("seeds", seeds(quick))
+    return cj.Grid(
+        base=base,
+        axes=axes,
+        name=name,
+        tune={"lr": LR_GRID if lr is None else lr},
+        tuning_seeds=list(TUNING_SEEDS),
+        extend_edges=True,
+        **kwargs,
+    )
 
 
 def ratios(quick: bool) -> list[float]:
