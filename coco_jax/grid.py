@@ -547,6 +547,7 @@ class Grid:
         g.name, g.mode, g._base_input, g.base_method, g.base = name, "explicit", None, None, out[0][1]
         g.axes, g.zip_blocks, g.exclude, g.seeds, g.tuning = {}, [], None, None, None
         g._user_blocks, g._tune_input, g._configs = 0, (None, None, None, 0), out
+        g._keys = [None] * len(out)  # no template: plan keys each configuration itself
         g._description = description
         return g
 
