@@ -4,7 +4,7 @@ Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
 devices, d = 200, 40 rows per device; experiments/_settings.py), cyclic code s = 1,
 p from 0.1 to 0.5 and k/d from 1% to 30%. Every method runs at its own tuned step (9
 candidates around 1/L̂ on tuning seeds 100-101, edges extended), 5 reported seeds (3
-quick). The quick variant uses 16 devices and a 3 × 3 map (p = 0.1, 0.3, 0.5; k/d =
+quick) on one data draw. The quick variant uses 16 devices and a 3 × 3 map (p = 0.1, 0.3, 0.5; k/d =
 2%, 11%, 30%: at d = 100, k = 11 is the top-k message within 10% of QSGD's bits).
 
 Question: over a grid of straggling probabilities p and compression levels k/d, how
@@ -38,6 +38,7 @@ from coco_jax.config import resolve_k
 from coco_jax.experiment import helper_module
 
 S = helper_module(__file__)  # experiments/_settings.py
+C = helper_module(__file__, "compression")  # exp-b's shared helpers (tuned grid, checks)
 
 NAME = "heatmap"
 DESCRIPTION = "COCO-EF's loss gap to the best compressed baseline of equal message size over a (p, k/d) grid"
@@ -71,7 +72,7 @@ def not_comparable(p) -> bool:
 
 
 def grid(quick: bool = False):
-    return S.tuned_grid(
+    return C.tuned(
         S.linreg(quick),
         {"preset": ["coco-ef", *BASELINES], "straggler_prob": probs(quick), "compress_ratio": ratios(quick)},
         NAME,

@@ -5,7 +5,7 @@ devices, d = 200, 40 rows per device; experiments/_settings.py) with COCO-EF (to
 10%, error feedback, fixed decoder), redundancy s = 0, 1, 3, 4, 9 (every s with
 (s+1) | 100, so frc is defined for each). Every method runs at its own tuned step (9
 candidates around 1/L̂ on tuning seeds 100-101, edges extended) per cell, 5 reported
-seeds (3 quick). The quick variant uses 16 devices and s = 0..3.
+seeds (3 quick) on one data draw. The quick variant uses 16 devices and s = 0..3.
 
 Methods: every coded method (coco-ef, coco-ef21, gc, gc-compressed, gc-unbiased,
 gc-diana, onebit-gc) in iterations; COCO-EF, coco-ef21 and gc in simulated time. Not
@@ -57,14 +57,14 @@ def grid(quick: bool = False):
     def frc_invalid(p):  # frc needs (s + 1) | M
         return p["allocation"] == "frc" and m % (p["redundancy"] + 1) != 0
 
-    iterations = S.tuned_grid(
+    iterations = C.tuned(
         base,
         {"preset": list(CODED), "allocation": ["cyclic", "frc"], "redundancy": ss},
         "iterations",
         quick,
         exclude=frc_invalid,
     )
-    time = S.tuned_grid(
+    time = C.tuned(
         base.replace(straggler="latency"),
         {"preset": list(TIMED), "allocation": ["cyclic", "frc"]},
         "time",

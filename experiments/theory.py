@@ -4,7 +4,7 @@ Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
 devices, d = 200, 40 rows per device; experiments/_settings.py), cyclic code s = 1;
 p varies at k/d = 10% and k/d varies at p = 0.2. Every method runs at its own tuned
 step (9 candidates around 1/L̂ on tuning seeds 100-101, edges extended), 5 reported seeds
-(3 quick). The quick variant uses 16 devices.
+(3 quick) on one data draw. The quick variant uses 16 devices.
 
 Methods: the four whose messages carry a compression error the analysis bounds
 (coco-ef, coco-ef21, gc-compressed, ef-uncoded). Not applicable: gc, ignore-stragglers
@@ -38,6 +38,7 @@ from coco_jax import report as rp
 from coco_jax.experiment import helper_module
 
 S = helper_module(__file__)  # experiments/_settings.py
+C = helper_module(__file__, "compression")  # exp-b's shared helpers (tuned grid, checks)
 
 NAME = "theory"
 DESCRIPTION = "empirical contraction, error-feedback memory and decoding error per step, against p and k/d"
@@ -54,7 +55,7 @@ TAIL = 0.5  # "final" = mean over the last half of the evaluated steps (noisy qu
 def grid(quick: bool = False):
     probs = [0.0, 0.1, 0.2, 0.4] if quick else [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     ratios = S.ratios(quick)
-    return S.tuned_grid(
+    return C.tuned(
         S.linreg(quick, straggler_prob=BASE_P, compress_ratio=BASE_RATIO),
         {"preset": list(METHODS), "straggler_prob": probs, "compress_ratio": ratios},
         NAME,
