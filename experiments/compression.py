@@ -235,7 +235,9 @@ def tuned_lr_sentence(df: pd.DataFrame, by, hue=label) -> str | None:
 
 
 def _sentences(diffs, what):
-    return [d.sentence(what) for d in diffs]
+    """The comparison sentences of the differences that rest on at least one seed pair
+    (a side whose every run diverged is reported by the divergence sentence instead)."""
+    return [d.sentence(what) for d in diffs if d.interval.n > 0]
 
 
 def observations(df):

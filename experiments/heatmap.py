@@ -29,6 +29,7 @@ Command: coco-jax run experiments/heatmap.py --quick   (full, 100 devices: witho
 """
 
 import collections
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,7 @@ C = helper_module(__file__, "compression")  # exp-b's shared helpers (tuned grid
 NAME = "heatmap"
 DESCRIPTION = "COCO-EF's loss gap to the best compressed baseline of equal message size over a (p, k/d) grid"
 BASELINES = ("coco-ef21", "gc-compressed", "gc-unbiased", "gc-diana", "onebit-gc", "ef-uncoded")
+PAPER_BASELINES = ("gc-compressed", "gc-unbiased", "ef-uncoded")  # the rivals of the earlier map
 BITS_TOLERANCE = 0.10  # a baseline is comparable where its bits per message are within ±10% of COCO-EF's
 EXPECTED = f"{NAME}: Expected"
 SYMBOL = {"below": "COCO-EF below", "above": "COCO-EF above", "indistinguishable": "indistinguishable"}
@@ -83,7 +85,7 @@ def grid(quick: bool = False):
     )
 
 
-def cells(df):
+def cells(df, baselines=BASELINES):
     """(y, per cell (p, k/d): dict with the comparable baselines' mean finals, the best
     one, and the paired difference log10 COCO-EF − log10 best over seeds)."""
     df, y = tables.with_gap(df)
@@ -97,7 +99,7 @@ def cells(df):
             continue
         bits = float(coco["bits_per_message"].iloc[0])
         rivals = {}
-        for b in BASELINES:
+        for b in baselines:
             rows = g[(g.method == b) & ~g.final_diverged.astype(bool)]
             if rows.empty or abs(float(rows["bits_per_message"].iloc[0]) - bits) > BITS_TOLERANCE * bits:
                 continue
@@ -109,7 +111,7 @@ def cells(df):
         best = min(rivals, key=rivals.get)
         where = f"p = {p:g}, k/d = {r:g}"
         diff = tables.paired_differences(g, "coco-ef", best, log=True)
-        diff = [type(d)(d.a, d.b, where, d.interval, d.dropped, d.log) for d in diff]
+        diff = [dataclasses.replace(d, where=where) for d in diff]
         out[(p, r)] = {"rivals": rivals, "best": best, "diff": diff[0] if diff else None}
     return y, out
 
@@ -164,6 +166,15 @@ def observations(df):
         )
     ]
     out += [d.sentence(f"final {what}") for d in diffs]
+    _, old = cells(df, PAPER_BASELINES)
+    old_diffs = [c["diff"] for c in old.values() if c["diff"] is not None]
+    if old_diffs:
+        n = collections.Counter(d.verdict for d in old_diffs)
+        out.append(
+            f"Against the best of {', '.join(PAPER_BASELINES)} only (no coco-ef21, gc-diana, onebit-gc), COCO-EF's "
+            f"final {what} is below in {n['below']}, above in {n['above']} and indistinguishable in "
+            f"{n['indistinguishable']} of {len(old_diffs)} cells."
+        )
     names = collections.Counter(c["best"] for c in per.values())
     out.append(
         "Best baseline per cell: " + ", ".join(f"{n} in {c} cells" for n, c in names.most_common()) + "."
