@@ -2,9 +2,10 @@
 
 Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
 devices, d = 200, 40 rows per device; experiments/_settings.py), cyclic code s = 1;
-p = 0, 0.2, 0.3, 0.5 at k/d = 10% and k/d varies at p = 0.2. Every method runs at its own tuned
-step (9 candidates around 1/L̂ on tuning seeds 100-101, edges extended), 5 reported seeds
-(3 quick) on one data draw. The quick variant uses 16 devices.
+p = 0, 0.2, 0.3, 0.5 at k/d = 10% and k/d varies at p = 0.2. Every method runs at its
+own tuned step (9 candidates around 1/L̂ on tuning seeds 100-101, edges extended), 5
+reported seeds (3 quick) on one data draw. The quick variant uses 16 devices and p = 0,
+0.1, 0.2, 0.4.
 
 Methods: the four whose messages carry a compression error the analysis bounds
 (coco-ef, coco-ef21, gc-compressed, ef-uncoded). Not applicable: gc, ignore-stragglers
