@@ -9,7 +9,7 @@ and α = 0.1, and sorted by label (each device sees one or two classes). Cyclic 
 1, Bernoulli(0.2) stragglers, top-k with k/d = 10%, fixed decoder. Every method runs at
 its own tuned step (9 candidates around 1/L̂ on tuning seeds 100-101, edges extended)
 per partitioning, 5 reported seeds (3 quick) on one data draw. The quick variant uses 16
-devices, 200 steps instead of 300, and leaves out Dirichlet α = 1.
+devices and leaves out Dirichlet α = 1.
 
 Question: as the devices' data become more heterogeneous, how do COCO-EF and the
 baselines compare: do the methods that lose partitions (no code: ef-uncoded,
@@ -52,7 +52,7 @@ PAPER = "paper (arXiv 2603.16353)"
 # (partitioning, dirichlet_alpha) from homogeneous to label-sorted; alpha is unused by iid and sorted
 SPLITS = (("iid", 0.5), ("dirichlet", 1.0), ("dirichlet", 0.1), ("sorted", 0.5))
 QUICK_SPLITS = (SPLITS[0], SPLITS[2], SPLITS[3])  # each partitioning is a compiled program of its own
-STEPS = 300  # full; quick: 200 (the best curve is flat by then, see the long-enough check)
+STEPS = 300  # at 200 steps coco-ef21 (the best) still falls by 70% over the last 20% of the steps
 OVER = ("seed", "data_seed", "lr", "partitioning", "dirichlet_alpha")
 
 
@@ -78,7 +78,7 @@ def base(quick: bool) -> cj.ExperimentConfig:
         num_test=500,
         num_devices=m,
         lr=0.1,
-        steps=200 if quick else STEPS,
+        steps=STEPS,
         eval_every=10,
     )
 
