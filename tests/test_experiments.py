@@ -611,3 +611,11 @@ def test_heterogeneity_claims_follow_planted_outcomes():
     assert _verdicts(mod.claims(split(_planted(names[::-1])))) == ["contradicted", "contradicted"]
     noise = split(_noise_copies(_planted(names[:1]), "coco-ef", names[1:]))
     assert _verdicts(mod.claims(noise)) == ["inconclusive", "inconclusive"]
+
+
+def test_dry_run_plans_both_stages_of_a_tuned_experiment(capsys):
+    """`--dry-run` of a tuned module plans its tuning and reported stages without
+    compiling (the stages are explicit grids: their static keys must exist)."""
+    assert main(["sweep", str(ROOT / "experiments" / "compressors.py"), "--dry-run", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning stage" in out and "reported stage" in out and "estimated" in out
