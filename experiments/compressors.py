@@ -56,7 +56,7 @@ def grid(quick: bool = False):
     d = base.num_features
     group = d // GROUPS
     # budget per device: the bits `budget_steps` iterations of scaled_sign cost
-    budget_steps = 400 if quick else 1200  # the long-enough check says whether the best curve is flat
+    budget_steps = 400 if quick else 600  # the long-enough check says whether the best curve is flat
     budget = budget_steps * (d + 32)
     k = max(1, round(base.compress_ratio * d))
     steps = []
