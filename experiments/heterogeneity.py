@@ -110,10 +110,8 @@ def figures(df):
                 "y": y,
                 "over": OVER,
                 "logx": False,
-                "title": "final value, each method at its tuned lr (x: "
-                + ", ".join(f"{i} = {s}" for i, s in enumerate(ORDER))
-                + ")",
-                "xlabel": "Partitioning (0 = iid … 3 = sorted by label)",
+                "title": "final value, each method at its tuned lr",
+                "xlabel": "Partitioning: " + ", ".join(f"{i} {s}" for i, s in enumerate(ORDER)),
             }
         ],
         title=f"Label heterogeneity ({tables.setting_label(df)}, p = 0.2, k/d = 0.1)",
