@@ -549,6 +549,7 @@ class Grid:
         g._user_blocks, g._tune_input, g._configs = 0, (None, None, None, 0), out
         g._keys = [None] * len(out)  # no template: plan keys each configuration itself
         g._description = description
+        g._keys = [None] * len(out)  # no axes: no shared static key (plan groups by shape)
         return g
 
     @staticmethod

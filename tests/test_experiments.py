@@ -154,7 +154,7 @@ def test_full_variants_run_the_papers_settings_at_100_devices(key):
     full = dict(load(name).grids(quick=False))
     g = full[part]
     assert (g.base.task, g.base.dataset, g.base.num_devices) == (task, dataset, 100)
-    for _, cfg in g.configs():
+    for _, cfg in g.configs() if g.tuning is None else g.reported_configs():
         assert cfg.num_devices == 100
     if dataset == "mnist":
         assert g.base.partitioning == "sorted"  # the heterogeneous setting
@@ -468,3 +468,154 @@ def test_experiments_share_one_settings_module_and_method_list():
         assert used <= set(settings.METHODS), name
     df, y, what = settings.gap_of(testing.synthetic_results(methods=("coco-ef",), seeds=1))
     assert (y, what) == ("gap", "F − F*") and "gap" in df
+
+
+# ----------------------------------------- exp-b modules: new module, claims on planted tables
+
+# experiments not yet in EXPERIMENTS (nor in paper.py's PARTS): run the same contract checks
+NEW_EXPERIMENTS = ("heterogeneity",)
+
+
+@pytest.mark.parametrize("name", NEW_EXPERIMENTS)
+def test_new_experiments_follow_the_contract(name, tmp_path):
+    test_module_has_the_contract(name)
+    test_quick_and_full_grids_build(name)
+    test_docstrings_keep_question_and_expectation_but_no_typed_observations(name)
+    test_tiny_variant_runs_and_draws(name, tmp_path)
+
+
+def _planted(methods, **kw):
+    """Made-up curves (`testing.synthetic_results`, no F*: the loss decides) where the
+    method listed first ends lowest: its floor 1e-3·(1 + i)(1 + p) grows with its index."""
+    from coco_jax import testing
+
+    kw = {"seeds": 4, "steps": 400, "eval_every": 50, "task": "mlp", **kw}
+    return testing.synthetic_results(methods, **kw)
+
+
+def _noise_copies(df, source, names):
+    """Copies of `source`'s runs relabelled as each of `names`, their last value moved by
+    ±0.1% alternating with the seed: no paired interval can exclude 0 on either side."""
+    import pandas as pd
+
+    src = df[df.method == source]
+    out = [src]
+    rng = np.random.default_rng(3)
+    for i, name in enumerate(names):
+        c = src.assign(method=name, config_id=src["config_id"] + f"-{i}", loss=src["loss"].astype(np.float64))
+        last = c.step == c.step.max()
+        c.loc[last, "loss"] *= 1 + 1e-3 * np.where(c.loc[last, "seed"] % 2 == 0, 1, -1) * (
+            1 + 0.1 * rng.random(last.sum())
+        )
+        out.append(c)
+    return pd.concat(out, ignore_index=True)
+
+
+def _verdicts(claims):
+    return [c.verdict for c in claims]
+
+
+def test_compression_claims_follow_planted_outcomes():
+    claims = load("compression").module.claims
+    names = ("coco-ef", "gc-compressed", "gc-unbiased", "ef-uncoded")
+    ratios = {"compress_ratios": (0.02, 0.3)}
+    holds = claims(_planted(names, **ratios).assign(part="sparsification"))
+    assert _verdicts(holds)[:3] == ["holds"] * 3
+    assert all("95% CI" in e for c in holds[:3] for e in c.evidence)
+    reversed_ = claims(_planted(names[1:] + names[:1], **ratios).assign(part="sparsification"))
+    assert _verdicts(reversed_)[:3] == ["contradicted"] * 3
+    noise = _noise_copies(_planted(names[:1], **ratios), "coco-ef", names[1:]).assign(part="sparsification")
+    assert _verdicts(claims(noise))[:3] == ["inconclusive"] * 3
+    assert claims(noise.iloc[:0]) == []  # nothing ran: no claim, no crash
+
+
+def test_heatmap_claims_follow_planted_outcomes():
+    mod = load("heatmap").module
+    kw = {"straggler_probs": (0.1, 0.3), "compress_ratios": (0.1, 0.3)}
+    names = ("coco-ef", "gc-compressed", "ef-uncoded")
+    assert _verdicts(mod.claims(_planted(names, **kw))) == ["holds", "holds"]
+    assert _verdicts(mod.claims(_planted(names[::-1], **kw))) == ["contradicted", "contradicted"]
+    noise = _noise_copies(_planted(names[:1], **kw), "coco-ef", names[1:])
+    assert _verdicts(mod.claims(noise)) == ["inconclusive", "inconclusive"]
+    table, notes, _ = mod.gap_table(_planted(names, **kw))
+    assert table.shape == (2, 2) and (table.to_numpy() < 0).all()
+    assert all("below" in notes.iat[i, j] for i in range(2) for j in range(2))
+    # a baseline whose messages are not within ±10% of COCO-EF's is no rival
+    far = _planted(("coco-ef", "gc"), **kw)  # gc: uncompressed, 32 × 32 bits per message
+    assert mod.claims(far) == [] and mod.observations(far)[0].startswith("No cell")
+
+
+def test_theory_claims_follow_planted_outcomes():
+    mod = load("theory").module
+    kw = {"straggler_probs": (0.0, 0.2), "compress_ratios": (0.1,)}
+    last = lambda cs: next(c for c in cs if c.statement.startswith("coco-ef21"))
+    assert last(mod.claims(_planted(("coco-ef21", "coco-ef"), **kw))).verdict == "holds"
+    assert last(mod.claims(_planted(("coco-ef", "coco-ef21"), **kw))).verdict == "contradicted"
+    noise = _noise_copies(_planted(("coco-ef",), **kw), "coco-ef", ["coco-ef21"])
+    noise["grad_error_sq"] = noise["loss"] * 0.1
+    assert last(mod.claims(noise)).verdict == "inconclusive"
+    by_construction = mod.claims(_planted(("coco-ef",), **kw))[0]
+    assert by_construction.verdict == "holds by construction"
+
+
+def test_compressors_claims_follow_planted_outcomes():
+    mod = load("compressors").module
+
+    def as_compressors(df, names):
+        return df.assign(compressor=df["method"].map(names))
+
+    df = _planted(("coco-ef", "gc-compressed"))
+    first = lambda cs: cs[0].verdict
+    assert (
+        first(mod.claims(as_compressors(df, {"coco-ef": "scaled_sign", "gc-compressed": "sign"}))) == "holds"
+    )
+    assert (
+        first(mod.claims(as_compressors(df, {"coco-ef": "sign", "gc-compressed": "scaled_sign"})))
+        == "contradicted"
+    )
+    noise = _noise_copies(_planted(("coco-ef",)), "coco-ef", ["gc-compressed"])
+    assert first(mod.claims(as_compressors(noise, {"coco-ef": "scaled_sign", "gc-compressed": "sign"}))) == (
+        "inconclusive"
+    )
+
+
+def test_redundancy_claims_follow_planted_outcomes():
+    mod = load("redundancy").module
+
+    def at_s(df, s_of):  # every run is COCO-EF's, at the redundancy its planted method stands for
+        return df.assign(
+            redundancy=df["method"].map(s_of), method="coco-ef", allocation="cyclic", part="iterations"
+        )
+
+    df = _planted(("coco-ef", "gc"))
+    first = lambda cs: cs[0].verdict
+    assert first(mod.claims(at_s(df, {"coco-ef": 1, "gc": 0}))) == "holds"
+    assert first(mod.claims(at_s(df, {"coco-ef": 0, "gc": 1}))) == "contradicted"
+    noise = _noise_copies(_planted(("coco-ef",)), "coco-ef", ["gc"])
+    assert first(mod.claims(at_s(noise, {"coco-ef": 1, "gc": 0}))) == "inconclusive"
+
+
+def test_heterogeneity_claims_follow_planted_outcomes():
+    import pandas as pd
+
+    mod = load("heterogeneity").module
+
+    def split(df):
+        return pd.concat(
+            [df.assign(partitioning=p, config_id=df["config_id"] + p) for p in ("iid", "sorted")],
+            ignore_index=True,
+        )
+
+    names = ("coco-ef", "gc-compressed", "gc-unbiased")
+    assert _verdicts(mod.claims(split(_planted(names)))) == ["holds", "holds"]
+    assert _verdicts(mod.claims(split(_planted(names[::-1])))) == ["contradicted", "contradicted"]
+    noise = split(_noise_copies(_planted(names[:1]), "coco-ef", names[1:]))
+    assert _verdicts(mod.claims(noise)) == ["inconclusive", "inconclusive"]
+
+
+def test_dry_run_plans_both_stages_of_a_tuned_experiment(capsys):
+    """`--dry-run` of a tuned module plans its tuning and reported stages without
+    compiling (the stages are explicit grids: their static keys must exist)."""
+    assert main(["sweep", str(ROOT / "experiments" / "compressors.py"), "--dry-run", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning stage" in out and "reported stage" in out and "estimated" in out
