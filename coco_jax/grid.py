@@ -548,6 +548,7 @@ class Grid:
         g.axes, g.zip_blocks, g.exclude, g.seeds, g.tuning = {}, [], None, None, None
         g._user_blocks, g._tune_input, g._configs = 0, (None, None, None, 0), out
         g._description = description
+        g._keys = [None] * len(out)  # no axes: no shared static key (plan groups by shape)
         return g
 
     @staticmethod
