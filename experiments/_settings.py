@@ -296,7 +296,8 @@ def flatness(df: pd.DataFrame, y: str, by=("method",)) -> tuple[str, float, bool
         mask &= (df[b] == best[b]).to_numpy()
     curve = df[mask].groupby("step")[y].mean().sort_index()
     steps = curve.index.to_numpy()
-    start = steps[np.searchsorted(steps, steps[-1] * (1 - FLAT_TAIL))]
+    # the last evaluation at or before 80% of the run: the tail covers at least 20% of it
+    start = steps[max(0, np.searchsorted(steps, steps[-1] * (1 - FLAT_TAIL), side="right") - 1)]
     before, after = float(curve.loc[start]), float(curve.iloc[-1])
     if not (np.isfinite(before) and np.isfinite(after)) or before == 0:
         return None

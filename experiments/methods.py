@@ -266,7 +266,7 @@ def _final_sentences(sub, name) -> list[str]:
     return out + S.flatness_text(sub, y, name)
 
 
-def _equal_differences(eq) -> tuple[list, list]:
+def equal_compute_differences(eq) -> tuple[list, list]:
     """Per p: the paired log ratio COCO-EF / control; and the change of that log ratio
     from p = 0 to each p > 0 (a paired interval over seeds)."""
     if eq.empty:
@@ -300,7 +300,7 @@ def _log10(v: pd.Series) -> pd.Series:
 
 
 def _equal_sentences(eq) -> list[str]:
-    ratios, changes = _equal_differences(eq)
+    ratios, changes = equal_compute_differences(eq)
     out = [f"equal-compute: {d.sentence('final gap')}." for d in ratios]
     out += [f"equal-compute: change of log10(COCO-EF / control) from p = 0: {d.text()}." for d in changes]
     return out
@@ -415,7 +415,7 @@ def claims(df):
                     expect="above",
                 )
             )
-    _, changes = _equal_differences(df[df.part == "equal-compute"])
+    _, changes = equal_compute_differences(df[df.part == "equal-compute"])
     if changes:
         out.append(
             rp.claim_all(
