@@ -164,12 +164,6 @@ def equal_label(row) -> str:
     return row["method"]
 
 
-def time_label(row) -> str:
-    bw = row.get("upload_bandwidth")
-    bw = "∞" if bw is None or pd.isna(bw) else f"{bw:g}"
-    return f"{row['method']} (deadline {row['deadline']:g}, bandwidth {bw})"
-
-
 def figures(df):
     parts = {p: df[df.part == p] for p in (*SETTINGS, "equal-compute", "time")}
     lin, mn = parts["linreg"], parts["mnist"]
