@@ -572,3 +572,45 @@ def test_flatness_rule():
     assert label == "coco-ef" and flat and change < 0.05
     _, change, flat = S.flatness(df[df.step <= 100], "loss")
     assert not flat and change >= 0.05
+
+
+def test_a_composites_own_claims_read_the_whole_table(tmp_path):
+    """paper.py's claims(df) sees every part ("<experiment>/<part>"); they appear in the
+    Claims table under the composite's name, which adds no section body of its own."""
+    write_module(tmp_path, "alpha", SINGLE)
+    write_module(tmp_path, "beta", NAMED)
+    (tmp_path / "combo.py").write_text(
+        textwrap.dedent(
+            '''
+            """Both tiny experiments. Question: composes? Expected: yes. Command: coco-jax run combo.py"""
+            from coco_jax import report as rp
+            from coco_jax.experiment import compose_figures, compose_grids
+
+            NAME = "combo"
+            DESCRIPTION = "alpha and beta"
+            PARTS = ("alpha", "beta")
+
+
+            def grid(quick=False):
+                return compose_grids(PARTS, quick, here=__file__)
+
+
+            def figures(df):
+                return compose_figures(PARTS, df, here=__file__)
+
+
+            def claims(df):
+                parts = ",".join(sorted(set(df.part)))
+                return [rp.claim_by_construction("the table holds " + parts, "combo", "test")]
+            '''
+        )
+    )
+    out = tmp_path / "res"
+    assert ex.run_experiment(tmp_path / "combo.py", quick=True, out=out, progress=False) == 0
+    report = (out / "report.md").read_text()
+    assert (
+        "| 1 | combo | the table holds alpha,beta/one,beta/two | combo | **holds by construction** |"
+        in report
+    )
+    assert "## combo" not in report and "- [combo]" not in report
+    assert "## alpha" in report and "## beta" in report
