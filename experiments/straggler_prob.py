@@ -57,7 +57,13 @@ def figures(df):
     steps = int(df["steps"].max())
     fig = plots.finals_figure(
         [
-            {"finals": finals, "x": "straggler_prob", "y": y, "title": "final optimality gap (tuned steps)"},
+            {
+                "finals": finals,
+                "x": "straggler_prob",
+                "y": y,
+                "title": "final optimality gap (tuned steps)",
+                "over": (*tables.PAIR_FIELDS, "lr"),  # each p at its own tuned step
+            },
             {
                 "finals": hits,
                 "x": "straggler_prob",
@@ -66,6 +72,7 @@ def figures(df):
                 "title": "iterations to the target",
                 "missing_note": f"missing points: target not reached within {steps} iterations",
                 "logy": False,
+                "over": (*tables.PAIR_FIELDS, "lr"),
             },
         ],
         title=f"Effect of the straggling probability p ({tables.setting_label(df)})",
