@@ -77,7 +77,7 @@ def _final_differences(df, a: str, b: str, parts, by=()) -> list:
             continue
         sub, y, _ = S.gap_of(sub)
         for d in tables.compare_runs(sub, y, a, b, by=by, log=True):
-            where = part + (f", {d.where}" if d.where else "")
+            where = f"{part}: {d.where}" if d.where else part
             out.append(tables.Difference(d.a, d.b, where, d.interval, d.dropped, d.log))
     return out
 
