@@ -457,9 +457,7 @@ def test_experiments_share_one_settings_module_and_method_list():
     assert all(load(name).module.S is settings for name in EXPERIMENTS)
     assert ex.helper_module(ROOT / "experiments" / "theory.py", "_settings") is settings
     assert load("methods").module.METHODS == settings.METHODS
-    assert load("straggler_prob").module.METHODS == [
-        m for m in settings.METHODS if m not in ("gc-diana", "gd")
-    ]
+    assert load("straggler_prob").module.METHODS == [m for m in settings.METHODS if m != "gd"]
     for name in EXPERIMENTS:
         used = set(getattr(load(name).module, "METHODS", ())) | set(
             getattr(load(name).module, "BASELINES", ())
