@@ -4,7 +4,7 @@ Paper setting: the COCO-EF paper's synthetic linear regression at its scale (100
 devices, d = 200, 40 rows per device; experiments/_settings.py), cyclic code s = 1,
 top-k at k/d = 10%, straggling probability p from 0 to 0.5 (0.4 quick). Every method
 runs at its own step, tuned for every (method, p) (`_settings.tuned_one_draw`: 9
-candidates from 1/(64 L̂) to 4/L̂ on tuning seeds 100-101), 500 iterations (300 quick),
+candidates from 1/(64 L̂) to 4/L̂ on tuning seeds 100-101), 300 iterations,
 reported over 5 seeds (3 quick), all on one data draw. The quick variant uses 16
 devices and d = 100.
 
@@ -44,7 +44,7 @@ def probs(quick: bool) -> list[float]:
 
 
 def grid(quick: bool = False):
-    base = S.linreg(quick, steps=300 if quick else 500, eval_every=10)
+    base = S.linreg(quick, steps=300, eval_every=10)
     return S.tuned_one_draw(base, {"preset": list(METHODS), "straggler_prob": probs(quick)}, NAME, quick)
 
 
