@@ -22,7 +22,7 @@ longer removed by EF21 or DIANA;
 "equal-compute": the control that separates coding's benefit against stragglers from
 its extra compute (below); "time": random compute times (latency model, compute time
 load·(1 + Exp(1)) plus a load-independent delay Exp of mean 1, `latency_fixed`),
-sweeping the deadline and the upload bandwidth (∞, and finite values where a dense
+sweeping the deadline and the upload bandwidth (∞, and a finite value where a dense
 message's upload takes longer than the computation). The quick variant uses 16
 devices, d = 100, and 60 mnist iterations (1,000 in the full variant; the budgets allow
 no more: the report says whether the best mnist curve is flat).
