@@ -99,6 +99,7 @@ class Section:
     metrics: tuple = ()  # extra history keys for the final-metrics table (REPORT_METRICS)
     observe: Any = None  # the module's observations(df) -> list[str], if it defines one
     claims: Any = None  # the module's claims(df) -> list[Claim], if it defines one
+    body: bool = True  # False: only its claims appear (a composite's own claims over all its parts)
 
 
 def _fmt(x: float) -> str:
@@ -477,10 +478,11 @@ def write_report(out: pathlib.Path, exp, sections: list[Section], meta: dict) ->
     lines += _claims_block(sections, composite)
     if composite:
         lines += ["## Contents", ""]
-        lines += [f"- [{s.name}](#{s.name.lower()}): {s.description}" for s in sections]
+        lines += [f"- [{s.name}](#{s.name.lower()}): {s.description}" for s in sections if s.body]
         lines.append("")
     for s in sections:
-        lines += _section_block(out, exp, s, composite)
+        if s.body:
+            lines += _section_block(out, exp, s, composite)
     lines += _environment_block(meta)
     text = "\n".join(lines)
     while "\n\n\n" in text:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 import coco_jax as cj
@@ -108,15 +109,24 @@ def tuned_grid(
     of steps; loss for non-convex tasks) is chosen, a choice on the edge is extended
     one step, and the reported `seeds(quick)` run at the choice."""
     kwargs.setdefault("seeds", seeds(quick))
+    kwargs.setdefault("tuning_seeds", list(TUNING_SEEDS))  # a costly part may tune on fewer
     return cj.Grid(
         base=base,
         axes=axes,
         name=name,
         tune={"lr": LR_GRID if lr is None else lr},
-        tuning_seeds=list(TUNING_SEEDS),
         extend_edges=True,
         **kwargs,
     )
+
+
+def tuned_one_draw(base: cj.ExperimentConfig, axes: dict, name: str, quick: bool, **kwargs) -> cj.Grid:
+    """`tuned_grid` with the reported seeds on an axis: every run (tuning and reported
+    seeds alike) trains on the data of `base.data_seed`, so a part's stages share one
+    compiled program (each data draw is a program of its own). The spread over seeds is
+    then that of the stragglers, the compressors' randomness and the initial point, not
+    of the data."""
+    return tuned_grid(base, {**axes, "seed": list(seeds(quick))}, name, quick, seeds=None, **kwargs)
 
 
 def ratios(quick: bool) -> list[float]:
@@ -202,3 +212,118 @@ def setting_of(df: pd.DataFrame, part: str) -> str:
     part's name when the table holds none of its rows."""
     sub = df[df.part == part]
     return tables.setting_label(sub) if not sub.empty else part
+
+
+# ------------------------------------------------------- targets and flatness (issue 18)
+
+REACH_AXES = {"step": "iterations", "bits": "uploaded bits", "time": "simulated time"}
+FLAT_TAIL = 0.2  # "flat": the best curve changes by < FLAT_CHANGE over its last FLAT_TAIL of steps
+FLAT_CHANGE = 0.05
+
+
+def relative_gap(df: pd.DataFrame, loss: str = "the loss") -> tuple[pd.DataFrame, str, str]:
+    """(`df` with column "rel": each run's F − F* (or loss, `gap_of`) divided by its own
+    value at step 0, the column it was computed from, how a sentence names it). The
+    targets `TARGETS` are fractions of this initial gap."""
+    df, y, what = gap_of(df, loss)
+    if df.empty:
+        return df.assign(rel=pd.Series(dtype=float)), y, what
+    d = df.sort_values("step")
+    first = d.groupby(tables.run_key(d).to_numpy())[y].transform("first")
+    return df.assign(rel=(d[y] / first).reindex(df.index)), y, what
+
+
+def reach_table(
+    df: pd.DataFrame, by=("method",), targets=TARGETS, xs=("step", "bits", "time"), hue=None
+) -> pd.DataFrame:
+    """Iterations, uploaded bits and simulated time to each target (a fraction of each
+    run's initial gap, `relative_gap`): one row per value of `by` (and `hue` label), one
+    column per (quantity, target), each cell the mean over seeds ± its 95% interval
+    (`tables.value_text`), or "not reached (k of n)" unless every run got there."""
+    df, _, _ = relative_gap(df)
+    if df.empty:
+        return pd.DataFrame()
+    if hue is not None:
+        df = df.assign(label=tables.label_column(df, hue).to_numpy())
+        by = ("label", *[b for b in by if b != "method"])
+    rows: dict[tuple, dict] = {}
+    for x in xs:
+        if x not in df or df[x].isna().all():
+            continue
+        for t in targets:
+            hits = tables.steps_to_target(df, "rel", t, x=x)
+            for key, g in hits.groupby(list(by), sort=True, dropna=False):
+                key = key if isinstance(key, tuple) else (key,)
+                vals = g.loc[~g["final_diverged"].to_numpy(bool), "final"].to_numpy(np.float64)
+                reached = int(np.isfinite(vals).sum())
+                cell = (
+                    tables.value_text(vals)
+                    if len(vals) and reached == len(vals)
+                    else f"not reached ({reached} of {len(g)})"
+                )
+                rows.setdefault(key, dict(zip(by, key)))[f"{REACH_AXES[x]} to {t:g}"] = cell
+    return pd.DataFrame(list(rows.values()))
+
+
+def reach_text(table: pd.DataFrame, name: str) -> list[str]:
+    """`reach_table` as observation sentences, one per row."""
+    if table.empty:
+        return []
+    keys = [c for c in table.columns if " to " not in c]
+    out = []
+    for _, row in table.iterrows():
+        who = ", ".join(f"{row[k]}" if k in ("method", "label") else f"{k} = {row[k]}" for k in keys)
+        cells = "; ".join(f"{c}: {row[c]}" for c in table.columns if " to " in c and isinstance(row[c], str))
+        out.append(f"{name}: {who}: {cells}.")
+    return out
+
+
+def reach_differences(
+    df: pd.DataFrame, a: str, b: str, target: float, x: str = "bits", by=(), hue="method"
+) -> list:
+    """Paired ratios (`tables.paired_differences`, log) of the `x` (iterations, bits,
+    time) at which labels `a` and `b` first reach `target` × their initial gap; a run
+    that never reaches it is dropped and counted."""
+    df, _, _ = relative_gap(df)
+    if df.empty:
+        return []
+    hits = tables.steps_to_target(df, "rel", target, x=x)
+    return tables.paired_differences(hits, a, b, by=by, hue=hue, log=True)
+
+
+def flatness(df: pd.DataFrame, y: str, by=("method",)) -> tuple[str, float, bool] | None:
+    """Issue 18's "long enough" rule on the best curve: (its label (the lowest final mean
+    of `y` over seeds, per `by`), the relative change |ȳ(T) − ȳ(0.8 T)| / ȳ(0.8 T) of its
+    mean curve over the last FLAT_TAIL of steps, whether it is < FLAT_CHANGE); None
+    without a finite curve."""
+    fin = tables.final_means(df, y, by=by).dropna(subset=["final"])
+    if fin.empty:
+        return None
+    best = fin.sort_values("final").iloc[0]
+    mask = np.ones(len(df), bool)
+    for b in by:
+        mask &= (df[b] == best[b]).to_numpy()
+    curve = df[mask].groupby("step")[y].mean().sort_index()
+    steps = curve.index.to_numpy()
+    # the last evaluation at or before 80% of the run: the tail covers at least 20% of it
+    start = steps[max(0, np.searchsorted(steps, steps[-1] * (1 - FLAT_TAIL), side="right") - 1)]
+    before, after = float(curve.loc[start]), float(curve.iloc[-1])
+    if not (np.isfinite(before) and np.isfinite(after)) or before == 0:
+        return None
+    change = abs(after - before) / abs(before)
+    label = ", ".join(str(best[b]) for b in by)
+    return label, change, change < FLAT_CHANGE
+
+
+def flatness_text(df: pd.DataFrame, y: str, name: str, by=("method",)) -> list[str]:
+    """`flatness` as one sentence."""
+    f = flatness(df, y, by)
+    if f is None:
+        return []
+    label, change, flat = f
+    steps = int(df["step"].max())
+    return [
+        f"{name}: the best curve ({label}) changes by {100 * change:.1f}% over the last "
+        f"{round(100 * FLAT_TAIL)}% of its {steps} iterations: "
+        + ("flat (< 5%)." if flat else "not flat (≥ 5%): longer runs could change the ranking.")
+    ]

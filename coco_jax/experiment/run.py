@@ -195,6 +195,9 @@ def _sections(exp: Experiment, df, figure_paths: dict, meta: dict) -> list[Secti
             if k == sub_exp.name or k.startswith(sub_exp.name + "/")
         }
         out.append(_section(sub_exp, sub, figs, grids))
+    own = getattr(exp.module, "claims", None)
+    if own is not None:  # the composite's own claims read the whole table (parts "<experiment>/<part>")
+        out.insert(0, Section(exp.name, exp.description, "", {}, df, claims=own, body=False))
     return out
 
 
