@@ -615,7 +615,7 @@ def test_dry_run_plans_both_stages_of_a_tuned_experiment(capsys):
 # of COCO-EF with sign-alternating noise across seeds plants no difference (inconclusive).
 
 
-def _planted(order, parts, probs=(0.2,), seeds=4):
+def _planted_parts(order, parts, probs=(0.2,), seeds=4):
     import pandas as pd
 
     from coco_jax import testing
@@ -631,7 +631,7 @@ def _noisy_copy(order, parts, copy_as, probs=(0.2,)):
     alternately by seed: no interval excludes 0."""
     import pandas as pd
 
-    df = _planted(order, parts, probs)
+    df = _planted_parts(order, parts, probs)
     a = df[df.method == "coco-ef"]
     b = a.assign(method=copy_as, loss=a["loss"].astype(np.float64), config_id=a["config_id"] + "c")
     last = b.step == b.step.max()
@@ -657,8 +657,8 @@ def _verdict(claims, words):
 def test_claims_follow_planted_outcomes(name, parts, words):
     claims = load(name).module.claims
     probs = (0.1, 0.3) if name == "straggler_prob" else (0.2,)
-    assert _verdict(claims(_planted(("coco-ef", "gc-compressed"), parts, probs)), words) == "holds"
-    assert _verdict(claims(_planted(("gc-compressed", "coco-ef"), parts, probs)), words) == "contradicted"
+    assert _verdict(claims(_planted_parts(("coco-ef", "gc-compressed"), parts, probs)), words) == "holds"
+    assert _verdict(claims(_planted_parts(("gc-compressed", "coco-ef"), parts, probs)), words) == "contradicted"
     noise = _noisy_copy(("coco-ef", "gd"), parts, "gc-compressed", probs)
     assert _verdict(claims(noise), words) == "inconclusive"
 
@@ -667,11 +667,11 @@ def test_claims_never_crash_on_missing_parts_or_methods():
     """A tiny variant runs fewer things: claims return fewer rows, never raise."""
     import pandas as pd
 
-    empty = _planted(("gd",), ("x",)).iloc[:0]
+    empty = _planted_parts(("gd",), ("x",)).iloc[:0]
     for name in ("methods", "straggler_prob", "neural", "paper"):
         claims = load(name).module.claims
         assert claims(empty) == []
-        assert claims(_planted(("gd",), ("linreg", "mlp", "straggler_prob", "methods/linreg"))) == []
+        assert claims(_planted_parts(("gd",), ("linreg", "mlp", "straggler_prob", "methods/linreg"))) == []
     assert isinstance(load("paper").module.claims(pd.DataFrame({"part": []})), list)
 
 
@@ -679,7 +679,7 @@ def test_straggler_prob_growth_claim_sees_a_planted_artefact():
     """The made-up floor grows with p: "above" holds; relabelling p backwards plants the
     old "more stragglers look faster" artefact: contradicted."""
     mod = load("straggler_prob").module
-    df = _planted(("coco-ef", "ef-uncoded"), ("straggler_prob",), probs=(0.0, 0.4))
+    df = _planted_parts(("coco-ef", "ef-uncoded"), ("straggler_prob",), probs=(0.0, 0.4))
     words = "largest p is above its gap at p = 0"
     assert _verdict(mod.claims(df), words) == "holds"
     backwards = df.assign(straggler_prob=0.4 - df.straggler_prob)
@@ -692,7 +692,7 @@ def test_methods_bits_claim_and_reach_table():
     target with fewer bits (holds); the reach table says "not reached" where a run does not
     get there and gives the mean where every run does."""
     mod = load("methods").module
-    df = _planted(("coco-ef", "gc"), ("linreg", "mnist"))
+    df = _planted_parts(("coco-ef", "gc"), ("linreg", "mnist"))
     assert _verdict(mod.claims(df), "with fewer bits than gc") == "holds"
     table = mod.S.reach_table(df[df.part == "linreg"], xs=("step", "bits"))
     assert set(table.method) == {"coco-ef", "gc"}
@@ -706,7 +706,7 @@ def test_flatness_rule():
     """< 5% change over the last 20% of steps: a converged made-up curve is flat; the same
     curves cut at a quarter of their length (still falling) are not."""
     S = load("methods").module.S
-    df = _planted(("coco-ef", "gc"), ("linreg",))
+    df = _planted_parts(("coco-ef", "gc"), ("linreg",))
     label, change, flat = S.flatness(df, "loss")
     assert label == "coco-ef" and flat and change < 0.05
     _, change, flat = S.flatness(df[df.step <= 100], "loss")
