@@ -658,7 +658,9 @@ def test_claims_follow_planted_outcomes(name, parts, words):
     claims = load(name).module.claims
     probs = (0.1, 0.3) if name == "straggler_prob" else (0.2,)
     assert _verdict(claims(_planted_parts(("coco-ef", "gc-compressed"), parts, probs)), words) == "holds"
-    assert _verdict(claims(_planted_parts(("gc-compressed", "coco-ef"), parts, probs)), words) == "contradicted"
+    assert (
+        _verdict(claims(_planted_parts(("gc-compressed", "coco-ef"), parts, probs)), words) == "contradicted"
+    )
     noise = _noisy_copy(("coco-ef", "gd"), parts, "gc-compressed", probs)
     assert _verdict(claims(noise), words) == "inconclusive"
 
