@@ -184,39 +184,18 @@ def claims(df):
     at_p = df[np.isclose(df.straggler_prob, BASE_P)]
     if at_p.empty or at_r.empty:
         return out
-    e = tables.final_values(at_p, "ef_error_norm", tail=TAIL)
-    diffs = _ends(e, "compress_ratio", "coco-ef", f"p = {BASE_P:g}")
-    if diffs:
-        out.append(
-            rp.claim_all(
-                "COCO-EF's memory ‖e‖ grows as k/d shrinks (smallest k/d above largest)",
-                src,
-                diffs,
-                expect="below",
-            )
-        )
-    g = tables.final_values(at_r, "grad_error_sq", tail=TAIL)
-    diffs = _ends(g, "straggler_prob", "coco-ef", f"k/d = {BASE_RATIO:g}")
-    if diffs:
-        out.append(
-            rp.claim_all(
-                "COCO-EF's decoding error ‖ĝ − ∇F‖² grows with p (largest p above smallest)",
-                src,
-                diffs,
-                "above",
-            )
-        )
-    g = tables.final_values(at_p, "grad_error_sq", tail=TAIL)
-    diffs = _ends(g, "compress_ratio", "coco-ef", f"p = {BASE_P:g}")
-    if diffs:
-        out.append(
-            rp.claim_all(
-                "COCO-EF's decoding error grows as k/d shrinks (smallest k/d above largest)",
-                src,
-                diffs,
-                "below",
-            )
-        )
+    trends = (  # (rows, column, axis, where, statement, expect)
+        (at_p, "ef_error_norm", "compress_ratio", f"p = {BASE_P:g}",
+         "COCO-EF's memory ‖e‖ grows as k/d shrinks (smallest k/d above largest)", "below"),
+        (at_r, "grad_error_sq", "straggler_prob", f"k/d = {BASE_RATIO:g}",
+         "COCO-EF's decoding error ‖ĝ − ∇F‖² grows with p (largest p above smallest)", "above"),
+        (at_p, "grad_error_sq", "compress_ratio", f"p = {BASE_P:g}",
+         "COCO-EF's decoding error grows as k/d shrinks (smallest k/d above largest)", "below"),
+    )  # fmt: skip
+    for rows, column, axis, where, statement, expect in trends:
+        diffs = _ends(tables.final_values(rows, column, tail=TAIL), axis, "coco-ef", where)
+        if diffs:
+            out.append(rp.claim_all(statement, src, diffs, expect=expect))
     if {"coco-ef", "coco-ef21"} <= set(at_r.method):
         diffs = tables.compare_runs(
             at_r, "grad_error_sq", "coco-ef21", "coco-ef", by=("straggler_prob",), tail=TAIL, log=True
