@@ -302,29 +302,31 @@ def test_run_resumes_and_refuses_other_experiments(tmp_path):
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
 
 
+# a composite of the tiny modules alpha (SINGLE) and beta (NAMED)
+COMBO = textwrap.dedent(
+    '''
+    """Both tiny experiments. Question: composes? Expected: yes. Command: coco-jax run combo.py"""
+    from coco_jax.experiment import compose_figures, compose_grids
+
+    NAME = "combo"
+    DESCRIPTION = "alpha and beta"
+    PARTS = ("alpha", "beta")
+
+
+    def grid(quick=False):
+        return compose_grids(PARTS, quick, here=__file__)
+
+
+    def figures(df):
+        return compose_figures(PARTS, df, here=__file__)
+    '''
+)
+
+
 def test_named_grids_and_composite_report(tmp_path):
     write_module(tmp_path, "alpha", SINGLE)
     write_module(tmp_path, "beta", NAMED)
-    (tmp_path / "combo.py").write_text(
-        textwrap.dedent(
-            '''
-            """Both tiny experiments. Question: composes? Expected: yes. Command: coco-jax run combo.py"""
-            from coco_jax.experiment import compose_figures, compose_grids
-
-            NAME = "combo"
-            DESCRIPTION = "alpha and beta"
-            PARTS = ("alpha", "beta")
-
-
-            def grid(quick=False):
-                return compose_grids(PARTS, quick, here=__file__)
-
-
-            def figures(df):
-                return compose_figures(PARTS, df, here=__file__)
-            '''
-        )
-    )
+    (tmp_path / "combo.py").write_text(COMBO)
     out = tmp_path / "res"
     assert ex.run_experiment(tmp_path / "combo.py", quick=True, out=out, progress=False) == 0
     assert (out / "alpha" / "results.parquet").exists()
@@ -720,32 +722,17 @@ def test_a_composites_own_claims_read_the_whole_table(tmp_path):
     Claims table under the composite's name, which adds no section body of its own."""
     write_module(tmp_path, "alpha", SINGLE)
     write_module(tmp_path, "beta", NAMED)
-    (tmp_path / "combo.py").write_text(
-        textwrap.dedent(
-            '''
-            """Both tiny experiments. Question: composes? Expected: yes. Command: coco-jax run combo.py"""
-            from coco_jax import report as rp
-            from coco_jax.experiment import compose_figures, compose_grids
-
-            NAME = "combo"
-            DESCRIPTION = "alpha and beta"
-            PARTS = ("alpha", "beta")
+    claims = textwrap.dedent(
+        """
+        from coco_jax import report as rp
 
 
-            def grid(quick=False):
-                return compose_grids(PARTS, quick, here=__file__)
-
-
-            def figures(df):
-                return compose_figures(PARTS, df, here=__file__)
-
-
-            def claims(df):
-                parts = ",".join(sorted(set(df.part)))
-                return [rp.claim_by_construction("the table holds " + parts, "combo", "test")]
-            '''
-        )
+        def claims(df):
+            parts = ",".join(sorted(set(df.part)))
+            return [rp.claim_by_construction("the table holds " + parts, "combo", "test")]
+        """
     )
+    (tmp_path / "combo.py").write_text(COMBO + claims)
     out = tmp_path / "res"
     assert ex.run_experiment(tmp_path / "combo.py", quick=True, out=out, progress=False) == 0
     report = (out / "report.md").read_text()
