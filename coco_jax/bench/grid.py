@@ -56,13 +56,18 @@ PAPER_LINREG = {
 def grid_of(configs: int, steps: int, **overrides) -> Grid:
     """`configs` configurations of the paper's linreg setting (rounded up to a cube of
     lr x p x seed axes)."""
-    side = int(np.ceil(configs ** (1 / 3)))
     base = ExperimentConfig(**{**PAPER_LINREG, "steps": steps, "eval_every": steps, **overrides})
+    return _lr_p_seed_grid(base, configs, int(np.ceil(configs ** (1 / 3))), (0.005, 0.1), 0.5)
+
+
+def _lr_p_seed_grid(base: ExperimentConfig, configs: int, side: int, lrs: tuple, p_max: float) -> Grid:
+    """At least `configs` configurations of `base`: `side` log-spaced lr in `lrs` x `side`
+    straggling probabilities in [0, p_max] x as many seeds as it takes."""
     return Grid(
         base=base,
         axes={
-            "lr": list(np.round(np.geomspace(0.005, 0.1, side), 6)),
-            "straggler_prob": list(np.round(np.linspace(0.0, 0.5, side), 4)),
+            "lr": list(np.round(np.geomspace(*lrs, side), 6)),
+            "straggler_prob": list(np.round(np.linspace(0.0, p_max, side), 4)),
             "seed": list(range(int(np.ceil(configs / side**2)))),
         },
     )
@@ -183,15 +188,7 @@ def h200_prediction(rows: list[dict]) -> dict | None:
 def tiny_grid(configs: int, steps: int = 20) -> Grid:
     """`configs` tiny configurations (M = 8, d = 10): lr x p x seed."""
     base = ExperimentConfig(task="linreg", num_devices=8, num_features=10, steps=steps, eval_every=1)
-    side = 16
-    return Grid(
-        base=base,
-        axes={
-            "lr": list(np.round(np.geomspace(0.01, 0.2, side), 6)),
-            "straggler_prob": list(np.round(np.linspace(0.0, 0.6, side), 4)),
-            "seed": list(range(int(np.ceil(configs / side**2)))),
-        },
-    )
+    return _lr_p_seed_grid(base, configs, 16, (0.01, 0.2), 0.6)
 
 
 def bench_scale(plan: Plan, log) -> dict:
