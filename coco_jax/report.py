@@ -196,18 +196,22 @@ def claim_all(
     statement: str, source: str, differences: list[Difference], expect: str = "below", minimum: int = 1
 ) -> Claim:
     """ "a is `expect` b at every setting" from paired differences a − b (one per
-    setting, `tables.compare_runs`): **holds** if every interval excludes 0 on the
-    expected side, **contradicted** if some interval excludes 0 on the other side,
-    otherwise **inconclusive** (some interval contains 0, or fewer than `minimum`
-    settings have an interval). The evidence lists every difference."""
+    setting, `tables.compare_runs`): **holds** if every difference is on the expected
+    side (its interval excludes 0 there) and at least `minimum` of them are replicated
+    intervals, **contradicted** if a replicated interval excludes 0 on the other side,
+    otherwise **inconclusive** (some interval contains 0, or too few settings have a
+    replicated interval). A degenerate interval (`tables.Interval.degenerate`: every
+    seed pair gives the same difference, e.g. deterministic runs on one data draw) is
+    one observation: on the wrong side it keeps a claim from holding, but it neither
+    contradicts a claim nor counts towards `minimum`. The evidence lists every
+    difference."""
     if expect not in ("below", "above"):
         raise ValueError(f"expect={expect!r} is invalid: must be 'below' or 'above'")
     other = "above" if expect == "below" else "below"
-    verdicts = [d.verdict for d in differences]
-    usable = sum(d.interval.n >= 2 for d in differences)
-    if other in verdicts:
+    replicated = [d for d in differences if d.interval.n >= 2 and not d.interval.degenerate]
+    if any(d.verdict == other for d in replicated):
         verdict = "contradicted"
-    elif usable >= max(minimum, 1) and all(v == expect for v in verdicts):
+    elif len(replicated) >= max(minimum, 1) and all(d.verdict == expect for d in differences):
         verdict = "holds"
     else:
         verdict = "inconclusive"
@@ -224,8 +228,10 @@ def claim_threshold(
 ) -> Claim:
     """ "the quantity is below (or above) a threshold at every setting" from t-intervals
     (`tables.t_interval` over seeds) keyed by setting: **holds** if every interval lies
-    entirely on the claimed side, **contradicted** if some interval lies entirely on
-    the other side, otherwise **inconclusive**."""
+    entirely on the claimed side (at least one of them replicated), **contradicted** if
+    a replicated interval lies entirely on the other side, otherwise **inconclusive**.
+    A degenerate interval (every seed gave the same value) is one observation, as in
+    `claim_all`: on the wrong side it keeps the claim from holding, nothing more."""
     if (below is None) == (above is None):
         raise ValueError("give exactly one of below= or above=")
     limit = below if below is not None else above
@@ -237,15 +243,23 @@ def claim_threshold(
             side = "yes" if iv.high < limit else "no" if iv.low > limit else "unknown"
         else:
             side = "yes" if iv.low > limit else "no" if iv.high < limit else "unknown"
+        if iv.degenerate and side != "unknown":
+            side = "one " + side  # not replicated: it cannot decide the claim alone
         sides.append(side)
-        bound = f"[{num(iv.low)}, {num(iv.high)}]" if iv.n >= 2 else "no interval"
+        bound = (
+            "no interval"
+            if iv.n < 2
+            else "no spread: one observation"
+            if iv.degenerate
+            else f"[{num(iv.low)}, {num(iv.high)}]"
+        )
         lines.append(
             f"{where}: {num(iv.mean)} {bound} ({round(iv.level * 100)}% CI, {iv.n} seeds) vs "
             f"{'<' if below is not None else '>'} {num(limit)}"
         )
     if "no" in sides:
         verdict = "contradicted"
-    elif sides and all(x == "yes" for x in sides):
+    elif "yes" in sides and all(x in ("yes", "one yes") for x in sides):
         verdict = "holds"
     else:
         verdict = "inconclusive"

@@ -389,6 +389,13 @@ class Interval:
         """Whether `value` lies outside the interval (False without an interval)."""
         return self.n >= 2 and (self.low > value or self.high < value)
 
+    @property
+    def degenerate(self) -> bool:
+        """n ≥ 2 values that are all equal: a zero-width interval. It says the runs did
+        not vary (e.g. deterministic runs on one data draw, where the seeds change
+        nothing), not that the mean is known exactly: one observation, not n."""
+        return self.n >= 2 and self.half == 0.0
+
 
 def t_interval(values, level: float = LEVEL) -> Interval:
     """Mean and `level` Student-t confidence interval of the mean of the finite `values`:
@@ -404,6 +411,8 @@ def t_interval(values, level: float = LEVEL) -> Interval:
     n = int(v.size)
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, level)
+    if n >= 2 and np.all(v == v[0]):  # exactly degenerate (a rounded mean could give half > 0)
+        return Interval(float(v[0]), float(v[0]), float(v[0]), n, level)
     mean = float(v.mean())
     if n < 2:
         return Interval(mean, math.nan, math.nan, n, level)
@@ -446,7 +455,9 @@ class Difference:
     not reached, or missing in the other method).
 
     `verdict` is the only comparison a sentence may state: "below" (a < b) or "above"
-    when the interval excludes 0, otherwise "indistinguishable"."""
+    when the interval excludes 0, otherwise "indistinguishable". A degenerate interval
+    (every pair gives the same difference) still has a verdict, but `numbers` says that
+    the pairs did not vary and `report.claim_all` does not count it as replicated."""
 
     a: str
     b: str
@@ -470,6 +481,12 @@ class Difference:
             f", {self.dropped} dropped (diverged or no value)" if self.dropped else ""
         )
         pct = f"{round(iv.level * 100)}% CI"
+        if iv.degenerate:
+            value = num(10**iv.mean if self.log else iv.mean)
+            return (
+                f"{'ratio ' if self.log else ''}{value} in all {pairs}: no spread, the seeds do not vary "
+                "it (one observation, no interval)"
+            )
         if iv.n < 2:
             head = (
                 "no interval"

@@ -151,6 +151,12 @@ def figures(df):
     return {"gap_map": fig}
 
 
+def _unreplicated(diffs) -> str:
+    """The share of cells whose seed pairs all gave the same difference (one observation)."""
+    flat = sum(d.interval.degenerate for d in diffs)
+    return f"; in {flat} of them every seed pair gave the same difference (one observation)" if flat else ""
+
+
 def observations(df):
     y, per = cells(df)
     what = S.gap_name(y, "loss")
@@ -162,7 +168,9 @@ def observations(df):
         (
             f"Against the best baseline within ±10% of its bits per message (paired 95% intervals over seeds), "
             f"COCO-EF's final {what} is below in {counts['below']}, above in {counts['above']} and "
-            f"indistinguishable in {counts['indistinguishable']} of {len(diffs)} cells (p × k/d)."
+            f"indistinguishable in {counts['indistinguishable']} of {len(diffs)} cells (p × k/d)"
+            + _unreplicated(diffs)
+            + "."
         )
     ]
     out += [d.sentence(f"final {what}") for d in diffs]
@@ -173,7 +181,7 @@ def observations(df):
         out.append(
             f"Against the best of {', '.join(PAPER_BASELINES)} only (no coco-ef21, gc-diana, onebit-gc), COCO-EF's "
             f"final {what} is below in {n['below']}, above in {n['above']} and indistinguishable in "
-            f"{n['indistinguishable']} of {len(old_diffs)} cells."
+            f"{n['indistinguishable']} of {len(old_diffs)} cells{_unreplicated(old_diffs)}."
         )
     names = collections.Counter(c["best"] for c in per.values())
     out.append(

@@ -62,6 +62,36 @@ def test_inconclusive_when_an_interval_contains_zero(df):
     assert claim_all("x", "y", mixed).verdict == "contradicted"
 
 
+def test_a_zero_width_interval_is_one_observation():
+    """Seed pairs that all give the same difference (deterministic runs on one data
+    draw) are one observation: they say so, never make a claim hold alone, and on the
+    wrong side keep it from holding without contradicting it."""
+    rng = np.random.default_rng()
+    seeds = range(int(rng.integers(3, 7)))
+    lo, hi = float(rng.uniform(0.1, 0.5)), float(rng.uniform(2.0, 5.0))
+    same = lambda v: {s: v for s in seeds}  # noqa: E731
+    noisy = lambda v: {s: v * (1 + 0.05 * rng.standard_normal()) for s in seeds}  # noqa: E731
+    flat_below = tables.paired_difference(same(lo), same(1.0), log=True)
+    flat_above = tables.paired_difference(same(hi), same(1.0), log=True)
+    varied_below = tables.paired_difference(noisy(lo), noisy(1.0), log=True)
+    varied_above = tables.paired_difference(noisy(hi), noisy(1.0), log=True)
+    assert flat_below.interval.degenerate and not varied_below.interval.degenerate
+    assert flat_below.verdict == "below" and "no spread" in flat_below.numbers()
+    assert "[" not in flat_below.numbers()  # no zero-width "[x, x]" interval printed
+    assert claim_all("x", "y", [flat_below]).verdict == "inconclusive"
+    assert claim_all("x", "y", [flat_below, varied_below]).verdict == "holds"
+    assert claim_all("x", "y", [flat_above, varied_below]).verdict == "inconclusive"
+    assert claim_all("x", "y", [flat_below, varied_above]).verdict == "contradicted"
+    assert claim_all("x", "y", [flat_below, varied_below], minimum=2).verdict == "inconclusive"
+    iv = tables.t_interval
+    flat, varied = iv([lo] * len(seeds)), iv([lo, lo * 1.1, lo * 0.9])
+    assert flat.degenerate and not varied.degenerate
+    assert claim_threshold("below 1", "s", {"a": flat}, below=1.0).verdict == "inconclusive"
+    assert claim_threshold("below 1", "s", {"a": flat, "b": varied}, below=1.0).verdict == "holds"
+    wrong = claim_threshold("below 1", "s", {"a": iv([hi] * 3), "b": varied}, below=1.0)
+    assert wrong.verdict == "inconclusive" and "no spread: one observation" in wrong.evidence[0]
+
+
 def test_threshold_claims_and_claims_by_construction():
     iv = tables.t_interval
     assert claim_threshold("below 1", "s", {"a": iv([0.5, 0.6, 0.55])}, below=1.0).verdict == "holds"

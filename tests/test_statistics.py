@@ -83,8 +83,13 @@ def test_paired_difference_verdicts_and_pairing():
 
 def test_sentences_say_below_only_when_the_interval_excludes_zero():
     b = pd.Series([1.0, 2.0, 3.0, 4.0])
-    below = tables.paired_difference(b - 0.5, b, labels=("coco-ef", "gc"))
-    assert below.sentence("final gap").startswith("coco-ef's final gap is below gc's (-0.5 [-0.5, -0.5]")
+    below = tables.paired_difference(b - pd.Series([0.4, 0.5, 0.6, 0.5]), b, labels=("coco-ef", "gc"))
+    assert below.sentence("final gap").startswith("coco-ef's final gap is below gc's (-0.5 [-0.63, -0.37]")
+    flat = tables.paired_difference(b - 0.5, b, labels=("coco-ef", "gc"))  # every pair -0.5: no spread
+    assert flat.sentence("final gap") == (
+        "coco-ef's final gap is below gc's (-0.5 in all 4 seed pairs: no spread, the seeds do not vary it "
+        "(one observation, no interval))"
+    )
     mixed = tables.paired_difference(b + pd.Series([0.1, -0.1, 0.2, -0.2]), b, labels=("a", "b"))
     assert mixed.verdict == "indistinguishable"
     assert "is indistinguishable from b's" in mixed.sentence() and "95% CI, 4 seed pairs" in mixed.sentence()
