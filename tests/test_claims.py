@@ -69,8 +69,8 @@ def test_a_zero_width_interval_is_one_observation():
     rng = np.random.default_rng()
     seeds = range(int(rng.integers(3, 7)))
     lo, hi = float(rng.uniform(0.1, 0.5)), float(rng.uniform(2.0, 5.0))
-    same = lambda v: {s: v for s in seeds}  # noqa: E731
-    noisy = lambda v: {s: v * (1 + 0.05 * rng.standard_normal()) for s in seeds}  # noqa: E731
+    same = lambda v: {s: v for s in seeds}
+    noisy = lambda v: {s: v * (1 + 0.05 * rng.standard_normal()) for s in seeds}
     flat_below = tables.paired_difference(same(lo), same(1.0), log=True)
     flat_above = tables.paired_difference(same(hi), same(1.0), log=True)
     varied_below = tables.paired_difference(noisy(lo), noisy(1.0), log=True)
