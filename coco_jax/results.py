@@ -78,12 +78,16 @@ def config_id(cfg: ExperimentConfig) -> str:
     cached = cfg.__dict__.get("_config_id")
     if cached is not None:
         return cached
-    text = (
-        "{" + ",".join(f'"{name}":{_json_value(name, getattr(cfg, name))}' for name in _SORTED_FIELDS) + "}"
-    )
-    out = hashlib.sha256(text.encode()).hexdigest()[:16]
+    text = "{" + ",".join(f'"{name}":{json_text(name, getattr(cfg, name))}' for name in _SORTED_FIELDS) + "}"
+    out = id_of_text(text)
     object.__setattr__(cfg, "_config_id", out)  # not a field: equality, hashing and replace ignore it
     return out
+
+
+def id_of_text(text: str) -> str:
+    """The configuration id of a configuration's JSON text (`config_id`): the first 16
+    hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 _SORTED_FIELDS = tuple(sorted(FIELDS))
@@ -101,7 +105,7 @@ def id_template(cfg: ExperimentConfig, varied) -> tuple:
             names.append(name)
             text = ""
         else:
-            text += _json_value(name, getattr(cfg, name))
+            text += json_text(name, getattr(cfg, name))
     parts.append(text + "}")
     return tuple(parts), tuple(names)
 
@@ -112,17 +116,38 @@ def config_id_from(template: tuple, cfg: ExperimentConfig) -> str:
     parts, names = template
     pieces = [parts[0]]
     for name, part in zip(names, parts[1:]):
-        pieces.append(_json_value(name, getattr(cfg, name)))
+        pieces.append(json_text(name, getattr(cfg, name)))
         pieces.append(part)
-    out = hashlib.sha256("".join(pieces).encode()).hexdigest()[:16]
+    out = id_of_text("".join(pieces))
     object.__setattr__(cfg, "_config_id", out)
     return out
+
+
+def id_format(template: tuple, cfg: ExperimentConfig, placeholders: dict[str, str]) -> str:
+    """`template` (`id_template`) as a `str.format` string for the configurations that
+    agree with `cfg` on every field but those in `placeholders`: a varied field named
+    there becomes its replacement field (e.g. "{2[1][0]}"), which must give the JSON
+    text of the field's value (`json_text`); the other varied fields take `cfg`'s
+    values. `id_of_text(fmt.format(...))` is then `config_id` of such a configuration."""
+    parts, names = template
+    out = [_braces(parts[0])]
+    for name, part in zip(names, parts[1:]):
+        out.append(
+            placeholders[name] if name in placeholders else _braces(json_text(name, getattr(cfg, name)))
+        )
+        out.append(_braces(part))
+    return "".join(out)
+
+
+def _braces(text: str) -> str:
+    """`text` as literal text of a format string."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 _JSON_TEXT: dict = {}  # (field, type, value) -> JSON text of strings and tuples
 
 
-def _json_value(name: str, value: Any) -> str:
+def json_text(name: str, value: Any) -> str:
     """`json.dumps(jsonable(value), separators=(",", ":"))` of one field's value (what
     `json.dumps` writes for it inside the whole configuration), without the call for
     the common scalar types."""
