@@ -10,7 +10,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -18,7 +20,7 @@ import numbers
 import operator
 import pathlib
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,9 +44,9 @@ from coco_jax.results import (
     TUPLE_FIELDS,
     config_id,
     config_id_from,
-    id_format,
     id_of_text,
     id_template,
+    id_template_fixing,
     json_text,
 )
 
@@ -296,6 +298,21 @@ def _seed_values(values: Any, where: str) -> list[int]:
     return [int(v) for v in vals]
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (if it runs) for the block: making 10^6 acyclic
+    objects (a grid's configurations, a plan's entries) otherwise triggers full
+    collections whose cost grows with the heap, a third of a 10^6 dry run."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 @dataclasses.dataclass(slots=True)
 class _Context:
     """What the points of a grid that take the same values of its fixed factors share
@@ -307,20 +324,26 @@ class _Context:
     seen: set = dataclasses.field(default_factory=set)  # config ids of its label so far
     first: ExperimentConfig | None = None  # its first configuration (validated on its own)
     template: tuple = ()  # the id template of its static key (`results.id_template`)
-    fmt: str | None = None  # the format string of its ids (`results.id_format`) once proven
+    # once its points need no check each: the JSON text of its ids with None where the
+    # free factors' values go, and (index in it, factor, item) of each of those
+    pieces: list | None = None
+    slots: tuple = ()
     provable: bool = True  # False once its free factors' values are known to need checks
 
 
-def _id_format(ctx: _Context, factors, free, free_values, placeholders, memo, dynamic) -> str | None:
-    """The format string of `ctx`'s config ids, or None when its points must be validated
-    one by one (`config.dynamic_values_valid`); fills the free factors' JSON texts."""
+def _prove(ctx: _Context, factors, free, free_values, positions, memo, dynamic) -> bool:
+    """Whether `ctx`'s points need no check each (`config.dynamic_values_valid`); if so
+    sets its id pieces and fills the free factors' JSON texts."""
     if ctx.key is None or not dynamic_values_valid(ctx.first, free_values, memo=memo, varied=dynamic):
-        return None
+        return False
     for i in free:
         for items, texts in factors[i]:
             if not texts:
                 texts.extend(json_text(k, v) for k, v in items)
-    return id_format(ctx.template, ctx.first, placeholders)
+    parts, names = id_template_fixing(ctx.template, ctx.first, positions)
+    ctx.pieces = [text for part in parts for text in (part, None)][:-1]
+    ctx.slots = tuple((2 * n + 1, *positions[name]) for n, name in enumerate(names))
+    return True
 
 
 class Grid:
@@ -453,7 +476,8 @@ class Grid:
             for e in self.exclude:
                 for k in e:
                     _check_axis_name(k, "exclude key")
-        self._configs = self._build()
+        with gc_paused():
+            self._configs = self._build()
         self.tuning = self._tuning(tune, tuning_seeds, criterion, extend_edges)
 
     # ------------------------------------------------------------------ tuning
@@ -636,7 +660,7 @@ class Grid:
         (`config.build` with the grid's verdicts). From its second on, once every value
         of the other ("free", dynamic-only) factors passes its check in the context
         (`config.dynamic_values_valid`), its points are made without a check each and
-        their ids come from one format string (`results.id_format`); otherwise each point
+        their ids are texts joined per context (`results.id_template_fixing`); otherwise each point
         is validated as the first was, so a bad point raises the same error, at the same
         point, as a check per configuration."""
         factors = self._factors()
@@ -653,8 +677,9 @@ class Grid:
             for items, _ in factors[i]:
                 for k, v in items:
                     free_values.setdefault(k, []).append(v)
-        # the free factors' JSON texts in the id's format string: "{i[1][j]}" is item j of factor i
-        placeholders = {k: f"{{{i}[1][{j}]}}" for i in free for j, (k, _) in enumerate(factors[i][0][0])}
+        positions = {
+            k: (i, j) for i in free for j, (k, _) in enumerate(factors[i][0][0])
+        }  # item j of factor i
         pick = operator.itemgetter(*fixed) if fixed else None
         base_fields = self.base.to_dict()
         memo: dict = {}  # validation verdicts of this grid (`config.validate`)
@@ -680,10 +705,9 @@ class Grid:
                     combo, fixed, static_names, dynamic, base_fields, presets
                 )
                 ctx.seen = seen.setdefault(ctx.label, set())
-            if ctx.fmt is None and ctx.first is not None and ctx.provable:
-                ctx.fmt = _id_format(ctx, factors, free, free_values, placeholders, memo, dynamic)
-                ctx.provable = ctx.fmt is not None
-            if ctx.fmt is not None:
+            if ctx.pieces is None and ctx.first is not None and ctx.provable:
+                ctx.provable = _prove(ctx, factors, free, free_values, positions, memo, dynamic)
+            if ctx.pieces is not None:
                 cfg = new(ExperimentConfig)
                 fields = cfg.__dict__
                 fields.update(ctx.fields)
@@ -691,7 +715,10 @@ class Grid:
                     fields.update(combo[i][0])
                 if exclude is not None and self._excluded({**fields, "preset": ctx.label}):
                     continue
-                cid = fields["_config_id"] = id_of_text(ctx.fmt.format(*combo))
+                text = ctx.pieces.copy()
+                for n, i, j in ctx.slots:
+                    text[n] = combo[i][1][j]
+                cid = fields["_config_id"] = id_of_text("".join(text))
             else:
                 fields = dict(ctx.fields)
                 for i in free:

@@ -123,25 +123,22 @@ def config_id_from(template: tuple, cfg: ExperimentConfig) -> str:
     return out
 
 
-def id_format(template: tuple, cfg: ExperimentConfig, placeholders: dict[str, str]) -> str:
-    """`template` (`id_template`) as a `str.format` string for the configurations that
-    agree with `cfg` on every field but those in `placeholders`: a varied field named
-    there becomes its replacement field (e.g. "{2[1][0]}"), which must give the JSON
-    text of the field's value (`json_text`); the other varied fields take `cfg`'s
-    values. `id_of_text(fmt.format(...))` is then `config_id` of such a configuration."""
-    parts, names = template
-    out = [_braces(parts[0])]
-    for name, part in zip(names, parts[1:]):
-        out.append(
-            placeholders[name] if name in placeholders else _braces(json_text(name, getattr(cfg, name)))
-        )
-        out.append(_braces(part))
-    return "".join(out)
-
-
-def _braces(text: str) -> str:
-    """`text` as literal text of a format string."""
-    return text.replace("{", "{{").replace("}", "}}")
+def id_template_fixing(template: tuple, cfg: ExperimentConfig, names) -> tuple:
+    """`template` (`id_template`) with its varied fields not in `names` fixed at `cfg`'s
+    values: the id template of the configurations that agree with `cfg` on every field
+    but `names`."""
+    parts, varied = template
+    fixed, kept = [], []
+    text = parts[0]
+    for name, part in zip(varied, parts[1:]):
+        if name in names:
+            fixed.append(text)
+            kept.append(name)
+            text = part
+        else:
+            text += json_text(name, getattr(cfg, name)) + part
+    fixed.append(text)
+    return tuple(fixed), tuple(kept)
 
 
 _JSON_TEXT: dict = {}  # (field, type, value) -> JSON text of strings and tuples
