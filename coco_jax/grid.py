@@ -636,7 +636,7 @@ class Grid:
     def _factors(self) -> list[list[tuple]]:
         """The factors whose product is the grid, in grid order: each axis, then each zip
         block. A factor lists its records: (the (name, value) items one value of it
-        sets, their JSON texts: a list `_build` fills once a context formats its ids)."""
+        sets, their JSON texts: a list `_build` fills when a context first needs them)."""
         factors = [[(((name, v),), []) for v in vals] for name, vals in self.axes.items()]
         factors += [[(tuple(zip(b, vals)), []) for vals in zip(*b.values())] for b in self.zip_blocks]
         return factors
@@ -660,8 +660,9 @@ class Grid:
         (`config.build` with the grid's verdicts). From its second on, once every value
         of the other ("free", dynamic-only) factors passes its check in the context
         (`config.dynamic_values_valid`), its points are made without a check each and
-        their ids are texts joined per context (`results.id_template_fixing`); otherwise each point
-        is validated as the first was, so a bad point raises the same error, at the same
+        their ids are hashes of texts joined from the context's pieces
+        (`results.id_template_fixing`) and the values' JSON texts; otherwise each point is
+        validated as the first was, so a bad point raises the same error, at the same
         point, as a check per configuration."""
         factors = self._factors()
         names = [k for f in factors for k, _ in f[0][0]]
@@ -677,9 +678,8 @@ class Grid:
             for items, _ in factors[i]:
                 for k, v in items:
                     free_values.setdefault(k, []).append(v)
-        positions = {
-            k: (i, j) for i in free for j, (k, _) in enumerate(factors[i][0][0])
-        }  # item j of factor i
+        # where each free field's value and JSON text are in a point: item j of factor i
+        positions = {k: (i, j) for i in free for j, (k, _) in enumerate(factors[i][0][0])}
         pick = operator.itemgetter(*fixed) if fixed else None
         base_fields = self.base.to_dict()
         memo: dict = {}  # validation verdicts of this grid (`config.validate`)

@@ -267,9 +267,9 @@ def prepare_groups(
     choices (`config.CHOICES`) share one compiled program. Everything is computed once
     per static part (a `Signature`: the prepared run, its merge key, its options), so
     the work per configuration is a dictionary lookup, or none for the next of a grid's
-    configurations with the same static key (`Grid.static_keys`). A named dataset is loaded once
-    per set of data fields and the prepared arrays are shared between groups that read
-    the same partitioned data. Returns (groups, number of dataset loads); every entry's
+    configurations with the same static key (`Grid.static_keys`). A named dataset is
+    loaded once per set of data fields and the prepared arrays are shared between groups
+    that read the same partitioned data. Returns (groups, number of dataset loads); every entry's
     `sig` is set."""
     sigs: dict[tuple, Signature] = {}
     datasets: dict[tuple, Any] = {}
@@ -660,9 +660,9 @@ def grid_hash(entries: list[Entry], data, test_data, straggler_trace) -> str:
 
 
 def _keys_json(entries: list[Entry]) -> str:
-    """`json.dumps(sorted([e.method, e.config_id] for e in entries))`, written per method
-    with its ids sorted as strings (sorting pairs as lists is the time of a 10^6 dry
-    run's hash): the same text when the ids need no JSON escapes."""
+    """`json.dumps(sorted([e.method, e.config_id] for e in entries))`: where no id needs a
+    JSON escape, written per method with its ids sorted as strings (sorting 10^6 pairs
+    as lists took 3.6 s of a dry run, this 0.7 s)."""
     ids: dict = {}
     for e in entries:
         ids.setdefault(e.method, []).append(e.config_id)
