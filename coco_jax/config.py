@@ -439,25 +439,56 @@ def validate(cfg: ExperimentConfig, *, memo: dict | None = None, static_key=None
     fixed, checked = _check_plan(varied)
     _remembered(memo, ("static", static_key), lambda: _static_checks(cfg, fixed))
     for name, ctx, check in checked:
-        value = getattr(cfg, name)
-        try:
-            vkey = (
-                (name, _typed(value), tuple(getattr(cfg, c) for c in ctx)) if ctx else (name, _typed(value))
-            )
-            hit = memo.get(vkey, _MISSING)
-        except TypeError:
-            check(cfg, name)
-            continue
-        if hit is None:
-            continue
-        if hit is not _MISSING:
-            raise ConfigError(hit)
-        _remembered(memo, vkey, lambda check=check, name=name: check(cfg, name))
+        _check_dynamic(cfg, memo, name, ctx, check)
     dynamic = _READS_DYNAMIC.copy()
     _remembered(memo, ("registries", static_key, len(dynamic)), lambda: _registry_checks(cfg, dynamic))
     for reg in registry.CONFIG_REGISTRIES:
         if reg in dynamic:
             reg.check_config(cfg)
+
+
+def _check_dynamic(cfg, memo: dict, name: str, ctx: tuple, check) -> None:
+    """One dynamic field's check (`_DYNAMIC_CHECKS`), its verdict kept per value and context."""
+    value = getattr(cfg, name)
+    try:
+        vkey = (name, _typed(value), tuple(getattr(cfg, c) for c in ctx)) if ctx else (name, _typed(value))
+        hit = memo.get(vkey, _MISSING)
+    except TypeError:
+        check(cfg, name)
+        return
+    if hit is None:
+        return
+    if hit is not _MISSING:
+        raise ConfigError(hit)
+    _remembered(memo, vkey, lambda: check(cfg, name))
+
+
+def dynamic_values_valid(cfg: ExperimentConfig, values: dict[str, list], *, memo: dict, varied) -> bool:
+    """Whether every configuration equal to `cfg` but for the dynamic fields of `values`,
+    each at any of its listed values, passes `validate(..., memo=memo, varied=varied)`
+    with `cfg`'s static key, given that `cfg` passed it: each value's check runs once
+    (kept in `memo`), none per configuration. False where that is not known: a value
+    fails its check, a field of `values` is not in `varied`, a check reads a field
+    `varied` holds, or a registry's check reads dynamic fields (`validate` then runs it
+    for every configuration). A registry check that passed on `cfg`'s static view read
+    no dynamic field, so its verdict holds for every such configuration."""
+    if not varied.issuperset(values) or any(reg in _READS_DYNAMIC for reg in registry.CONFIG_REGISTRIES):
+        return False
+    probe = ExperimentConfig.__new__(ExperimentConfig)
+    probe.__dict__.update(cfg.__dict__)
+    for name, ctx, check in _check_plan(varied)[1]:
+        if name not in values:
+            continue
+        if varied.intersection(ctx):
+            return False
+        for value in values[name]:
+            probe.__dict__[name] = value
+            try:
+                _check_dynamic(probe, memo, name, ctx, check)
+            except ConfigError:
+                return False
+        probe.__dict__[name] = getattr(cfg, name)
+    return True
 
 
 _MISSING = object()

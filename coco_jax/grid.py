@@ -10,26 +10,45 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import itertools
 import json
 import math
 import numbers
+import operator
 import pathlib
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import yaml
 
-from coco_jax.config import DYNAMIC_FIELDS, FIELD_NAMES, STATIC_FIELDS, ExperimentConfig, _typed, build
+from coco_jax.config import (
+    DYNAMIC_FIELDS,
+    FIELD_NAMES,
+    STATIC_FIELDS,
+    ExperimentConfig,
+    _typed,
+    build,
+    dynamic_values_valid,
+)
 from coco_jax.errors import ConfigError
 from coco_jax.fileio import jsonable
 from coco_jax.presets import preset_fields
 from coco_jax.reference import smoothness
 from coco_jax.registry import PRESETS
-from coco_jax.results import TUPLE_FIELDS, config_id, config_id_from, id_template
+from coco_jax.results import (
+    TUPLE_FIELDS,
+    config_id,
+    config_id_from,
+    id_of_text,
+    id_template,
+    id_template_fixing,
+    json_text,
+)
 
 __all__ = [
     "CRITERIA",
@@ -279,6 +298,54 @@ def _seed_values(values: Any, where: str) -> list[int]:
     return [int(v) for v in vals]
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused (if it runs) for the block: making 10^6 acyclic
+    objects (a grid's configurations, a plan's entries) otherwise triggers full
+    collections whose cost grows with the heap, a third of a 10^6 dry run."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@dataclasses.dataclass(slots=True)
+class _Context:
+    """What the points of a grid that take the same values of its fixed factors share
+    (`Grid._build`)."""
+
+    fields: dict  # the base's, the preset's and the fixed factors' fields
+    label: str  # the method label
+    key: tuple | None  # the static key of its configurations (None: an unhashable value)
+    seen: set = dataclasses.field(default_factory=set)  # config ids of its label so far
+    first: ExperimentConfig | None = None  # its first configuration (validated on its own)
+    template: tuple = ()  # the id template of its static key (`results.id_template`)
+    # once its points need no check each: the JSON text of its ids with None where the
+    # free factors' values go, and (index in it, factor, item) of each of those
+    pieces: list | None = None
+    slots: tuple = ()
+    provable: bool = True  # False once its free factors' values are known to need checks
+
+
+def _prove(ctx: _Context, factors, free, free_values, positions, memo, dynamic) -> bool:
+    """Whether `ctx`'s points need no check each (`config.dynamic_values_valid`); if so
+    sets its id pieces and fills the free factors' JSON texts."""
+    if ctx.key is None or not dynamic_values_valid(ctx.first, free_values, memo=memo, varied=dynamic):
+        return False
+    for i in free:
+        for items, texts in factors[i]:
+            if not texts:
+                texts.extend(json_text(k, v) for k, v in items)
+    parts, names = id_template_fixing(ctx.template, ctx.first, positions)
+    ctx.pieces = [text for part in parts for text in (part, None)][:-1]
+    ctx.slots = tuple((2 * n + 1, *positions[name]) for n, name in enumerate(names))
+    return True
+
+
 class Grid:
     """A grid of configurations.
 
@@ -409,7 +476,8 @@ class Grid:
             for e in self.exclude:
                 for k in e:
                     _check_axis_name(k, "exclude key")
-        self._configs = self._build()
+        with gc_paused():
+            self._configs = self._build()
         self.tuning = self._tuning(tune, tuning_seeds, criterion, extend_edges)
 
     # ------------------------------------------------------------------ tuning
@@ -565,16 +633,13 @@ class Grid:
                         f"gives {field}={block[field][pos]!r} (conflicting values of a static field)"
                     )
 
-    def _points(self) -> Iterable[dict]:
-        names = list(self.axes)
-        blocks = [[dict(zip(b, vals)) for vals in zip(*b.values())] for b in self.zip_blocks]
-        for combo in itertools.product(*(self.axes[n] for n in names)):
-            point = dict(zip(names, combo))
-            for parts in itertools.product(*blocks):
-                p = dict(point)
-                for part in parts:
-                    p.update(part)
-                yield p
+    def _factors(self) -> list[list[tuple]]:
+        """The factors whose product is the grid, in grid order: each axis, then each zip
+        block. A factor lists its records: (the (name, value) items one value of it
+        sets, their JSON texts: a list `_build` fills when a context first needs them)."""
+        factors = [[(((name, v),), []) for v in vals] for name, vals in self.axes.items()]
+        factors += [[(tuple(zip(b, vals)), []) for vals in zip(*b.values())] for b in self.zip_blocks]
+        return factors
 
     def _excluded(self, view: dict) -> bool:
         if self.exclude is None:
@@ -587,67 +652,128 @@ class Grid:
         return False
 
     def _build(self) -> list[tuple[str, ExperimentConfig]]:
-        out: list[tuple[str, ExperimentConfig]] = []
-        keys: list[tuple] = []
-        seen = set()
+        """Every configuration in grid order, validated, with its config id and static key.
+
+        The points that take the same values of the factors that set the preset or a
+        static field ("fixed" factors) share a `_Context`: their static key, fields and
+        id template. A context's first point is built and validated on its own
+        (`config.build` with the grid's verdicts). From its second on, once every value
+        of the other ("free", dynamic-only) factors passes its check in the context
+        (`config.dynamic_values_valid`), its points are made without a check each and
+        their ids are hashes of texts joined from the context's pieces
+        (`results.id_template_fixing`) and the values' JSON texts; otherwise each point is
+        validated as the first was, so a bad point raises the same error, at the same
+        point, as a check per configuration."""
+        factors = self._factors()
+        names = [k for f in factors for k, _ in f[0][0]]
+        varied = [k for k in names if k != "preset"]
+        static_names = tuple(k for k in varied if k in STATIC_FIELDS)
+        dynamic = frozenset(k for k in varied if k in DYNAMIC_FIELDS)
+        fixed = [
+            i for i, f in enumerate(factors) if any(k == "preset" or k in STATIC_FIELDS for k, _ in f[0][0])
+        ]
+        free = [i for i in range(len(factors)) if i not in fixed]
+        free_values: dict[str, list] = {}
+        for i in free:
+            for items, _ in factors[i]:
+                for k, v in items:
+                    free_values.setdefault(k, []).append(v)
+        # where each free field's value and JSON text are in a point: item j of factor i
+        positions = {k: (i, j) for i in free for j, (k, _) in enumerate(factors[i][0][0])}
+        pick = operator.itemgetter(*fixed) if fixed else None
         base_fields = self.base.to_dict()
-        duplicates = 0
         memo: dict = {}  # validation verdicts of this grid (`config.validate`)
-        presets: dict = {}
+        contexts: dict = {}
         templates: dict = {}
-        kinds: dict = {}
-        for point in self._points():
-            method = point.get("preset", self.base_method)
-            fields = dict(base_fields)
-            if "preset" in point:
-                name = point["preset"]
-                if name not in presets:
-                    presets[name] = preset_fields(name)
-                fields.update(presets[name])
-            names = tuple(point)
-            if names not in kinds:  # which axes set static and which dynamic fields (per key set)
-                varied = tuple(k for k in names if k != "preset")
-                kinds[names] = (
-                    varied,
-                    tuple(k for k in varied if k in STATIC_FIELDS),
-                    frozenset(k for k in varied if k in DYNAMIC_FIELDS),
+        seen: dict[str, set] = {}  # method label -> config ids
+        presets: dict = {}
+        exclude = self.exclude
+        new = ExperimentConfig.__new__
+        out: list[tuple[str, ExperimentConfig]] = []
+        keys: list[tuple | None] = []
+        duplicates = 0
+        for combo in itertools.product(*factors):
+            if pick is None:
+                where: Any = ()
+            elif len(fixed) == 1:
+                where = id(pick(combo))
+            else:
+                where = tuple(map(id, pick(combo)))
+            ctx = contexts.get(where)
+            if ctx is None:
+                ctx = contexts[where] = self._context(
+                    combo, fixed, static_names, dynamic, base_fields, presets
                 )
-            varied, static_names, dynamic = kinds[names]
-            fields.update({k: point[k] for k in varied})
-            label = method or "custom"
-            if self._excluded({**fields, "preset": label}):
-                continue
-            # what decides the static fields (and the dynamic ones the axes do not set)
-            skey = (point.get("preset"), tuple((k, _typed(point[k])) for k in static_names))
-            try:
-                hash(skey)
-            except TypeError:
-                skey = None  # an unhashable value: the checks say what is wrong with it
-            try:
-                if skey is None:
-                    cfg = ExperimentConfig(**fields)
+                ctx.seen = seen.setdefault(ctx.label, set())
+            if ctx.pieces is None and ctx.first is not None and ctx.provable:
+                ctx.provable = _prove(ctx, factors, free, free_values, positions, memo, dynamic)
+            if ctx.pieces is not None:
+                cfg = new(ExperimentConfig)
+                fields = cfg.__dict__
+                fields.update(ctx.fields)
+                for i in free:
+                    fields.update(combo[i][0])
+                if exclude is not None and self._excluded({**fields, "preset": ctx.label}):
+                    continue
+                text = ctx.pieces.copy()
+                for n, i, j in ctx.slots:
+                    text[n] = combo[i][1][j]
+                cid = fields["_config_id"] = id_of_text("".join(text))
+            else:
+                fields = dict(ctx.fields)
+                for i in free:
+                    fields.update(combo[i][0])
+                if exclude is not None and self._excluded({**fields, "preset": ctx.label}):
+                    continue
+                try:
+                    if ctx.key is None:
+                        cfg = ExperimentConfig(**fields)
+                    else:
+                        cfg = build(fields, memo=memo, static_key=ctx.key, varied=dynamic)
+                except ConfigError as err:
+                    point = dict(item for items, _ in combo for item in items)
+                    raise ConfigError(f"grid point {point}: {err}") from None
+                if ctx.key is None:
+                    cid = config_id(cfg)
                 else:
-                    cfg = build(fields, memo=memo, static_key=(skey, dynamic), varied=dynamic)
-            except ConfigError as err:
-                raise ConfigError(f"grid point {point}: {err}") from None
-            if skey is not None:
-                template = templates.get((skey, dynamic))
-                if template is None:
-                    template = templates[(skey, dynamic)] = id_template(cfg, dynamic)
-                config_id_from(template, cfg)
-            key = (label, config_id(cfg))
-            if key in seen:
+                    template = templates.get(ctx.key)
+                    if template is None:
+                        template = templates[ctx.key] = id_template(cfg, dynamic)
+                    cid = config_id_from(template, cfg)
+                    if ctx.first is None:
+                        ctx.first, ctx.template = cfg, template
+            if cid in ctx.seen:
                 duplicates += 1
                 continue
-            seen.add(key)
-            out.append((label, cfg))
-            keys.append((skey, dynamic) if skey is not None else None)
+            ctx.seen.add(cid)
+            out.append((ctx.label, cfg))
+            keys.append(ctx.key)
         if duplicates:
             warnings.warn(f"grid: {duplicates} duplicate configuration(s) dropped", stacklevel=3)
         if not out:
             raise ConfigError("the grid is empty (every point was excluded)")
         self._keys = keys
         return out
+
+    def _context(self, combo, fixed, static_names, dynamic, base_fields, presets) -> _Context:
+        """The context of the points that take `combo`'s values of the fixed factors."""
+        items = [item for i in fixed for item in combo[i][0]]
+        point = dict(items)
+        fields = dict(base_fields)
+        if "preset" in point:
+            name = point["preset"]
+            if name not in presets:
+                presets[name] = preset_fields(name)
+            fields.update(presets[name])
+        fields.update((k, v) for k, v in items if k != "preset")
+        # what decides the static fields (and the dynamic ones the axes do not set)
+        skey = (point.get("preset"), tuple((k, _typed(point[k])) for k in static_names))
+        try:
+            hash(skey)
+        except TypeError:
+            skey = None  # an unhashable value: the checks say what is wrong with it
+        label = point.get("preset", self.base_method) or "custom"
+        return _Context(fields, label, None if skey is None else (skey, dynamic))
 
     def static_keys(self) -> list:
         """Per configuration (grid order): a key equal for configurations whose static

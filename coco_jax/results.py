@@ -78,12 +78,16 @@ def config_id(cfg: ExperimentConfig) -> str:
     cached = cfg.__dict__.get("_config_id")
     if cached is not None:
         return cached
-    text = (
-        "{" + ",".join(f'"{name}":{_json_value(name, getattr(cfg, name))}' for name in _SORTED_FIELDS) + "}"
-    )
-    out = hashlib.sha256(text.encode()).hexdigest()[:16]
+    text = "{" + ",".join(f'"{name}":{json_text(name, getattr(cfg, name))}' for name in _SORTED_FIELDS) + "}"
+    out = id_of_text(text)
     object.__setattr__(cfg, "_config_id", out)  # not a field: equality, hashing and replace ignore it
     return out
+
+
+def id_of_text(text: str) -> str:
+    """The configuration id of a configuration's JSON text (`config_id`): the first 16
+    hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 _SORTED_FIELDS = tuple(sorted(FIELDS))
@@ -101,7 +105,7 @@ def id_template(cfg: ExperimentConfig, varied) -> tuple:
             names.append(name)
             text = ""
         else:
-            text += _json_value(name, getattr(cfg, name))
+            text += json_text(name, getattr(cfg, name))
     parts.append(text + "}")
     return tuple(parts), tuple(names)
 
@@ -112,17 +116,35 @@ def config_id_from(template: tuple, cfg: ExperimentConfig) -> str:
     parts, names = template
     pieces = [parts[0]]
     for name, part in zip(names, parts[1:]):
-        pieces.append(_json_value(name, getattr(cfg, name)))
+        pieces.append(json_text(name, getattr(cfg, name)))
         pieces.append(part)
-    out = hashlib.sha256("".join(pieces).encode()).hexdigest()[:16]
+    out = id_of_text("".join(pieces))
     object.__setattr__(cfg, "_config_id", out)
     return out
+
+
+def id_template_fixing(template: tuple, cfg: ExperimentConfig, names) -> tuple:
+    """`template` (`id_template`) with its varied fields not in `names` fixed at `cfg`'s
+    values: the id template of the configurations that agree with `cfg` on every field
+    but `names`."""
+    parts, varied = template
+    fixed, kept = [], []
+    text = parts[0]
+    for name, part in zip(varied, parts[1:]):
+        if name in names:
+            fixed.append(text)
+            kept.append(name)
+            text = part
+        else:
+            text += json_text(name, getattr(cfg, name)) + part
+    fixed.append(text)
+    return tuple(fixed), tuple(kept)
 
 
 _JSON_TEXT: dict = {}  # (field, type, value) -> JSON text of strings and tuples
 
 
-def _json_value(name: str, value: Any) -> str:
+def json_text(name: str, value: Any) -> str:
     """`json.dumps(jsonable(value), separators=(",", ":"))` of one field's value (what
     `json.dumps` writes for it inside the whole configuration), without the call for
     the common scalar types."""

@@ -1,6 +1,8 @@
 """Grids at scale (issue 17 item 1, issue 19 items 4 and 9): the results table built
 column-wise equals the per-configuration reference (`results.rows_of`), configuration
-ids and HParams computed once and column-wise equal their references, planning does a
+ids and HParams computed once and column-wise equal their references, a grid's
+configurations, ids, static keys and errors equal those of each configuration built on
+its own, the grid hash equals its JSON reference, planning does a
 constant amount of work per static part (counted calls, never seconds), estimates
 become measured once a program ran, and a configuration's rows do not depend on its
 batch, the memory budget or the grid's order.
@@ -10,8 +12,11 @@ Sizes are small (linreg, M <= 8): the file runs in about a minute on 2 CPU cores
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import itertools
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -23,6 +28,7 @@ from coco_jax import costs, engine
 from coco_jax import plan as plan_lib
 from coco_jax import results as res_lib
 from coco_jax.fileio import jsonable
+from coco_jax.presets import preset_fields
 from coco_jax.program import hparams_columns
 
 sw = importlib.import_module("coco_jax.sweep")
@@ -31,8 +37,6 @@ SEED = int(np.random.SeedSequence().entropy % (2**31))  # fresh inputs each run;
 
 def _old_config_id(cfg) -> str:
     """The reference: config_id as it was computed per configuration before issue 17."""
-    import hashlib
-
     text = json.dumps(jsonable(cfg.to_dict()), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -123,6 +127,170 @@ def test_config_id_equals_the_reference_and_is_computed_once():
     assert res_lib.config_id(cfg) == _old_config_id(cfg)
     assert res_lib.config_id(cfg.replace(lr=0.0)) != res_lib.config_id(cfg)
     assert cfg == cfg.replace(seed=cfg.seed) and "_config_id" not in cfg.to_dict()  # not a field
+
+
+def _grid_by_hand(base, axes: dict, blocks: list, exclude) -> tuple[list, list, int]:
+    """The reference of a product grid: every point's ExperimentConfig built (so
+    validated) on its own in grid order, duplicates dropped, each with its static part
+    (its preset and its static fields' values with their types), and the number of
+    duplicates. A bad point raises ConfigError "grid point {point}: {error}"."""
+    label0 = base if isinstance(base, str) else None
+    base_fields = cj.preset(base).to_dict() if isinstance(base, str) else base.to_dict()
+    factors = [[{k: v} for v in vals] for k, vals in axes.items()]
+    factors += [[dict(zip(b, vals)) for vals in zip(*b.values())] for b in blocks]
+    configs, parts, seen, duplicates = [], [], set(), 0
+    for combo in itertools.product(*factors):
+        point = {k: v for part in combo for k, v in part.items()}
+        fields = {**base_fields, **(preset_fields(point["preset"]) if "preset" in point else {})}
+        fields.update({k: v for k, v in point.items() if k != "preset"})
+        label = point.get("preset", label0) or "custom"
+        if exclude({**fields, "preset": label}):
+            continue
+        try:
+            cfg = cj.ExperimentConfig(**fields)
+        except cj.ConfigError as err:
+            raise cj.ConfigError(f"grid point {point}: {err}") from None
+        if (label, _old_config_id(cfg)) in seen:
+            duplicates += 1
+            continue
+        seen.add((label, _old_config_id(cfg)))
+        configs.append((label, cfg))
+        static = tuple((k, type(v), v) for k, v in point.items() if k in config_lib.STATIC_FIELDS)
+        parts.append((point.get("preset"), static))
+    return configs, parts, duplicates
+
+
+def _random_grid_spec(rng) -> dict:
+    """A random product grid: presets, a static axis, dynamic axes (a repeated value and
+    int/float twins sometimes), a dynamic zip block and a zip block of a static and a
+    dynamic field, in a random order, and a random exclusion (patterns or a callable)."""
+    floats = lambda lo, hi, n: [float(x) for x in rng.uniform(lo, hi, n).round(3)]
+    presets = ["coco-ef", "gc", "gc-compressed", "ef-uncoded", "gd", "coco-ef21"]
+    lrs = floats(0.01, 0.9, int(rng.integers(1, 5)))
+    if rng.random() < 0.5:
+        lrs += [lrs[0]] if rng.random() < 0.5 else [1, 1.0]  # a duplicate, or equal values of two types
+    axes = {
+        "preset": [str(p) for p in rng.choice(presets, size=int(rng.integers(1, 4)), replace=False)],
+        "lr": lrs,
+        "num_devices": [int(m) for m in rng.choice([4, 6, 8], size=int(rng.integers(1, 3)), replace=False)],
+        "momentum": floats(0.0, 0.95, int(rng.integers(1, 4))),
+    }
+    order = list(axes)
+    rng.shuffle(order)
+    axes = {k: axes[k] for k in order[: int(rng.integers(2, 5))]}
+    n, m = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    blocks = [
+        {"straggler_prob": floats(0.0, 0.6, n), "latency_shift": floats(0.0, 2.0, n)},
+        {
+            "data_seed": [int(x) for x in rng.integers(0, 3, m)],
+            "seed": [int(x) for x in rng.integers(0, 99, m)],
+        },
+    ]
+    blocks = [blocks[i] for i in rng.permutation(2)[: int(rng.integers(0, 3))]]
+    lr = float(rng.choice(lrs)) if "lr" in axes else 0.1
+    if rng.random() < 0.5:
+        patterns = [{"lr": lr, "preset": "gc"}, {"num_devices": 6}]
+        exclude = patterns
+        by_hand = lambda view: any(all(view.get(k) == v for k, v in p.items()) for p in patterns)
+    else:
+        exclude = by_hand = lambda view: view["lr"] == lr and view["num_devices"] == 8
+    base = "coco-ef" if rng.random() < 0.3 else cj.ExperimentConfig(num_devices=8, num_features=5, steps=3)
+    return {"base": base, "axes": axes, "blocks": blocks, "exclude": exclude, "by_hand": by_hand}
+
+
+def _build(spec: dict, grid: bool):
+    if grid:
+        return cj.Grid(base=spec["base"], axes=spec["axes"], zip_axes=spec["blocks"], exclude=spec["exclude"])
+    return _grid_by_hand(spec["base"], spec["axes"], spec["blocks"], spec["by_hand"])
+
+
+def test_grid_configs_ids_and_static_keys_equal_configurations_built_one_by_one():
+    """Grids whose points are made without a check each (issue 19 item 4) give the
+    configurations, order, ids, dropped duplicates and static keys of every
+    configuration built on its own, on random grids with presets, zip blocks (one of a
+    static and a dynamic field) and exclusions."""
+    rng = np.random.default_rng(SEED)
+    for trial in range(12):
+        spec = _random_grid_spec(rng)
+        what = f"seed {SEED} trial {trial}: {spec['axes']} {spec['blocks']}"
+        want, parts, duplicates = _build(spec, grid=False)
+        if not want:
+            with pytest.raises(cj.ConfigError, match="every point was excluded"):
+                _build(spec, grid=True)
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grid = _build(spec, grid=True)
+        got = grid.configs()
+        assert [m for m, _ in got] == [m for m, _ in want], what
+        assert [c for _, c in got] == [c for _, c in want], what
+        ids = [res_lib.config_id(c) for _, c in got]  # the grid's ids, kept on its configurations
+        assert ids == [_old_config_id(c) for _, c in want] == [_old_config_id(c) for _, c in got], what
+        warned = [str(w.message) for w in caught if "duplicate" in str(w.message)]
+        assert warned == ([f"grid: {duplicates} duplicate configuration(s) dropped"] if duplicates else []), (
+            what
+        )
+        keys = grid.static_keys()
+        assert len(keys) == len(parts), what
+        assert len(set(zip(keys, parts))) == len(set(keys)) == len(set(parts)), what  # the same partition
+
+
+def _outcome(spec: dict, grid: bool):
+    """The configurations of a grid (or its reference), or the text of its ConfigError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dropped duplicates: the other test checks the warning
+            built = _build(spec, grid)
+    except cj.ConfigError as err:
+        return str(err)
+    if not grid and not built[0]:
+        return "the grid is empty (every point was excluded)"
+    return built.configs() if grid else built[0]
+
+
+def test_a_bad_value_raises_the_error_of_the_first_bad_point():
+    """A bad value of a dynamic axis or zip block, or of a static axis, raises the
+    ConfigError (text) of the first point, in grid order, whose configuration built on
+    its own is refused (none where the bad points are excluded)."""
+    rng = np.random.default_rng(SEED)
+    for trial in range(12):
+        spec = _random_grid_spec(rng)
+        where = ["lr", "momentum", "num_devices", "zip"][trial % 4]
+        if where == "zip":
+            spec["blocks"] = [{"momentum": [0.5, 1.5], "straggler_count": [1, 2]}]
+            spec["axes"].pop("momentum", None)
+        else:
+            bad = {"lr": -float(rng.uniform(0.1, 1)), "momentum": 1.0, "num_devices": 0}[where]
+            values = list(spec["axes"].get(where, [0.1]))
+            values.insert(int(rng.integers(0, len(values) + 1)), bad)
+            spec["axes"][where] = values
+        if trial < 4:  # nothing excluded: the grid must fail
+            spec["exclude"] = spec["by_hand"] = lambda view: False
+        what = f"seed {SEED} trial {trial}: {spec['axes']} {spec['blocks']}"
+        want = _outcome(spec, grid=False)
+        assert trial >= 4 or (isinstance(want, str) and want.startswith("grid point {")), what
+        assert _outcome(spec, grid=True) == want, what
+        if where == "lr":  # only excluded points are bad: a valid grid
+            spec["exclude"] = spec["by_hand"] = lambda view: view["lr"] < 0
+            want = _outcome(spec, grid=False)
+            assert not isinstance(want, str) and _outcome(spec, grid=True) == want, what
+
+
+def test_grid_hash_is_the_hash_of_the_sorted_keys():
+    """`grid_hash` (no data) is the SHA-256 of the JSON of the sorted (method, id) pairs,
+    also for methods and ids that need JSON escapes."""
+    rng = np.random.default_rng(SEED)
+    methods = ["custom", "coco-ef", 'quo"te', "dé", "gc"]
+    for trial in range(4):
+        n = int(rng.integers(0, 300))
+        ids = ["".join(rng.choice(list("0123456789abcdef"), 16)) for _ in range(n)]
+        if trial == 3 and n:
+            ids[0] = 'a"\\é'
+        entries = [plan_lib.Entry(i, str(rng.choice(methods)), None, ids[i]) for i in range(n)]
+        entries += entries[: n // 10]  # repeated keys count
+        text = json.dumps(sorted(list(e.key) for e in entries))
+        want = hashlib.sha256(text.encode()).hexdigest()[:24]
+        assert plan_lib.grid_hash(entries, None, None, None) == want, f"seed {SEED} trial {trial}"
 
 
 def test_hparams_columns_equal_stacked_hparams():
