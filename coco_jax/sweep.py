@@ -58,10 +58,12 @@ from coco_jax.plan import (
     SweepPlan,
     device_memory_budget,
     entries_of,
+    forget_widths,
     format_bytes,
     grid_hash,
     make_plan,
     prepare_groups,
+    remember_widths,
 )
 from coco_jax.program import Program, compile_program, group_cost, hparams_columns, plan_estimates, run_batch
 
@@ -164,6 +166,7 @@ def clear_programs() -> None:
     """Forget every compiled sweep program of this process (tests, benchmarks)."""
     with _PROGRAMS_LOCK:
         _PROGRAMS.clear()
+    forget_widths()
 
 
 # ------------------------------------------------------------------ the sweep
@@ -432,6 +435,7 @@ def _sweep(
     local_done, owner = _finished(outp, entries, comm)
     n_dev = len(jax.local_devices())
     plan = make_plan(entries, groups, loads, set(owner), budget, n_dev, comm.count, ghash, width)
+    remember_widths(plan)
     warning = costs.too_long(plan_estimates(plan)) if comm.index == 0 else None
     if warning:
         print(warning, file=sys.stderr, flush=True)
