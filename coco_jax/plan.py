@@ -542,11 +542,10 @@ _PLANNED_LOCK = threading.Lock()
 
 
 def remember_widths(plan: SweepPlan) -> None:
-    """Record the widths of `plan`'s groups that run (see `_PLANNED_WIDTHS`)."""
-    busy = {b.group for b in plan.batches}
+    """Record the widths of `plan`'s groups (see `_PLANNED_WIDTHS`), also of groups
+    finished before (a resumed command then plans what follows as the first run did)."""
     with _PLANNED_LOCK:
-        for gi in busy:
-            g = plan.groups[gi]
+        for g in plan.groups:
             _PLANNED_WIDTHS.setdefault(g.code_key(), set()).add(g.width)
 
 

@@ -339,8 +339,10 @@ def sweep(
         chunk_steps: steps per host round trip; default: about a quarter of a second
             of work per call (results do not change).
         width: configurations per device and program call (default: from each group's
-            shapes and the platform, `plan.config_width`). A configuration's rows do not
-            depend on its batch, the memory budget or the device count at a given width.
+            shapes and the platform, narrowed for a small group, or a width this process
+            already planned for the same program when padding to it is cheaper than a
+            compile: `plan.group_width`). A configuration's rows do not depend on its
+            batch, the memory budget or the device count at a given width.
         data, test_data, straggler_trace: user arrays shared by every configuration
             (as in `cj.run`); the trace only for configurations with straggler="trace".
 
@@ -426,6 +428,12 @@ def _sweep(
             table = _complete_table(outp, comm)
             if table is not None:
                 stats.resumed = True
+                # the widths a run of this grid planned, so what follows plans as it would
+                done = {e.key for e in entries}
+                n_dev = len(jax.local_devices())
+                remember_widths(
+                    make_plan(entries, groups, loads, done, budget, n_dev, comm.count, ghash, width)
+                )
                 return _result(table, stats)
             status = "resume"
         rd.mark_running(

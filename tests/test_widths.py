@@ -18,7 +18,7 @@ from coco_jax import plan as plan_lib
 
 sw = importlib.import_module("coco_jax.sweep")
 
-TINY = dict(task="linreg", num_devices=8, num_features=10, num_samples=80, eval_every=5)
+TINY = {"task": "linreg", "num_devices": 8, "num_features": 10, "num_samples": 80, "eval_every": 5}
 
 
 def _grid(lrs, seeds, steps=20, **fields) -> cj.Grid:
@@ -81,6 +81,17 @@ def test_a_planned_width_is_not_taken_when_padding_costs_more_than_a_compile():
     assert g.width == 64 and padding > costs.DEFAULT_COMPILE_S and one.groups[0].width == 1
     few = plan_lib.plan_sweep(_grid([0.05], [0], steps=20))  # another program (steps): no planned width
     assert few.groups[0].width == 1
+
+
+def test_a_finished_grid_read_back_plans_its_widths(tmp_path):
+    """A rerun that finds a grid finished (a resumed experiment) remembers its widths, so
+    what follows plans as in the first run."""
+    lrs = np.round(np.geomspace(0.01, 0.2, 12), 6)
+    cj.sweep(_grid(lrs, range(3)), out=tmp_path / "big", progress=False)
+    sw.clear_programs()
+    again = cj.sweep(_grid(lrs, range(3)), out=tmp_path / "big", progress=False)
+    assert again.stats.resumed and again.stats.computed_configs == 0
+    assert plan_lib.plan_sweep(_grid(lrs[:2], [1])).groups[0].width == 64
 
 
 def test_an_explicit_width_overrides_the_planned_ones():
