@@ -52,7 +52,7 @@ from coco_jax.experiment import (
     plot_directory,
     run_experiment,
 )
-from coco_jax.plan import plan_sweep
+from coco_jax.plan import plan_sweep, remember_widths
 from coco_jax.presets import PRESETS, preset
 from coco_jax.program import plan_estimates
 from coco_jax.registry import load_plugin
@@ -283,6 +283,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"grid {part!r} -> {d}")
             print(plan.describe(plan_estimates(plan, args.chunk_steps)))
             programs.update(g.program_key() for g in plan.groups)
+            remember_widths(plan)  # as a run of the parts would (`plan.group_width`)
             configs += len(plan.entries)
             if len(parts) > 1 and part == parts[-1][0]:
                 print(

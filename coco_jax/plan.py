@@ -14,6 +14,7 @@ import math
 import os
 import pathlib
 import re
+import threading
 from typing import Any
 
 import jax
@@ -104,8 +105,13 @@ class Group:
     def program_key(self) -> tuple:
         """What identifies the group's compiled program (equal keys: one program, also
         across the parts of an experiment)."""
+        static, shapes = self.code_key()
+        return (static, self.width, shapes)
+
+    def code_key(self) -> tuple:
+        """`program_key` less the width: the programs of this group at any width."""
         shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree_util.tree_leaves(self.prepared.data))
-        return (self.static, self.width, shapes)
+        return (self.static, shapes)
 
     def label(self) -> str:
         st = self.static
@@ -483,13 +489,17 @@ def _merged(sigs: list[Signature], group: int) -> tuple[Any, int]:
 
 
 # The width W of a group (configurations one program call computes per device, vmapped)
-# depends only on the group's shapes and the platform, never on a batch, the device
-# count or the memory budget (unless the budget admits fewer than W configurations): a
-# configuration is then computed by the same arithmetic whatever batch it is in (XLA
-# compiles reductions and matrix products differently for other batch shapes). W is the
-# largest power of two whose work per step stays under the platform's target (so the
-# per-step overhead of a call is amortised over enough work), at most WIDTH_MAX and
-# WIDTH_BYTES of device memory. Measured: docs/performance.md, "Batch-independent results".
+# depends only on the group's shapes, the platform and, for a group whose batches are
+# all smaller than that, its largest batch: never on a batch, the device count or the
+# memory budget (unless the budget admits fewer than W configurations). A configuration
+# is then computed by the same arithmetic whatever batch it is in (XLA compiles
+# reductions and matrix products differently for other batch shapes), and the stages of
+# a tuned grid (candidates, extensions, reported seeds), whose batches differ in size,
+# share one program per shape instead of compiling one per stage. W is the largest power
+# of two whose work per step stays under the platform's target (so the per-step overhead
+# of a call is amortised over enough work), at most WIDTH_MAX and WIDTH_BYTES of device
+# memory. Measured: docs/performance.md, "Batch-independent results" and "One width per
+# shape".
 WIDTH_TARGET_FLOPS = {"cpu": 2e7}  # per program step; other platforms: WIDTH_TARGET_DEFAULT
 WIDTH_TARGET_DEFAULT = 1e12
 WIDTH_MAX = {"cpu": 512}
@@ -517,42 +527,73 @@ def step_flops(prep) -> float:
     return float(per_row * rows * d + 20 * m * d)
 
 
-def config_width(prep, config_bytes: int, classes=None, platform: str | None = None) -> int:
+def config_width(prep, config_bytes: int, largest: int | None = None, platform: str | None = None) -> int:
     """W of a group (see WIDTH_TARGET_FLOPS): a power of two from its shapes and the
-    platform; with `classes`, the sizes and model FLOPs per configuration-step of the
-    group's sets of configurations that share its batch-uniform choices, the W up to
-    that which minimises calls x (per-call overhead + W x work) over the sets (a small
-    set is not padded to a wide call; a costly one, e.g. with the least-squares decoder,
-    prefers narrower calls)."""
+    platform; with `largest`, the size of the group's largest batch of configurations
+    that share its batch-uniform choices, at most the power of two that holds it (a
+    small group is not padded to a wide call)."""
     platform = platform or jax.default_backend()
     target = WIDTH_TARGET_FLOPS.get(platform, WIDTH_TARGET_DEFAULT)
     cap = WIDTH_MAX.get(platform, WIDTH_MAX_DEFAULT)
     by_bytes = WIDTH_BYTES.get(platform, WIDTH_BYTES_DEFAULT) // max(config_bytes, 1)
     w = max(1, min(int(target // max(step_flops(prep), 1.0)), cap, by_bytes))
     w = 1 << (w.bit_length() - 1)
-    if not classes:
-        return w
-    w = min(w, 1 << max(0, int(max(n for n, _ in classes) - 1).bit_length()))
+    if largest is not None:
+        w = min(w, 1 << max(0, int(largest) - 1).bit_length())
+    return w
+
+
+# Widths planned in this process, per program key less the width (`Group.code_key`):
+# a group whose own width (`config_width`) differs from one already planned for its
+# program reuses that width when the model says padding its batches to it costs less
+# run time than compiling another program (DEFAULT_COMPILE_S) -- so the stages of a
+# tuned grid (many candidates, then a few extensions and the reported seeds) share one
+# program. Every process of a sweep plans the same groups in the same order, so they
+# agree; a repeated command chooses the same widths.
+_PLANNED_WIDTHS: dict[tuple, set[int]] = {}
+_PLANNED_LOCK = threading.Lock()
+
+
+def remember_widths(plan: SweepPlan) -> None:
+    """Record the widths of `plan`'s groups (see `_PLANNED_WIDTHS`), also of groups
+    finished before (a resumed command then plans what follows as the first run did)."""
+    with _PLANNED_LOCK:
+        for g in plan.groups:
+            _PLANNED_WIDTHS.setdefault(g.code_key(), set()).add(g.width)
+
+
+def forget_widths() -> None:
+    """Forget the widths planned in this process (with `sweep.clear_programs`)."""
+    with _PLANNED_LOCK:
+        _PLANNED_WIDTHS.clear()
+
+
+def _model_seconds(classes: list[tuple[int, int]], width: int, flops: float, platform: str) -> float:
+    """Model run seconds of a group's sets of configurations ((size, steps) each) at
+    `width`: calls x steps x (per-call-step overhead + width x FLOPs / rate)."""
     overhead = costs.DEFAULT_OVERHEAD_S.get(platform, 2e-5)
     rate = costs.DEFAULT_FLOPS_PER_S.get(platform, 1e12)
-
-    def cost(width: int) -> float:
-        return sum(math.ceil(n / width) * (overhead + width * f / rate) for n, f in classes)
-
-    widths = [1 << i for i in range(w.bit_length())]
-    return min(reversed(widths), key=cost)
+    return sum(math.ceil(n / width) * steps * (overhead + width * flops / rate) for n, steps in classes)
 
 
-def class_flops(prep, decoder: str) -> float:
-    """Model FLOPs of one configuration-step of a set of configurations with `decoder`:
-    `step_flops`, plus a least-squares solve per step for a decoder that is not
-    traceable (its SVD costs about 50 M K min(M, K) FLOP-equivalents on a CPU)."""
-    cfg = prep.static.cfg
-    extra = 0.0
-    if not DECODERS.entry(decoder).option("traceable"):
-        m, k = cfg.num_devices, cfg.num_partitions_resolved
-        extra = 50.0 * m * k * min(m, k)
-    return step_flops(prep) + extra
+def group_width(g: Group, largest: int, classes: list[tuple[int, int]], platform: str | None = None) -> int:
+    """The width of group `g`: `config_width`, or a width already planned for its program
+    in this process when the model run seconds it adds are below a compile's."""
+    platform = platform or jax.default_backend()
+    own = config_width(g.prepared, g.config_bytes, largest, platform)
+    with _PLANNED_LOCK:
+        known = sorted(_PLANNED_WIDTHS.get(g.code_key(), ()))
+    if not known or own in known:
+        return own
+    flops = step_flops(g.prepared)
+    compile_s = costs.DEFAULT_COMPILE_S
+    best = min(known, key=lambda w: (_model_seconds(classes, w, flops, platform), w))
+    if (
+        _model_seconds(classes, best, flops, platform)
+        < _model_seconds(classes, own, flops, platform) + compile_s
+    ):
+        return best
+    return own
 
 
 def _batch_size(n: int, per_dev: int, width: int, n_dev: int, split: int = 1) -> int:
@@ -701,12 +742,14 @@ def make_plan(entries, groups, loads, done, budget, n_dev, n_proc, grid_hash, wi
     split = n_proc if busy < n_proc else 1
     for gi, g in enumerate(groups):
         per_dev = max(1, (budget - g.data_bytes) // max(g.config_bytes, 1))
-        classes: dict[tuple, list] = {}
+        classes: dict[tuple, list[int]] = {}
         for e in g.entries:
-            c = classes.setdefault(e.sig.uniform, [0, e.sig.options["decoder"]])
+            c = classes.setdefault(e.sig.uniform, [0, 0])
             c[0] += 1
-        sizes = [(n, class_flops(g.prepared, decoder)) for n, decoder in classes.values()]
-        g.width = max(1, min(width or config_width(g.prepared, g.config_bytes, sizes), per_dev))
+            c[1] = max(c[1], e.sig.options["horizon"][0])
+        largest = max(n for n, _ in classes.values())
+        chosen = width or group_width(g, largest, [tuple(c) for c in classes.values()])
+        g.width = max(1, min(chosen, per_dev))
         pending: dict[tuple, list] = {}
         for e in g.entries:
             if e.key not in done:

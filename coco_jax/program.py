@@ -2,7 +2,7 @@
 
 A group compiles two programs, ahead of time (`jit(...).lower(...).compile()`, timed),
 for a fixed number of configurations per device, the group's width W
-(`plan.config_width`: from its shapes and the platform only):
+(`plan.group_width`: from its shapes and the platform, see `plan.config_width`):
 
 - init: `step.init_run` vmapped over W configurations (θ0, B, per-run constants, the
   step-0 evaluation) — small, no step inside;

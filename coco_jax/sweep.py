@@ -58,10 +58,12 @@ from coco_jax.plan import (
     SweepPlan,
     device_memory_budget,
     entries_of,
+    forget_widths,
     format_bytes,
     grid_hash,
     make_plan,
     prepare_groups,
+    remember_widths,
 )
 from coco_jax.program import Program, compile_program, group_cost, hparams_columns, plan_estimates, run_batch
 
@@ -164,6 +166,7 @@ def clear_programs() -> None:
     """Forget every compiled sweep program of this process (tests, benchmarks)."""
     with _PROGRAMS_LOCK:
         _PROGRAMS.clear()
+    forget_widths()
 
 
 # ------------------------------------------------------------------ the sweep
@@ -336,8 +339,10 @@ def sweep(
         chunk_steps: steps per host round trip; default: about a quarter of a second
             of work per call (results do not change).
         width: configurations per device and program call (default: from each group's
-            shapes and the platform, `plan.config_width`). A configuration's rows do not
-            depend on its batch, the memory budget or the device count at a given width.
+            shapes and the platform, narrowed for a small group, or a width this process
+            already planned for the same program when padding to it is cheaper than a
+            compile: `plan.group_width`). A configuration's rows do not depend on its
+            batch, the memory budget or the device count at a given width.
         data, test_data, straggler_trace: user arrays shared by every configuration
             (as in `cj.run`); the trace only for configurations with straggler="trace".
 
@@ -423,6 +428,12 @@ def _sweep(
             table = _complete_table(outp, comm)
             if table is not None:
                 stats.resumed = True
+                # the widths a run of this grid planned, so what follows plans as it would
+                done = {e.key for e in entries}
+                n_dev = len(jax.local_devices())
+                remember_widths(
+                    make_plan(entries, groups, loads, done, budget, n_dev, comm.count, ghash, width)
+                )
                 return _result(table, stats)
             status = "resume"
         rd.mark_running(
@@ -432,6 +443,7 @@ def _sweep(
     local_done, owner = _finished(outp, entries, comm)
     n_dev = len(jax.local_devices())
     plan = make_plan(entries, groups, loads, set(owner), budget, n_dev, comm.count, ghash, width)
+    remember_widths(plan)
     warning = costs.too_long(plan_estimates(plan)) if comm.index == 0 else None
     if warning:
         print(warning, file=sys.stderr, flush=True)
