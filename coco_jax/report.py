@@ -306,7 +306,10 @@ def _claims_block(sections: list[Section], composite: bool) -> list[str]:
             "Each verdict is computed from the numbers beside it: paired differences over seeds (same seed and data "
             f"seed) with their {round(LEVEL * 100)}% Student-t intervals. A claim holds when every interval "
             "excludes 0 on the claimed side, is contradicted when one excludes 0 on the other side, and is "
-            "inconclusive otherwise. " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."
+            "inconclusive otherwise. Where every seed pair gives the same number (no spread: deterministic runs on "
+            "one data draw) that is one observation, not an interval: it cannot decide a claim alone. "
+            + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+            + "."
         ),
         "",
     ]
