@@ -489,17 +489,16 @@ def _merged(sigs: list[Signature], group: int) -> tuple[Any, int]:
 
 
 # The width W of a group (configurations one program call computes per device, vmapped)
-# depends only on the group's shapes, the platform and, for a group whose batches are
-# all smaller than that, its largest batch: never on a batch, the device count or the
-# memory budget (unless the budget admits fewer than W configurations). A configuration
-# is then computed by the same arithmetic whatever batch it is in (XLA compiles
-# reductions and matrix products differently for other batch shapes), and the stages of
-# a tuned grid (candidates, extensions, reported seeds), whose batches differ in size,
-# share one program per shape instead of compiling one per stage. W is the largest power
-# of two whose work per step stays under the platform's target (so the per-step overhead
-# of a call is amortised over enough work), at most WIDTH_MAX and WIDTH_BYTES of device
-# memory. Measured: docs/performance.md, "Batch-independent results" and "One width per
-# shape".
+# comes from the group's shapes and the platform, narrowed to hold its largest set of
+# configurations that share the batch-uniform choices, or is a width this process
+# already planned for the same program (`group_width`); never from a batch, the device
+# count or the memory budget (unless the budget admits fewer than W configurations). A
+# configuration is then computed by the same arithmetic whatever batch it is in (XLA
+# compiles reductions and matrix products differently for other batch shapes). W from
+# the shapes is the largest power of two whose work per step stays under the
+# platform's target (so the per-step overhead of a call is amortised over enough work),
+# at most WIDTH_MAX and WIDTH_BYTES of device memory. Measured: docs/performance.md,
+# "One width per program".
 WIDTH_TARGET_FLOPS = {"cpu": 2e7}  # per program step; other platforms: WIDTH_TARGET_DEFAULT
 WIDTH_TARGET_DEFAULT = 1e12
 WIDTH_MAX = {"cpu": 512}
