@@ -231,21 +231,19 @@ def _abs_partition_grads(task: str, xp: np.ndarray, yp: np.ndarray, theta: np.nd
 
 @functools.lru_cache(maxsize=64)
 def _recording_program(static, steps: int):
-    """The jitted run that `run_tolerances` records a configuration's magnitudes with:
-    (initial carry, per-step (params, straggles, compressor inputs, messages, max memory
-    per device, g_hat)) from `step.iterate`. One program per `Static` and step count,
+    """The jitted scan that `run_tolerances` records a configuration's magnitudes with:
+    from the initial carry, per step (params, straggles, compressor inputs, messages, max
+    memory per device, g_hat) of `step.iterate`. One program per `Static` and step count,
     like `step.compiled_run` (Static names each component with its registration serial),
     so configurations that differ only in dynamic values or data never recompile it."""
     import jax
     import jax.numpy as jnp
 
-    from coco_jax.step import components, init_run, iterate
+    from coco_jax.step import components, iterate
 
     comps = components(static)
 
-    def record(hp, rdata):
-        carry = init_run(comps, hp, rdata)
-
+    def record(carry, hp, rdata):
         def body(c, t):
             new, up = iterate(comps, c, t, hp, rdata)
             mem = jax.tree_util.tree_leaves(up.devices.fb_state)
@@ -264,8 +262,7 @@ def _recording_program(static, steps: int):
             )
             return c._replace(state=new), out
 
-        _, outs = jax.lax.scan(body, carry, jnp.arange(1, steps + 1))
-        return carry, outs
+        return jax.lax.scan(body, carry, jnp.arange(1, steps + 1))[1]
 
     return jax.jit(record)
 
@@ -309,6 +306,7 @@ def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float
     from coco_jax import decoders
     from coco_jax.cyclic_mds import decode_error_bound
     from coco_jax.engine import prepare
+    from coco_jax.step import init_run
 
     assert cfg.task in ("linreg", "logreg") and cfg.optimizer == "sgd", "linear tasks, plain SGD"
     assert cfg.batch_size is None and cfg.device_momentum == 0, "full batch, no device momentum"
@@ -317,9 +315,9 @@ def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float
     prep = prepare(cfg, data=data, straggler_trace=straggler_trace)
     comps, rdata = prep.comps, prep.data
     hp = config_lib.hparams_of(cfg if straggler_trace is None else cfg.replace(straggler="trace"))
-    carry, (thetas, straggles, inputs, messages, mem, g_hats) = _recording_program(prep.static, cfg.steps)(
-        hp, rdata
-    )
+    carry = init_run(comps, hp, rdata)
+    recorded = _recording_program(prep.static, cfg.steps)(carry, hp, rdata)
+    thetas, straggles, inputs, messages, mem, g_hats = recorded
     f64 = lambda a: np.asarray(a, np.float64)
     thetas, inputs, messages, g_hats = map(f64, (thetas, inputs, messages, g_hats))
     straggles = np.asarray(straggles)
