@@ -15,6 +15,7 @@ session compiled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 import tempfile
@@ -228,6 +229,44 @@ def _abs_partition_grads(task: str, xp: np.ndarray, yp: np.ndarray, theta: np.nd
     return ax.sum(axis=1) / xp.shape[1]
 
 
+@functools.lru_cache(maxsize=64)
+def _recording_program(static, steps: int):
+    """The jitted scan that `run_tolerances` records a configuration's magnitudes with:
+    from the initial carry, per step (params, straggles, compressor inputs, messages, max
+    memory per device, g_hat) of `step.iterate`. One program per `Static` and step count,
+    like `step.compiled_run` (Static names each component with its registration serial),
+    so configurations that differ only in dynamic values or data never recompile it."""
+    import jax
+    import jax.numpy as jnp
+
+    from coco_jax.step import components, iterate
+
+    comps = components(static)
+
+    def record(carry, hp, rdata):
+        def body(c, t):
+            new, up = iterate(comps, c, t, hp, rdata)
+            mem = jax.tree_util.tree_leaves(up.devices.fb_state)
+            mem = (
+                jnp.stack([jnp.abs(m).max(axis=1) for m in mem]).max(axis=0)
+                if mem
+                else jnp.zeros(up.g_hat.shape[:0])
+            )
+            out = (
+                c.state.params,
+                up.straggles,
+                up.devices.compressor_inputs,
+                up.devices.messages,
+                mem,
+                up.g_hat,
+            )
+            return c._replace(state=new), out
+
+        return jax.lax.scan(body, carry, jnp.arange(1, steps + 1))[1]
+
+    return jax.jit(record)
+
+
 def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float32") -> dict:
     """Per history field (and "params"), a bound on |a - b| between two float32 runs of
     ``cfg`` (module comment above): arrays over the evaluated steps, 0 for exact fields.
@@ -261,14 +300,13 @@ def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float
     ||C(v) - v||^2 / ||v||^2 (<= 2 (1 + sqrt r) ||dv|| / ||v|| per device) likewise;
     counts, bits, time and accuracies are exact (the same decisions).
     """
-    import jax
     import jax.numpy as jnp
 
     from coco_jax import config as config_lib
     from coco_jax import decoders
     from coco_jax.cyclic_mds import decode_error_bound
     from coco_jax.engine import prepare
-    from coco_jax.step import init_run, iterate
+    from coco_jax.step import init_run
 
     assert cfg.task in ("linreg", "logreg") and cfg.optimizer == "sgd", "linear tasks, plain SGD"
     assert cfg.batch_size is None and cfg.device_momentum == 0, "full batch, no device momentum"
@@ -278,21 +316,8 @@ def run_tolerances(cfg, data=None, straggler_trace=None, reference: str = "float
     comps, rdata = prep.comps, prep.data
     hp = config_lib.hparams_of(cfg if straggler_trace is None else cfg.replace(straggler="trace"))
     carry = init_run(comps, hp, rdata)
-
-    def body(c, t):
-        new, up = iterate(comps, c, t, hp, rdata)
-        mem = jax.tree_util.tree_leaves(up.devices.fb_state)
-        mem = (
-            jnp.stack([jnp.abs(m).max(axis=1) for m in mem]).max(axis=0)
-            if mem
-            else jnp.zeros(up.g_hat.shape[:0])
-        )
-        out = (c.state.params, up.straggles, up.devices.compressor_inputs, up.devices.messages, mem, up.g_hat)
-        return c._replace(state=new), out
-
-    _, (thetas, straggles, inputs, messages, mem, g_hats) = jax.lax.scan(
-        body, carry, jnp.arange(1, cfg.steps + 1)
-    )
+    recorded = _recording_program(prep.static, cfg.steps)(carry, hp, rdata)
+    thetas, straggles, inputs, messages, mem, g_hats = recorded
     f64 = lambda a: np.asarray(a, np.float64)
     thetas, inputs, messages, g_hats = map(f64, (thetas, inputs, messages, g_hats))
     straggles = np.asarray(straggles)

@@ -445,7 +445,9 @@ def test_reference_topk_ties_match_engine_compressor():
         k = int(rng.integers(1, d + 1))
         v = (rng.integers(-3, 4, size=(4, d)) * 0.5).astype(np.float32)  # many ties, zeros, both signs
         comp = make_compressor("topk", d, k=k)
-        engine = np.stack([np.asarray(comp.compress(jax.random.key(0), jax.numpy.asarray(r))) for r in v])
+        # as the engine runs it: jitted, vmapped over devices (one compilation per trial
+        # instead of one per row: the bisection's loop recompiles on every eager call)
+        engine = np.asarray(jax.jit(jax.vmap(comp.compress, (None, 0)))(jax.random.key(0), v))
         np.testing.assert_array_equal(reference.topk(v, k), engine)
         np.testing.assert_array_equal(reference._topk_rows(v, k), engine)
         np.testing.assert_array_equal(np.stack([_stable_argsort_topk(r, k) for r in v]), engine)

@@ -152,7 +152,8 @@ def _mean_estimates(cfgs: list) -> dict:
             st = np.asarray(straggles[i])
             on_decodable = None
             if e.cfg.decoder == "optimal":  # an independent float64 check, per step
-                ok = np.array([can_decode(b, s) for s in st])
+                masks, which = np.unique(st, axis=0, return_inverse=True)  # at most 2^M straggler sets
+                ok = np.array([can_decode(b, s) for s in masks])[which.reshape(-1)]
                 on_decodable = gh[ok].mean(0) if ok.any() else None
                 target = np.asarray(parts[i], np.float64).mean(0)  # exact decoding recovers ∇F
                 if ok.any():
@@ -168,11 +169,11 @@ def _mean_estimates(cfgs: list) -> dict:
 
 def _longest_streak(straggles: np.ndarray) -> int:
     """The longest run of consecutive straggling steps of any device ([steps, M] bool)."""
-    best = run = np.zeros(straggles.shape[1], int)
-    for row in straggles:
-        run = np.where(row, run + 1, 0)
-        best = np.maximum(best, run)
-    return int(best.max())
+    # each device's column, then a non-straggling separator: runs never cross devices
+    flat = np.concatenate([np.asarray(straggles, bool).T, np.zeros((straggles.shape[1], 1), bool)], 1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat.reshape(-1).astype(np.int8), [0]])))
+    lengths = edges[1::2] - edges[::2]  # each run: from its first straggling step to the next non-straggling
+    return int(lengths.max(initial=0))
 
 
 def _rounding(b: np.ndarray, straggles: np.ndarray, replication, a: np.ndarray, n_k: int) -> np.ndarray:
