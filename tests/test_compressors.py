@@ -726,6 +726,35 @@ def test_topk_bisection_mask_selects_lax_top_k_entries():
     np.testing.assert_array_equal(np.asarray(out), np.asarray(expected))
 
 
+def test_topk_mask_vmapped_rows_with_and_without_surplus_ties():
+    """Under vmap (rows and a traced k per row), rows whose threshold has surplus ties
+    and rows without any share one batched tie bisection; each row still keeps exactly
+    lax.top_k's entries (the tie loop must not disturb rows that finished at once)."""
+    from coco_jax.compressors import _count_at_least, _mask_of_largest
+
+    rng = np.random.default_rng()
+    d = 257
+    rows = []
+    for i in range(12):
+        if i % 3 == 0:
+            rows.append(rng.integers(0, 5, size=d))  # heavy ties at every threshold
+        elif i % 3 == 1:
+            rows.append(rng.permutation(d) * 7 + 1)  # distinct: no tie anywhere
+        else:
+            rows.append(np.where(rng.random(d) < 0.6, 0, rng.integers(1, 2**31 - 1, size=d)))
+    bits = jnp.asarray(np.stack(rows).astype(np.int32))
+    ks = jnp.asarray(rng.integers(1, d + 1, size=len(rows)).astype(np.int32))
+    got = np.asarray(jax.jit(jax.vmap(_mask_of_largest))(bits, ks))
+    for row, k, mask in zip(np.asarray(bits), np.asarray(ks), got):
+        _, idx = jax.lax.top_k(jnp.asarray(row), int(k))
+        want = np.zeros(d, bool)
+        want[np.asarray(idx)] = True
+        np.testing.assert_array_equal(mask, want, err_msg=f"k={k}")
+    t = np.median(np.asarray(bits), axis=1).astype(np.int32)
+    counts = jax.vmap(_count_at_least)(bits, jnp.asarray(t))
+    np.testing.assert_array_equal(np.asarray(counts), (np.asarray(bits) >= t[:, None]).sum(1))
+
+
 # ------------------------------------------------------------- traced k (compress_k)
 
 
