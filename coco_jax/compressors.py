@@ -179,9 +179,9 @@ def _topk_mask(v: jax.Array, k: int) -> jax.Array:
     |v_i| >= 0 orders as its int32 bit pattern, so 31 halvings of [0, 2^31) find the
     largest pattern T with #{i: bits_i >= T} >= k; the mask keeps every entry above T
     and, of the entries equal to T, the lowest-index ones up to k in all (lax.top_k's
-    tie rule). Each halving is one vectorised compare-and-count pass, which beats
-    XLA:CPU's single-threaded partial sort once k/d is a few percent (measured: equal
-    near k/d = 5%, 1.6-4x faster at 10% for d = 1e3..1e5).
+    tie rule). Each halving is one compare-and-count pass, which beats XLA:CPU's
+    single-threaded partial sort once k/d is a few percent (measured: equal near
+    k/d = 2%, 1.9-2.2x faster at 5% for d = 1e3..1e5; docs/performance.md).
     """
     bits = jax.lax.bitcast_convert_type(jnp.abs(v).astype(jnp.float32), jnp.int32)  # [d]
     return _mask_of_largest(bits, k)
@@ -238,7 +238,7 @@ def _tie_cut(tied: jax.Array, need) -> jax.Array:
 
 
 # k/d from which the bisection mask beats lax.top_k on CPU (see _topk_mask)
-_MASK_TOPK_RATIO = 0.05
+_MASK_TOPK_RATIO = 0.02
 
 
 @register_compressor("topk")

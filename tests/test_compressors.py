@@ -691,7 +691,7 @@ def test_empirical_contraction_is_safe():
 
 
 def test_topk_bisection_mask_selects_lax_top_k_entries():
-    """The bisection path (k/d >= 5%) keeps exactly lax.top_k's entries: random
+    """The bisection path (k/d >= 2%) keeps exactly lax.top_k's entries: random
     values, heavy ties, zeros, ±inf, a NaN, and under vmap."""
     from coco_jax.compressors import _topk_mask
 
@@ -717,7 +717,7 @@ def test_topk_bisection_mask_selects_lax_top_k_entries():
             assert got.sum() == k
             checked += 1
     assert checked == 30
-    # the compressor takes this path for k/d >= 5% and agrees with the index path
+    # the compressor takes this path for k/d >= 2% and agrees with the index path
     comp = make_compressor("topk", 200, k=40)
     batch = jnp.asarray(rng.normal(size=(8, 200)).astype(np.float32))
     out = jax.vmap(lambda x: comp.compress(jax.random.key(0), x))(batch)
