@@ -123,11 +123,15 @@ def record(cost: ProgramCost, **measured) -> None:
                 os.close(fd)
 
 
+def default_model(platform: str) -> tuple[float, float]:
+    """(overhead seconds per call-step, FLOP/s) of `platform` before any calibration."""
+    return DEFAULT_OVERHEAD_S.get(platform, 2e-5), DEFAULT_FLOPS_PER_S.get(platform, 1e12)
+
+
 def _fit(runs: list[dict], platform: str) -> tuple[float, float, bool]:
     """(overhead seconds per call-step, FLOP/s, fitted) of t = overhead + flops / rate
     over measured runs (least squares, both non-negative; defaults with < 3 runs)."""
-    overhead = DEFAULT_OVERHEAD_S.get(platform, 2e-5)
-    rate = DEFAULT_FLOPS_PER_S.get(platform, 1e12)
+    overhead, rate = default_model(platform)
     points = [
         (r["flops"], r["run_s"] * r["call_size"] / r["config_steps"])
         for r in runs

@@ -306,8 +306,10 @@ def prepare_groups(
                     loads += 1
                 dataset = datasets[lkey]
             prep = engine.prepare(e.cfg, data, trace, test_data, dataset=dataset)
-            dkey = (_data_key(e.cfg), prep.data.trace is not None)
-            if dkey in shared_data and prep.data.trace is None:
+            # one sweep has one straggler trace, so its shape fixes its content
+            trace_shape = None if prep.data.trace is None else tuple(prep.data.trace.shape)
+            dkey = (_data_key(e.cfg), trace_shape)
+            if dkey in shared_data:
                 prep = dataclasses.replace(prep, data=shared_data[dkey])
             else:
                 shared_data[dkey] = prep.data
@@ -570,8 +572,7 @@ def forget_widths() -> None:
 def _model_seconds(classes: list[tuple[int, int]], width: int, flops: float, platform: str) -> float:
     """Model run seconds of a group's sets of configurations ((size, steps) each) at
     `width`: calls x steps x (per-call-step overhead + width x FLOPs / rate)."""
-    overhead = costs.DEFAULT_OVERHEAD_S.get(platform, 2e-5)
-    rate = costs.DEFAULT_FLOPS_PER_S.get(platform, 1e12)
+    overhead, rate = costs.default_model(platform)
     return sum(math.ceil(n / width) * steps * (overhead + width * flops / rate) for n, steps in classes)
 
 

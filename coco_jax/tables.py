@@ -447,6 +447,20 @@ def value_text(values, floor=None, level: float = LEVEL) -> str:
     return text + (f" ({at_floor} of {v.size} at the float floor)" if at_floor else "")
 
 
+def _distinguishing_digits(low: float, high: float, null: float, most: int = 6) -> int:
+    """The fewest significant digits (2 to `most`) at which an interval's printed ends
+    differ when the ends differ, and neither end prints as the null value (0, or a
+    ratio's 1) unless it is that value: "[1, 1.2]" for an interval that excludes 1 would
+    contradict the verdict beside it; "[1.004, 1.2]" does not."""
+    for digits in range(2, most + 1):
+        clear = (low == high or num(low, digits) != num(high, digits)) and all(
+            x == null or num(x, digits) != num(null, digits) for x in (low, high)
+        )
+        if clear:
+            return digits
+    return most
+
+
 @dataclasses.dataclass(frozen=True)
 class Difference:
     """a − b over runs paired by seed and data seed (`paired_difference`): the mean
@@ -494,9 +508,11 @@ class Difference:
                 else ("ratio " if self.log else "") + (num(10**iv.mean if self.log else iv.mean, 2))
             )
             return f"{head} ({pairs}: too few for an interval)"
-        if self.log:
-            return f"ratio {num(10**iv.mean)} [{num(10**iv.low)}, {num(10**iv.high)}] ({pct}, {pairs})"
-        return f"{num(iv.mean)} [{num(iv.low)}, {num(iv.high)}] ({pct}, {pairs})"
+        scale = (lambda x: 10**x) if self.log else (lambda x: x)
+        mean, low, high = scale(iv.mean), scale(iv.low), scale(iv.high)
+        digits = _distinguishing_digits(low, high, scale(0.0))
+        text = f"{num(mean, digits)} [{num(low, digits)}, {num(high, digits)}] ({pct}, {pairs})"
+        return ("ratio " if self.log else "") + text
 
     def text(self) -> str:
         """ "a − b at where: numbers" (a / b with `log`)."""

@@ -124,3 +124,29 @@ def test_diverged_runs_drop_their_pairs():
     df.loc[bad, "loss"] = 1e6  # a finite blow-up: diverged by the one rule
     (d,) = tables.compare_runs(df, "loss", "coco-ef", "gc")
     assert d.interval.n == 2 and d.dropped == 1
+
+
+def test_interval_text_never_prints_an_excluded_null_or_equal_ends():
+    """Printed bounds carry the digits that keep them apart and away from the null value
+    when the numbers are: a ratio interval that excludes 1 is never shown as "[1, ...]",
+    a narrow one never as "[x, x]"; a wide one keeps two significant digits."""
+    rng = np.random.default_rng()
+    for _ in range(200):
+        low = 1 + rng.uniform(1e-5, 1e-2) * rng.choice([-1, 1])
+        width = 10 ** rng.uniform(-5, 0)
+        high = low + width if low > 1 else 1 + rng.uniform(1e-5, 1e-2) * rng.choice([-1, 1])
+        low, high = min(low, high), max(low, high)
+        iv = tables.Interval(math.log10((low * high) ** 0.5), math.log10(low), math.log10(high), 3)
+        text = tables.Difference("a", "b", "", iv, log=True).numbers()
+        ends = text[text.index("[") + 1 : text.index("]")].split(", ")
+        if low != high:
+            assert ends[0] != ends[1], text
+        for shown, value in zip(ends, (low, high)):
+            assert shown != "1" or value == 1, text
+            assert float(shown) == pytest.approx(value, rel=10**-1), text
+        excludes = iv.excludes(0.0)
+        assert excludes == (low > 1 or high < 1)
+    wide = tables.Difference("a", "b", "", tables.Interval(0.0, -0.5, 0.5, 3), log=True).numbers()
+    assert wide.startswith("ratio 1 [0.32, 3.2]"), wide
+    diff = tables.Difference("a", "b", "", tables.Interval(0.01105, 0.01101, 0.01109, 4)).numbers()
+    assert diff.startswith("0.0111 [0.011, 0.0111]"), diff  # 2 digits would print [0.011, 0.011]
