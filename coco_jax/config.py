@@ -234,6 +234,12 @@ registry.declare_fields(STATIC_FIELDS, DYNAMIC_FIELDS)
 # it): configurations equal on these share a dataset.
 DATASET_FIELDS = ("task", *registry.DATASET_FIELDS)
 
+# Fields that change only the values of the data a run reads (an input of its compiled
+# program), never a shape or a code path: configurations that differ only in them share
+# one program, unless one of their component factories asks for such a field by name
+# (`engine.program_fields`).
+DATA_VALUE_FIELDS = ("data_seed", "partitioning", "dirichlet_alpha", "noise", "test_fraction", "data_dir")
+
 
 def allowed_values(name: str) -> tuple[str, ...] | None:
     """The values a choice field accepts (registered names for registry fields)."""
@@ -805,6 +811,11 @@ class StaticFields:
             raise AttributeError(f"{name!r} is a dynamic field: read it from HParams inside the program")
         if name in CHOICE_FIELDS:
             raise AttributeError(f"{name!r} is a choice this group merges: use the group's options")
+        if name in DATA_VALUE_FIELDS:
+            raise AttributeError(
+                f"{name!r} changes only the data's values, an input of the program, so it is not part of "
+                "the program; a component factory that needs it must take it as a named argument"
+            )
         raise AttributeError(name)
 
     def __setattr__(self, name, value):

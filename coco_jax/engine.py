@@ -15,6 +15,7 @@ import numpy as np
 from coco_jax import data as data_lib
 from coco_jax import interrupt
 from coco_jax.config import (
+    DATA_VALUE_FIELDS,
     ConfigError,
     ExperimentConfig,
     Static,
@@ -140,7 +141,7 @@ def prepare(
             f"num_classes={cfg.num_classes} is invalid: the labels of data=(X, y) (and test_data) run "
             f"0..{num_classes - 1}, so task={cfg.task!r} has {num_classes} classes; set num_classes={num_classes}"
         )
-    fields = static_fields(cfg)
+    fields = program_fields(cfg)
     feature_shape = tuple(int(s) for s in xp.shape[2:])
     task = task_of(fields, feature_shape, int(num_classes), dtype)
     static = Static(
@@ -167,6 +168,21 @@ def prepare(
         trace=trace,
     )
     return Prepared(cfg, static, run_data, comps)
+
+
+def program_fields(cfg: ExperimentConfig) -> tuple[tuple[str, Any], ...]:
+    """The static fields that identify `cfg`'s compiled program: `static_fields(cfg)`
+    less the `DATA_VALUE_FIELDS` that none of its component factories (compressor,
+    feedback, code, decoder, straggler model, registered model) takes by name. The data
+    is an input of the program, so runs on other draws or splits of the same shapes
+    (data_seed, partitioning, ...) reuse one compiled program."""
+    asked: set[str] = set()
+    for reg in (COMPRESSORS, FEEDBACKS, CODES, DECODERS, STRAGGLER_MODELS, MODELS):
+        name = getattr(cfg, reg.field)
+        if name in reg:
+            asked |= reg.asks_for(name)
+    drop = set(DATA_VALUE_FIELDS) - asked
+    return tuple((n, v) for n, v in static_fields(cfg) if n not in drop)
 
 
 def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]:

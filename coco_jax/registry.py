@@ -295,6 +295,15 @@ class Registry:
                 )
         return args
 
+    def asks_for(self, name: str) -> frozenset[str]:
+        """The argument names `name`'s factory takes that are not bound at registration
+        (the fields and provided values it may receive; empty for a factory without an
+        inspectable signature, which receives none)."""
+        entry = self.entry(name)
+        params = _parameters(entry.factory) or {}
+        named = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        return frozenset(named - set(dict(entry.bound)))
+
     def call(self, entry: Entry, kwargs: Mapping[str, Any], fn: Callable | None = None) -> Any:
         """`entry.factory(**kwargs)` (or `fn(**kwargs)`, another callable of the entry);
         a user's error becomes a ConfigError that names the component (a built-in's

@@ -137,6 +137,7 @@ class _Compiler:
 
 
 _PROGRAMS: dict[tuple, Program] = {}
+_COMPILING: dict[tuple, concurrent.futures.Future] = {}  # programs a thread is compiling now
 _PROGRAMS_LOCK = threading.Lock()
 
 
@@ -147,18 +148,32 @@ def _data_signature(data) -> tuple:
 def cached_program(group: Group, devices) -> tuple[Program, bool]:
     """The compiled programs of a group and whether they were compiled now (they are
     kept for the process: a repeated sweep of the same group, or another sweep with a
-    group of the same program, compiles nothing)."""
+    group of the same program, compiles nothing). A program another thread is compiling
+    is waited for, not compiled twice."""
     prep = group.prepared
     key = (prep.static, group.width, devices, _data_signature(prep.data))
     with _PROGRAMS_LOCK:
         hit = _PROGRAMS.get(key)
+        pending = None if hit is not None else _COMPILING.get(key)
+        if hit is None and pending is None:
+            mine = _COMPILING[key] = concurrent.futures.Future()
     if hit is not None:
         return dataclasses.replace(hit, compile_s=0.0), False
-    template = hparams_columns(group, group.entries[:1], 1, unbatch=True)
-    cost = group_cost(group, devices)
-    prog = compile_program(prep.comps, prep.data, template, group.width, devices, cost)
+    if pending is not None:
+        return dataclasses.replace(pending.result(), compile_s=0.0), False
+    try:
+        template = hparams_columns(group, group.entries[:1], 1, unbatch=True)
+        cost = group_cost(group, devices)
+        prog = compile_program(prep.comps, prep.data, template, group.width, devices, cost)
+    except BaseException as err:
+        with _PROGRAMS_LOCK:
+            del _COMPILING[key]
+        mine.set_exception(err)
+        raise
     with _PROGRAMS_LOCK:
         _PROGRAMS[key] = prog
+        del _COMPILING[key]
+    mine.set_result(prog)
     return prog, True
 
 

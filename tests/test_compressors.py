@@ -762,14 +762,17 @@ def test_topk_mask_vmapped_rows_with_and_without_surplus_ties():
 def test_traced_k_equals_the_compressor_built_with_that_k(name):
     """`compress_k(key, v, k)` with k traced equals `compress` of the compressor built
     with that k, bit for bit (same kept entries, same values and scale), jitted and
-    vmapped over devices and over k, on fresh inputs with ties and zeros."""
-    d = 37
+    vmapped over devices and over k, on fresh inputs with ties and zeros. d = 257 so that
+    both of the static compressor's paths are compared: its index path (lax.top_k, for
+    k < 2% of d) and its mask path."""
+    d = 257
     dynamic = make_compressor(name, d, k=3).compress_k
     assert dynamic is not None
     traced = jax.jit(jax.vmap(dynamic, in_axes=(0, 0, 0)))
     rng = np.random.default_rng()
     for _ in range(4):
         ks = rng.integers(1, d + 1, size=6)
+        ks[:2] = rng.integers(1, 6, size=2)  # below 2% of d: the index path
         vs = rng.choice(np.array([0.0, -1.5, 1.5, 2.0], np.float32), (6, d))
         vs[::2] = rng.normal(size=(3, d)).astype(np.float32)
         keys = jax.random.split(jax.random.key(int(rng.integers(1 << 30))), 6)
