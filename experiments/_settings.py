@@ -122,8 +122,9 @@ def tuned_grid(
 
 def tuned_one_draw(base: cj.ExperimentConfig, axes: dict, name: str, quick: bool, **kwargs) -> cj.Grid:
     """`tuned_grid` with the reported seeds on an axis: every run (tuning and reported
-    seeds alike) trains on the data of `base.data_seed`, so a part's stages share one
-    compiled program (each data draw is a program of its own). The spread over seeds is
+    seeds alike) trains on the data of `base.data_seed`, so every program call holds all
+    of a cell's seeds (the data is one input of a call: each draw would be a batch of its
+    own; the compiled program is shared either way). The spread over seeds is
     then that of the stragglers, the compressors' randomness and the initial point, not
     of the data."""
     return tuned_grid(base, {**axes, "seed": list(seeds(quick))}, name, quick, seeds=None, **kwargs)

@@ -119,13 +119,8 @@ def figures(df):
 # ------------------------------------------------ helpers shared by exp-b's modules
 
 
-def tuned(base, axes: dict, name: str, quick: bool, **kwargs):
-    """`S.tuned_grid` with the reported seeds on an axis: every run (tuning seeds 100-101
-    and reported seeds alike) trains on the data of `base.data_seed`, so all stages of a
-    part share one compiled program (a data draw is a program of its own: 1 compilation
-    instead of up to 7 per part). The spread over seeds is then that of the stragglers,
-    the compressors' randomness and the initial point, not of the data."""
-    return S.tuned_grid(base, {**axes, "seed": list(S.seeds(quick))}, name, quick, seeds=None, **kwargs)
+# every run of a part on the data of base.data_seed (see `_settings.tuned_one_draw`)
+tuned = S.tuned_one_draw
 
 
 def relative_gap(df: pd.DataFrame, y: str) -> pd.DataFrame:

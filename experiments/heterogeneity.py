@@ -51,7 +51,7 @@ EXPECTED = f"{NAME}: Expected"
 PAPER = "paper (arXiv 2603.16353)"
 # (partitioning, dirichlet_alpha) from homogeneous to label-sorted; alpha is unused by iid and sorted
 SPLITS = (("iid", 0.5), ("dirichlet", 1.0), ("dirichlet", 0.1), ("sorted", 0.5))
-QUICK_SPLITS = (SPLITS[0], SPLITS[2], SPLITS[3])  # each partitioning is a compiled program of its own
+QUICK_SPLITS = (SPLITS[0], SPLITS[2], SPLITS[3])  # each partitioning is a batch of its own (its data)
 STEPS = 300  # at 200 steps coco-ef21 (the best) still falls by 70% over the last 20% of the steps
 OVER = ("seed", "data_seed", "lr", "partitioning", "dirichlet_alpha")
 

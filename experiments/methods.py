@@ -10,7 +10,7 @@ method runs at its own step, tuned per part (`_settings.tuned_one_draw`: a log g
 candidates from 1/(64 L̂) to 4/L̂ around 1/L̂ of the data, on tuning seeds 100-101;
 the mnist part, the costliest, tunes 8 candidates on seed 100 only), and is reported
 over 5 seeds (3 quick); the chosen step is in every final table. All seeds of a part
-train on one data draw (data seed 0: one compiled program per part), so the intervals
+train on one data draw (data seed 0: every call holds all of a part's seeds), so the intervals
 cover the stragglers', compressors' and initial point's randomness, not the data's.
 Further parts, all on the linear regression:
 "ablation-shared-step": today's shared constant step 0.05 for every method, untuned,

@@ -10,7 +10,7 @@ digits, beyond the paper. There is no L̂ for a network, so the step is tuned pe
 on a log grid of 8 candidates around 0.3 (`cj.LogGrid(center=0.3, below=5, above=2)`,
 0.0094 to 1.2, extended one step when the choice is on an edge) by the mean training
 loss over the last 10% of steps, on tuning seed 100; 3 reported seeds, all on one data
-draw (one compiled program per part). The budget decides the rest, in both variants: the
+draw (every call holds all seeds). The budget decides the rest, in both variants: the
 per-step costs measured at 100 devices on the (loaded) 2-core CPU were about 0.12 s per
 run-step for the MLP and 0.11 s for the CNN (0.57 s for gc-unbiased's MLP), so tuning
 every method over 1,000 iterations with 5 seeds would take hours. Full variant (100
