@@ -843,7 +843,9 @@ class Static:
     group (a configuration's own are its `HParams.steps` / `eval_every`).
     """
 
-    fields: tuple[tuple[str, Any], ...]  # the static config fields (merged choice fields removed)
+    # the static config fields, less merged choice fields and the DATA_VALUE_FIELDS no
+    # component asks for (`engine.program_fields`)
+    fields: tuple[tuple[str, Any], ...]
     feature_shape: tuple[int, ...]  # shape of one data row
     num_classes: int  # 0 for regression
     dim: int  # d, the flat parameter count
