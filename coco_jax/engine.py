@@ -176,17 +176,14 @@ def program_fields(cfg: ExperimentConfig) -> tuple[tuple[str, Any], ...]:
     feedback, code, decoder, straggler model, registered model) takes by name. The data
     is an input of the program, so runs on other draws or splits of the same shapes
     (data_seed, partitioning, ...) reuse one compiled program."""
-    asked: set[str] = set()
-    for reg in (COMPRESSORS, FEEDBACKS, CODES, DECODERS, STRAGGLER_MODELS, MODELS):
-        name = getattr(cfg, reg.field)
-        if name in reg:
-            asked |= reg.asks_for(name)
+    asked = set().union(*(reg.asks_for(name) for reg, name in _registered_components(cfg)))
     drop = set(DATA_VALUE_FIELDS) - asked
     return tuple((n, v) for n, v in static_fields(cfg) if n not in drop)
 
 
-def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]:
-    """(kind, name, registration serial) of each registered component `cfg` uses."""
+def _registered_components(cfg: ExperimentConfig) -> list[tuple[Any, str]]:
+    """(registry, name) of each registered component inside `cfg`'s program: compressor,
+    code, decoder, feedback rule, straggler model and, for a registered model, the task."""
     pairs = [
         (COMPRESSORS, cfg.compressor),
         (CODES, cfg.allocation),
@@ -196,23 +193,19 @@ def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]
     ]
     if cfg.task in MODELS:
         pairs.append((MODELS, cfg.task))
-    return tuple((reg.kind, name, reg.entry(name).serial) for reg, name in pairs)
+    return pairs
+
+
+def component_serials(cfg: ExperimentConfig) -> tuple[tuple[str, str, int], ...]:
+    """(kind, name, registration serial) of each registered component `cfg` uses."""
+    return tuple((reg.kind, name, reg.entry(name).serial) for reg, name in _registered_components(cfg))
 
 
 def component_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     """ "<kind> <name>" -> `Registry.fingerprint` of each registered component `cfg` uses
     (its dataset included): what a results directory records to refuse a resume after a
     component changed."""
-    pairs = [
-        (COMPRESSORS, cfg.compressor),
-        (CODES, cfg.allocation),
-        (DECODERS, cfg.decoder),
-        (FEEDBACKS, cfg.error_feedback),
-        (STRAGGLER_MODELS, cfg.straggler),
-        (DATASETS, cfg.dataset),
-    ]
-    if cfg.task in MODELS:
-        pairs.append((MODELS, cfg.task))
+    pairs = [*_registered_components(cfg), (DATASETS, cfg.dataset)]
     return {f"{reg.kind} {name}": reg.fingerprint(name) for reg, name in pairs}
 
 
